@@ -1,0 +1,372 @@
+"""A Caffe-style layer builder for tf.compat.v1 graphs.
+
+Layers are methods chained on a network under construction, so a model reads
+top to bottom like its prototxt::
+
+    (self.feed('data')
+         .conv(7, 7, 64, 2, 2, padding=3, biased=False, relu=False, name='conv1')
+         .batch_normalization(relu=True, name='bn_conv1')
+         .max_pool(3, 3, 2, 2, padding=1, name='pool1'))
+
+Every layer keeps its Caffe name: its output is recorded in ``self.layers``,
+its variables live under ``tf.variable_scope(name)``, and a description of it
+is appended to ``self.layer_specs`` (enough to write the matching Caffe
+prototxt, see ``deeplab_resnet.caffe``). Weight conversion is therefore a name
+lookup: the weight file maps ``'<layer>/<param>'`` to arrays.
+
+Numerics follow Caffe, not TensorFlow's 'SAME' rule: convolutions and pooling
+pad explicitly and symmetrically as the prototxt says, and max pooling rounds
+its output size up the way Caffe does, so odd and even input sizes both give
+Caffe's shapes and values (tests/test_network.py pins both).
+"""
+import logging
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+log = logging.getLogger(__name__)
+
+# Caffe's BatchNorm default; DeepLab's prototxts do not override it.
+BN_EPSILON = 1e-5
+# Caffe's BatchNorm moving_average_fraction default.
+BN_MOMENTUM = 0.999
+
+
+def layer(op):
+    """Turn ``op(self, input, ...)`` into a chainable, named, recorded layer."""
+
+    def layer_decorated(self, *args, **kwargs):
+        name = kwargs.setdefault("name", self.get_unique_name(op.__name__))
+        if not self.terminals:
+            raise RuntimeError("No input variables found for layer %s." % name)
+        if len(self.terminals) == 1:
+            layer_input = self.terminals[0]
+        else:
+            layer_input = list(self.terminals)
+        input_names = list(self._terminal_names)
+        layer_output = op(self, layer_input, *args, **kwargs)
+        self.layers[name] = layer_output
+        if self.layer_specs and self.layer_specs[-1]["name"] == name:
+            self.layer_specs[-1]["inputs"] = input_names
+        self.feed(name)
+        return self
+
+    layer_decorated.__name__ = op.__name__
+    layer_decorated.__doc__ = op.__doc__
+    return layer_decorated
+
+
+class Network(object):
+    """Base class: subclasses implement ``setup()`` with chained layer calls.
+
+    Args:
+      inputs: dict of name -> NHWC tensor, e.g. ``{'data': images}``; images are
+        BGR with the ImageNet mean subtracted, as Caffe saw them.
+      num_classes: output channels of the classifier.
+      is_training: if True, batch normalisation uses batch statistics and
+        updates its moving averages (ops in ``tf.GraphKeys.UPDATE_OPS``).
+        DeepLab fine-tunes with frozen statistics, which is the default.
+      trainable: whether variables join ``TRAINABLE_VARIABLES``.
+      fold_batchnorm: build the inference form in which each BatchNorm (with
+        Caffe's Scale) is folded into the preceding convolution: the
+        convolution's weights are pre-scaled and the BN layer is a bias add.
+        Weights must then be folded with ``fold_batchnorm_weights`` before
+        ``assign_weights``; ``utils.restore`` does this.
+      compute_dtype: dtype of the activations (tf.float32 or tf.bfloat16).
+        Variables stay float32 and are cast where used.
+      config: passed to ``setup`` as ``self.config``.
+    """
+
+    def __init__(self, inputs, num_classes, is_training=False, trainable=True,
+                 fold_batchnorm=False, compute_dtype=tf.float32, config=None):
+        self.inputs = inputs
+        self.num_classes = num_classes
+        self.is_training = is_training
+        self.trainable = trainable
+        self.fold_batchnorm = fold_batchnorm
+        self.compute_dtype = tf.as_dtype(compute_dtype)
+        self.config = config
+        self.terminals = []
+        self._terminal_names = []
+        self.layers = dict(inputs)
+        self.layer_specs = []
+        self.variables = {}
+        self.setup()
+
+    def setup(self):
+        raise NotImplementedError("Subclasses must implement setup().")
+
+    # ------------------------------------------------------------------ graph
+    def feed(self, *args):
+        """Set the inputs of the next layer: layer names or tensors."""
+        if not args:
+            raise ValueError("feed() needs at least one layer name or tensor.")
+        self.terminals = []
+        self._terminal_names = []
+        for fed_layer in args:
+            if isinstance(fed_layer, str):
+                try:
+                    tensor = self.layers[fed_layer]
+                except KeyError:
+                    raise KeyError("Unknown layer name fed: %s" % fed_layer)
+                self._terminal_names.append(fed_layer)
+            else:
+                tensor = fed_layer
+                self._terminal_names.append(fed_layer.op.name)
+            self.terminals.append(tensor)
+        return self
+
+    def get_output(self):
+        """The output of the last layer built."""
+        return self.terminals[-1]
+
+    def get_unique_name(self, prefix):
+        ident = sum(t.startswith(prefix) for t in self.layers) + 1
+        return "%s_%d" % (prefix, ident)
+
+    def make_var(self, name, shape, initializer):
+        """Create a float32 variable, returned in the compute dtype."""
+        var = tf.get_variable(name, shape, dtype=tf.float32,
+                              initializer=initializer, trainable=self.trainable)
+        self.variables[var.op.name] = var
+        if self.compute_dtype != tf.float32:
+            return tf.cast(var, self.compute_dtype)
+        return var
+
+    def _record(self, name, kind, **params):
+        self.layer_specs.append(dict(name=name, type=kind, **params))
+
+    # ----------------------------------------------------------------- layers
+    @layer
+    def conv(self, input, k_h, k_w, c_o, s_h, s_w, name, padding=None,
+             dilation=1, relu=True, biased=True):
+        """Convolution with Caffe's explicit symmetric zero padding.
+
+        ``padding=None`` pads ``dilation * (k - 1) / 2``, which keeps the size
+        of stride-1 layers as DeepLab's prototxt does.
+        """
+        if padding is None:
+            padding = dilation * (k_h - 1) // 2
+        c_i = int(input.get_shape()[-1])
+        self._record(name, "Convolution", kernel=(k_h, k_w), stride=(s_h, s_w),
+                     pad=padding, dilation=dilation, num_output=c_o,
+                     bias=biased, relu=relu)
+        with tf.variable_scope(name):
+            weights = self.make_var(
+                "weights", [k_h, k_w, c_i, c_o],
+                tf.variance_scaling_initializer(2.0, "fan_in", "truncated_normal"))
+            output = tf.nn.conv2d(
+                input, weights, strides=[1, s_h, s_w, 1],
+                padding=[[0, 0], [padding, padding], [padding, padding], [0, 0]],
+                dilations=[1, dilation, dilation, 1])
+            if biased:
+                output = tf.nn.bias_add(
+                    output, self.make_var("biases", [c_o], tf.zeros_initializer()))
+            if relu:
+                output = tf.nn.relu(output, name=tf.get_variable_scope().name)
+        return output
+
+    def atrous_conv(self, k_h, k_w, c_o, dilation, name, relu=True, biased=True,
+                    padding=None):
+        """Dilated stride-1 convolution (Caffe's ``dilation``), padded to keep size."""
+        return self.conv(k_h, k_w, c_o, 1, 1, name=name, padding=padding,
+                         dilation=dilation, relu=relu, biased=biased)
+
+    @layer
+    def relu(self, input, name):
+        self._record(name, "ReLU")
+        return tf.nn.relu(input, name=name)
+
+    @layer
+    def max_pool(self, input, k_h, k_w, s_h, s_w, name, padding=0):
+        """Max pooling with Caffe's ceil-mode output size.
+
+        Caffe gives ``ceil((H + 2p - k) / s) + 1`` outputs, dropping the last
+        if it would start past the image and the left pad. TF only floors, so
+        the right side gets the extra padding that makes VALID pooling
+        produce exactly Caffe's windows; padding is -inf so it never wins.
+        """
+        self._record(name, "Pooling", kernel=(k_h, k_w), stride=(s_h, s_w),
+                     pad=padding)
+        shape = tf.shape(input)
+        pads = [[0, 0]]
+        for size, k, s in ((shape[1], k_h, s_h), (shape[2], k_w, s_w)):
+            out = caffe_pool_output_size(size, k, s, padding)
+            pads.append([padding, (out - 1) * s + k - size - padding])
+        pads.append([0, 0])
+        padded = tf.pad(input, pads, constant_values=-np.inf)
+        return tf.nn.max_pool2d(padded, [k_h, k_w], [s_h, s_w], "VALID", name=name)
+
+    @layer
+    def add(self, inputs, name):
+        self._record(name, "Eltwise")
+        return tf.add_n(inputs, name=name)
+
+    @layer
+    def concat(self, inputs, axis, name):
+        self._record(name, "Concat", axis=axis)
+        return tf.concat(values=inputs, axis=axis, name=name)
+
+    @layer
+    def dropout(self, input, keep_prob, name):
+        self._record(name, "Dropout", keep_prob=keep_prob)
+        if not self.is_training:
+            return tf.identity(input, name=name)
+        return tf.nn.dropout(input, rate=1.0 - keep_prob, name=name)
+
+    @layer
+    def batch_normalization(self, input, name, relu=False):
+        """Caffe's BatchNorm followed by its Scale layer, in one layer.
+
+        Variables: ``mean`` and ``variance`` (Caffe's stored statistics, already
+        divided by its scale-factor blob) and ``scale``/``offset`` (the Scale
+        layer's gamma and beta).
+        """
+        self._record(name, "BatchNorm", relu=relu)
+        c = int(input.get_shape()[-1])
+        with tf.variable_scope(name):
+            if self.fold_batchnorm:
+                output = tf.nn.bias_add(
+                    input, self.make_var("bias", [c], tf.zeros_initializer()))
+            else:
+                output = self._batch_norm(input, c)
+            if relu:
+                output = tf.nn.relu(output, name=tf.get_variable_scope().name)
+        return output
+
+    def _batch_norm(self, input, c):
+        scale = self.make_var("scale", [c], tf.ones_initializer())
+        offset = self.make_var("offset", [c], tf.zeros_initializer())
+        # Statistics are never trained by gradient descent.
+        mean_var = tf.get_variable("mean", [c], tf.float32, tf.zeros_initializer(),
+                                   trainable=False)
+        variance_var = tf.get_variable("variance", [c], tf.float32,
+                                       tf.ones_initializer(), trainable=False)
+        self.variables[mean_var.op.name] = mean_var
+        self.variables[variance_var.op.name] = variance_var
+        # fused_batch_norm wants float32 parameters whatever the input dtype.
+        scale32 = tf.cast(scale, tf.float32)
+        offset32 = tf.cast(offset, tf.float32)
+        if not self.is_training:
+            output, _, _ = tf.nn.fused_batch_norm(
+                input, scale32, offset32, mean_var, variance_var,
+                epsilon=BN_EPSILON, is_training=False)
+            return output
+        output, batch_mean, batch_variance = tf.nn.fused_batch_norm(
+            input, scale32, offset32, epsilon=BN_EPSILON, is_training=True)
+        for var, value in ((mean_var, batch_mean), (variance_var, batch_variance)):
+            update = tf.assign_sub(var, (1.0 - BN_MOMENTUM) * (var - value))
+            tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, update)
+        return output
+
+    # ---------------------------------------------------------------- weights
+    def batchnorm_producers(self):
+        """Map each BatchNorm layer to the convolution that feeds it."""
+        return {spec["name"]: spec["inputs"][0] for spec in self.layer_specs
+                if spec["type"] == "BatchNorm"}
+
+    def assign_weights(self, weights, session, ignore_missing=False, skip=()):
+        """Assign a ``{'layer/param': array}`` dict to this network's variables.
+
+        Args:
+          weights: mapping from variable name (no ``:0``) to numpy array.
+          session: the session whose variables receive the values.
+          ignore_missing: leave variables that have no entry as initialised
+            (e.g. the classifier when starting from the ImageNet init model).
+          skip: layer names whose variables are not assigned.
+
+        Raises:
+          ValueError: listing weights with no variable, variables with no
+            weight (unless ``ignore_missing``), and shape mismatches.
+        """
+        skipped = lambda key: key.split("/")[0] in skip
+        wanted = {k: v for k, v in self.variables.items() if not skipped(k)}
+        given = {k: v for k, v in weights.items() if not skipped(k)}
+        unexpected = sorted(set(given) - set(wanted))
+        missing = sorted(set(wanted) - set(given))
+        mismatched = sorted(
+            "%s: file %s, network %s" % (k, tuple(given[k].shape),
+                                         tuple(wanted[k].get_shape().as_list()))
+            for k in set(given) & set(wanted)
+            if tuple(given[k].shape) != tuple(wanted[k].get_shape().as_list()))
+        problems = []
+        if unexpected:
+            problems.append("weights with no matching variable: %s"
+                            % _abbreviate(unexpected))
+        if missing and not ignore_missing:
+            problems.append("variables with no weights: %s" % _abbreviate(missing))
+        if mismatched:
+            problems.append("shape mismatches: %s" % _abbreviate(mismatched))
+        if problems:
+            raise ValueError(
+                "The weights do not match the network (%s). Check --num-classes "
+                "and the model configuration, or that the file was written by "
+                "convert.py / train.py for this network." % "; ".join(problems))
+        for key, var in wanted.items():
+            if key in given:
+                var.load(np.asarray(given[key], dtype=np.float32), session)
+        if missing:
+            log.info("Left %d variables at their initial values: %s",
+                     len(missing), _abbreviate(missing))
+
+    def load(self, data_path, session, ignore_missing=False):
+        """Assign a weight file written by convert.py (``.npz``)."""
+        with np.load(data_path, allow_pickle=False) as data:
+            weights = {k: data[k] for k in data.files}
+        if self.fold_batchnorm:
+            weights = fold_batchnorm_weights(weights, self.batchnorm_producers())
+        self.assign_weights(weights, session, ignore_missing=ignore_missing)
+
+
+def caffe_pool_output_size(size, kernel, stride, pad):
+    """Caffe's pooled size: ceil rounding, minus a window starting in the pad.
+
+    Works on Python ints and on scalar int tensors alike.
+    """
+    out = -(-(size + 2 * pad - kernel) // stride) + 1
+    if isinstance(out, int):
+        return out - 1 if pad and (out - 1) * stride >= size + pad else out
+    if pad:
+        out = tf.where((out - 1) * stride >= size + pad, out - 1, out)
+    return out
+
+
+def fold_batchnorm_weights(weights, producers):
+    """Fold BatchNorm + Scale into the preceding convolutions.
+
+    ``y = (conv(x, W) - mean) / sqrt(var + eps) * scale + offset`` equals
+    ``conv(x, W * a) + (offset - mean * a)`` with ``a = scale / sqrt(var + eps)``
+    per output channel, so inference skips a pass over every activation.
+
+    Args:
+      weights: unfolded ``{'layer/param': array}``.
+      producers: ``{bn_layer: conv_layer}`` from ``Network.batchnorm_producers``.
+    Returns:
+      A new dict with ``conv/weights`` scaled and ``bn/bias`` in place of the
+      four BN entries.
+    """
+    folded = dict(weights)
+    for bn, conv in producers.items():
+        keys = ["%s/%s" % (bn, p) for p in ("scale", "offset", "mean", "variance")]
+        if not all(k in weights for k in keys):
+            continue
+        scale, offset, mean, variance = (np.asarray(weights[k], np.float64)
+                                         for k in keys)
+        factor = scale / np.sqrt(variance + BN_EPSILON)
+        conv_key = conv + "/weights"
+        folded[conv_key] = (np.asarray(weights[conv_key], np.float64)
+                            * factor).astype(np.float32)
+        # A biased convolution's bias passes through the normalisation too.
+        conv_bias = np.asarray(folded.pop(conv + "/biases", 0.0), np.float64)
+        folded[bn + "/bias"] = (offset + (conv_bias - mean) * factor).astype(np.float32)
+        for k in keys:
+            del folded[k]
+    return folded
+
+
+def _abbreviate(names, limit=8):
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    if len(names) > limit:
+        shown += ", ... (%d in all)" % len(names)
+    return shown
