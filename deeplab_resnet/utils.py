@@ -7,6 +7,8 @@ and mIoU, the flags common to several scripts, and building/restoring a model.
 import json
 import logging
 import os
+import sys
+import time
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -303,3 +305,69 @@ def load_model_config(path):
         data = json.load(f)
     num_classes = data.pop("num_classes", None)
     return num_classes, ModelConfig(**data)
+
+
+# ------------------------------------------------------------ script plumbing
+def setup_logging(verbose=False):
+    """One plain format for every script: progress lines read like a log."""
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        level=logging.DEBUG if verbose else logging.INFO)
+    # TensorFlow's Python logger repeats deprecation notices for tf.compat.v1.
+    tf.logging.set_verbosity(tf.logging.ERROR)
+
+
+def run_main(main):
+    """Run a script's ``main()``; a user error ends it with one line, exit 2.
+
+    IOError/OSError and ValueError are what the library raises for bad
+    input (a missing file, a wrong label, a checkpoint for another network);
+    their messages already say what to do, so no traceback is shown.
+    """
+    try:
+        status = main()
+    except (IOError, OSError, ValueError) as err:
+        logging.getLogger("__main__").error("error: %s", err)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        logging.getLogger("__main__").error("interrupted")
+        sys.exit(130)
+    sys.exit(status or 0)
+
+
+def format_duration(seconds):
+    """12s, 4m05s, 2h13m: short enough for a progress line."""
+    seconds = int(round(max(seconds, 0)))
+    if seconds < 60:
+        return "%ds" % seconds
+    if seconds < 3600:
+        return "%dm%02ds" % divmod(seconds, 60)
+    return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+
+
+class Progress(object):
+    """Rate and ETA for a loop of known length.
+
+    ``line(done)`` after ``done`` items gives e.g. ``0.41 s/step ETA 2h13m``,
+    measured from the first ``update`` so that start-up does not skew it.
+    """
+
+    def __init__(self, total, unit="step"):
+        self.total = total
+        self.unit = unit
+        self.start_time = None
+        self.start_count = 0
+
+    def update(self, done):
+        if self.start_time is None:
+            self.start_time = time.time()
+            self.start_count = done
+
+    def line(self, done):
+        self.update(done)
+        elapsed = time.time() - self.start_time
+        count = done - self.start_count
+        if count <= 0 or elapsed <= 0:
+            return "ETA --"
+        per_item = elapsed / count
+        return "%.3g s/%s ETA %s" % (per_item, self.unit,
+                                     format_duration(per_item * (self.total - done)))
