@@ -184,6 +184,39 @@ def parse_size(text):
     return height, width
 
 
+# ------------------------------------------------------------------ runtime
+def available_cores():
+    """Cores this process may run on (respects taskset/cgroup affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def add_runtime_flags(parser):
+    """Thread flags: the defaults suit one process using the whole machine."""
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="Threads inside one op such as a convolution "
+                             "(default: 0 = one per available core).")
+    parser.add_argument("--inter-op-threads", type=int, default=0,
+                        help="Ops run side by side (default: 0 = 2, enough to "
+                             "overlap input decoding with the network).")
+
+
+def session_config(intra_op_threads=0, inter_op_threads=0):
+    """A ConfigProto with explicit thread pools.
+
+    One intra-op thread per core keeps the big convolutions at the GEMM peak;
+    more inter-op threads than that only make ops fight for the same cores.
+    """
+    config = tf.ConfigProto(
+        intra_op_parallelism_threads=intra_op_threads or available_cores(),
+        inter_op_parallelism_threads=inter_op_threads or 2,
+        allow_soft_placement=True)
+    config.gpu_options.allow_growth = True
+    return config
+
+
 # ---------------------------------------------------------- build & restore
 def build_model(images, num_classes, is_training=False, config=None, **kwargs):
     """The DeepLab network on ``images`` (BGR, mean subtracted), and its logits.
