@@ -75,7 +75,8 @@ def inv_preprocess(images, num_images=None):
     images = np.asarray(images, dtype=np.float32)
     if num_images is not None:
         images = images[:num_images]
-    return np.clip(images + IMG_MEAN, 0, 255)[..., ::-1].astype(np.uint8)
+    # Round: float32 round trips land just below integers (122.99999).
+    return np.rint(np.clip(images + IMG_MEAN, 0, 255))[..., ::-1].astype(np.uint8)
 
 
 def prepare_label(label, size):
@@ -147,13 +148,18 @@ def segmentation_scores(confusion):
 
 
 # -------------------------------------------------------------------- flags
-def add_model_flags(parser, restore_required=True):
-    """Flags that choose and restore the network."""
+def add_model_flags(parser, restore_required=True,
+                    weights_flags=("--restore-from",)):
+    """Flags that choose and restore the network.
+
+    ``weights_flags``: the weight flag's spellings (inference.py says
+    ``--model-weights``); the value is ``args.restore_from`` either way.
+    """
     parser.add_argument("--num-classes", type=int, default=NUM_CLASSES,
                         help="Output classes, background included "
                              "(default: %(default)s, PASCAL VOC).")
-    parser.add_argument("--restore-from", required=restore_required,
-                        default=None,
+    parser.add_argument(*weights_flags, dest="restore_from",
+                        required=restore_required, default=None,
                         help="Weights to start from: a .npz written by convert.py, "
                              "a checkpoint prefix, or a directory (its latest "
                              "checkpoint is used).")
