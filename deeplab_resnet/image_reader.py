@@ -1,0 +1,372 @@
+"""List files in, batches of preprocessed images and labels out, queue style.
+
+A list file names image/label pairs relative to a data root, one pair a line
+(``/JPEGImages/x.jpg /SegmentationClassAug/x.png``), as DeepLab's Caffe
+``ImageSegData`` layer reads them. A ``tf.compat.v1`` producer queue walks the
+list and reader threads (queue runners) decode, augment and batch it.
+
+Decoding runs in Python (PIL, through ``tf.numpy_function``) rather than
+``tf.io.decode_*`` because VOC labels are palette PNGs whose pixel values *are*
+the class ids: ``decode_png`` returns the palette's colours instead, and
+training on those fails silently. PIL also reads the photos TF's decoders
+reject or misread (CMYK JPEGs, 16-bit PNGs, palette images).
+
+Preprocessing is Caffe's: BGR channel order minus ``utils.IMG_MEAN``. Training
+adds a random scale in [0.5, 1.5] (bilinear with half-pixel centres for the
+image, as OpenCV's INTER_LINEAR; nearest for the label, which must never mix
+class ids), a random left-right mirror, and a random crop to ``input_size``;
+images smaller than the crop are first padded at the bottom and right with the
+mean (0 after subtraction) and their labels with the ignore label, so padding
+adds neither signal nor loss.
+
+A bad file met by a reader thread stops the queues through the coordinator,
+so the consumer's ``sess.run`` fails instead of hanging; the original
+exception, whose message names the file, is kept and raised by
+``ImageReader.raise_if_failed()``.
+"""
+import logging
+import os
+import threading
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+# Label image modes whose pixel values are class ids.
+INDEX_MODES = ("P", "L", "1")
+# Mode prefixes of more-than-8-bit single-channel images.
+WIDE_MODES = ("I", "F")
+# How many problems an error message lists before abbreviating.
+MAX_LISTED = 10
+# Errors PIL raises for a file it cannot decode.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _listed(items):
+    shown = "; ".join(items[:MAX_LISTED])
+    if len(items) > MAX_LISTED:
+        shown += "; ... (%d in all)" % len(items)
+    return shown
+
+
+def _join(data_dir, path):
+    """``data_dir`` + a list entry. Entries start with '/' but are relative."""
+    return os.path.join(data_dir, path.lstrip("/")) if data_dir else path
+
+
+def read_labeled_image_list(data_dir, data_list):
+    """Image and label paths from a list file, every file checked to exist.
+
+    Args:
+      data_dir: root the list's paths are relative to (e.g. VOCdevkit/VOC2012).
+      data_list: text file, one ``IMAGE LABEL`` pair per line; blank lines
+        are skipped.
+    Returns:
+      (image_paths, label_paths): two lists of equal length, in list order.
+    Raises:
+      IOError: the list file or listed files do not exist (each missing file
+        is named with its line number).
+      ValueError: the list is empty or a line is not two paths.
+    """
+    if not os.path.isfile(data_list):
+        raise IOError("List file %r does not exist. Point --data-list at a text "
+                      "file of '/JPEGImages/x.jpg /SegmentationClassAug/x.png' "
+                      "lines." % data_list)
+    images, labels, missing = [], [], []
+    with open(data_list) as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise ValueError(
+                    "%s line %d is not an 'IMAGE LABEL' pair of paths: %r. Each "
+                    "line must be e.g. '/JPEGImages/x.jpg "
+                    "/SegmentationClassAug/x.png' (paths without spaces)."
+                    % (data_list, number, line.strip()))
+            image, label = (_join(data_dir, p) for p in fields)
+            missing.extend("line %d: %s" % (number, p)
+                           for p in (image, label) if not os.path.isfile(p))
+            images.append(image)
+            labels.append(label)
+    if not images:
+        raise ValueError("List file %r lists no image/label pairs. Fill it with "
+                         "'/JPEGImages/x.jpg /SegmentationClassAug/x.png' lines."
+                         % data_list)
+    if missing:
+        raise IOError("%d file(s) listed in %s do not exist: %s. Check --data-dir "
+                      "(%r), which the listed paths are relative to."
+                      % (len(missing), data_list, _listed(missing), data_dir))
+    return images, labels
+
+
+def load_image(path):
+    """A photo as RGB, whatever its file's mode.
+
+    Grayscale and palette images are expanded to RGB, CMYK is converted,
+    alpha is dropped and 16-bit images are scaled to 8 bits. EXIF orientation
+    is not applied, so pixels stay aligned with label files drawn on the raw
+    pixel grid (as VOC's are).
+
+    Args:
+      path: a JPEG, PNG or any other format PIL reads.
+    Returns:
+      uint8 array [H, W, 3], RGB.
+    Raises:
+      IOError: the file cannot be read as an image.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode.startswith(WIDE_MODES):
+                wide = np.asarray(image, dtype=np.float64)
+                # 16-bit images use the full range; 8-bit conversion keeps the top byte.
+                wide = wide / 257.0 if wide.max() > 255 else wide
+                image = Image.fromarray(np.clip(np.round(wide), 0, 255).astype(np.uint8))
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except _DECODE_ERRORS as err:
+        raise IOError("Cannot read image %s (%s). Replace the file or remove its "
+                      "line from the list." % (path, err))
+
+
+def load_label(path):
+    """Class ids from a label image.
+
+    Accepts palette PNGs (VOC's SegmentationClass: the pixel value is the class
+    id and the palette only colours it) and 8-bit grayscale PNGs
+    (SegmentationClassAug); 1-bit images read as ids 0 and 1.
+
+    Args:
+      path: the label file.
+    Returns:
+      uint8 array [H, W] of class ids (the ignore label included).
+    Raises:
+      IOError: the file cannot be read.
+      ValueError: the file holds colours or wide values instead of 8-bit ids.
+    """
+    try:
+        with Image.open(path) as label:
+            label.load()
+            mode = label.mode
+            if mode in INDEX_MODES:
+                return np.asarray(label, dtype=np.uint8)
+    except _DECODE_ERRORS as err:
+        raise IOError("Cannot read label %s (%s). Replace the file or remove its "
+                      "line from the list." % (path, err))
+    if mode.startswith(("RGB", "CMYK", "YCbCr", "LAB", "HSV")):
+        raise ValueError(
+            "Label %s is a colour image (mode %s), but labels must hold class ids "
+            "as a palette ('P') or 8-bit grayscale ('L') PNG, like VOC's "
+            "SegmentationClass or SegmentationClassAug. Convert it: map each colour "
+            "to its class id (VOC's colours are deeplab_resnet.utils.VOC_PALETTE, "
+            "the colour at index i is class i) and save the ids as an 8-bit "
+            "grayscale PNG." % (path, mode))
+    raise ValueError("Label %s has image mode %s; labels must be 8-bit class ids "
+                     "in a palette ('P') or grayscale ('L') PNG. Save the ids as "
+                     "an 8-bit grayscale PNG." % (path, mode))
+
+
+def load_pair(image_path, label_path, num_classes=None, ignore_label=None):
+    """An image and its label, checked to fit each other.
+
+    Args:
+      num_classes, ignore_label: when given, every label value must be a
+        class id below ``num_classes`` or the ignore label.
+    Returns:
+      (image uint8 [H, W, 3] RGB, label uint8 [H, W]).
+    Raises:
+      IOError: a file cannot be read; ValueError: the label does not fit.
+    """
+    image = load_image(image_path)
+    label = load_label(label_path)
+    if image.shape[:2] != label.shape:
+        raise ValueError("Label %s is %dx%d but its image %s is %dx%d (HxW). A "
+                         "label must match its image pixel for pixel; check the "
+                         "list pairs the right files." % (
+                             label_path, label.shape[0], label.shape[1],
+                             image_path, image.shape[0], image.shape[1]))
+    if num_classes is not None:
+        check_label_values(label, label_path, num_classes, ignore_label)
+    return image, label
+
+
+def check_label_values(label, path, num_classes, ignore_label):
+    """Raise ValueError naming ``path`` if a label value is not a class id
+    below ``num_classes`` or ``ignore_label``."""
+    values = np.unique(label)
+    bad = values[(values >= num_classes) & (values != ignore_label)]
+    if bad.size:
+        raise ValueError(
+            "Label %s has values %s, which are neither class ids 0..%d nor the "
+            "ignore label %d. Check --num-classes and --ignore-label, or convert "
+            "the label to class ids." % (path, bad.tolist(), num_classes - 1,
+                                         ignore_label))
+
+
+# ------------------------------------------------------------- augmentation
+def image_scaling(image, label, min_scale=0.5, max_scale=1.5):
+    """Rescale image and label by one random factor in [min_scale, max_scale).
+
+    Args:
+      image: float32 [H, W, C]; label: [H, W, 1].
+    Returns:
+      (image, label) at the new size; the label by nearest neighbour (OpenCV's
+      INTER_NEAREST sampling), so it only ever holds values it had.
+    """
+    scale = tf.random_uniform([], min_scale, max_scale)
+    size = tf.cast(tf.shape(image)[:2], tf.float32) * scale
+    size = tf.maximum(tf.cast(tf.round(size), tf.int32), 1)
+    image = tf.image.resize_bilinear(image[None], size, half_pixel_centers=True)[0]
+    label = tf.image.resize_nearest_neighbor(label[None], size)[0]
+    return image, label
+
+
+def image_mirroring(image, label):
+    """Flip image and label left-right together, with probability 1/2."""
+    flip = tf.random_uniform([]) < 0.5
+    return (tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image),
+            tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label))
+
+
+def random_crop_and_pad_image_and_labels(image, label, crop_h, crop_w,
+                                         ignore_label=255):
+    """One random ``crop_h`` x ``crop_w`` window of image and label together.
+
+    Sides shorter than the crop are padded at the bottom/right first: the
+    image with 0 (the mean, once it is subtracted), the label with
+    ``ignore_label``. Image and label are stacked so one crop cuts both.
+
+    Args:
+      image: float32 [H, W, 3], mean subtracted; label: integer [H, W, 1].
+    Returns:
+      (image float32 [crop_h, crop_w, 3], label uint8 [crop_h, crop_w, 1]).
+    """
+    # Shift the label so that zero padding becomes the ignore label.
+    label = tf.cast(label, tf.float32) - ignore_label
+    combined = tf.concat([image, label], axis=2)
+    shape = tf.shape(image)
+    combined = tf.image.pad_to_bounding_box(combined, 0, 0,
+                                            tf.maximum(crop_h, shape[0]),
+                                            tf.maximum(crop_w, shape[1]))
+    crop = tf.random_crop(combined, [crop_h, crop_w, 4])
+    image = crop[:, :, :3]
+    label = tf.cast(tf.round(crop[:, :, 3:] + ignore_label), tf.uint8)
+    image.set_shape([crop_h, crop_w, 3])
+    label.set_shape([crop_h, crop_w, 1])
+    return image, label
+
+
+# ------------------------------------------------------------------ reader
+class ImageReader(object):
+    """Reads a list file into (BGR - mean image, label) pairs through queues.
+
+    Training (``input_size`` given): each pair is augmented and cropped, and
+    ``dequeue(n)`` batches them from ``num_threads`` reader threads.
+    Evaluation (``input_size=None``): no augmentation, images keep their own
+    size; ``.image`` [1, H, W, 3], ``.label`` [1, H, W, 1] and
+    ``.image_path`` (a string scalar) come from the same list entry each time
+    they are fetched in one ``sess.run``. The list repeats forever;
+    ``.num_images`` entries make one pass.
+
+    Start the queues with ``start(sess)`` (or
+    ``tf.train.start_queue_runners(sess, coord)``) before fetching. When a
+    ``sess.run`` fails with a ``tf.errors.OpError``, call
+    ``raise_if_failed()`` to get the file error that caused it.
+
+    Args:
+      data_dir, data_list: see ``read_labeled_image_list``.
+      input_size: (height, width) crop for training, or None for evaluation.
+      random_scale, random_mirror: augmentations (training only).
+      ignore_label: label value that pads crops (and is left out of the loss).
+      img_mean: BGR mean subtracted from images, ``utils.IMG_MEAN``.
+      coord: the ``tf.train.Coordinator`` the reader threads report to.
+      shuffle: shuffle the list every pass. With False the list order is
+        kept, batches included (one reader thread is used for that).
+      num_threads: reader threads filling the batch queue.
+      num_classes: when given, a label value that is neither a class id below
+        it nor ``ignore_label`` is an error naming the file.
+    Raises:
+      IOError, ValueError: from ``read_labeled_image_list``.
+    """
+
+    def __init__(self, data_dir, data_list, input_size, random_scale, random_mirror,
+                 ignore_label, img_mean, coord, shuffle=True, num_threads=4,
+                 num_classes=None):
+        self.data_dir = data_dir
+        self.data_list = data_list
+        self.input_size = tuple(input_size) if input_size is not None else None
+        self.ignore_label = ignore_label
+        self.coord = coord
+        self.shuffle = shuffle
+        self.num_threads = num_threads if shuffle else 1
+        self.num_classes = num_classes
+        self.failure = None
+        self._lock = threading.Lock()
+        self.image_list, self.label_list = read_labeled_image_list(data_dir, data_list)
+        self.num_images = len(self.image_list)
+
+        with tf.name_scope("image_reader"):
+            self.image_path, label_path = tf.train.slice_input_producer(
+                [tf.convert_to_tensor(self.image_list, dtype=tf.string),
+                 tf.convert_to_tensor(self.label_list, dtype=tf.string)],
+                shuffle=shuffle)
+            image, label = tf.numpy_function(self._load, [self.image_path, label_path],
+                                             [tf.uint8, tf.uint8], name="load_pair")
+            image.set_shape([None, None, 3])
+            label.set_shape([None, None])
+            # RGB -> BGR, minus the mean: what the Caffe model was trained on.
+            image = tf.cast(image[:, :, ::-1], tf.float32) - np.asarray(img_mean,
+                                                                          np.float32)
+            label = tf.expand_dims(label, axis=2)
+            if self.input_size is not None:
+                if random_scale:
+                    image, label = image_scaling(image, label)
+                if random_mirror:
+                    image, label = image_mirroring(image, label)
+                image, label = random_crop_and_pad_image_and_labels(
+                    image, label, self.input_size[0], self.input_size[1], ignore_label)
+        self._example = (image, label)
+        self.image = tf.expand_dims(image, axis=0)
+        self.label = tf.expand_dims(label, axis=0)
+
+    def _load(self, image_path, label_path):
+        try:
+            return load_pair(image_path.decode(), label_path.decode(),
+                             self.num_classes, self.ignore_label)
+        except Exception as err:
+            with self._lock:
+                if self.failure is None:
+                    self.failure = err
+            raise
+
+    def dequeue(self, num_elements):
+        """A batch of ``num_elements`` training pairs.
+
+        Returns:
+          (image_batch float32 [N, h, w, 3] BGR minus mean,
+           label_batch uint8 [N, h, w, 1]).
+        Raises:
+          ValueError: batches of several images need ``input_size``, since
+            images of their own sizes cannot be stacked.
+        """
+        if self.input_size is None:
+            if num_elements != 1:
+                raise ValueError("Images of different sizes cannot be batched; "
+                                 "give the reader an input_size to crop them.")
+            return self.image, self.label
+        return tf.train.batch(list(self._example), num_elements,
+                              num_threads=self.num_threads,
+                              capacity=max(32, 4 * num_elements),
+                              name="image_reader_batch")
+
+    def start(self, sess):
+        """Start the queue threads for ``sess``; returns them for ``coord.join``."""
+        return tf.train.start_queue_runners(sess=sess, coord=self.coord)
+
+    def raise_if_failed(self):
+        """Raise the file error a reader thread met, if any (IOError/ValueError
+        whose message names the file)."""
+        if self.failure is not None:
+            raise self.failure
