@@ -1,0 +1,284 @@
+"""DeepLab's augmented PASCAL VOC 2012 training set ("train_aug"), from VOC and SBD.
+
+DeepLab-v2 trains on 10,582 images, not VOC 2012's 1,464: the Semantic
+Boundaries Dataset (SBD, Hariharan et al., ICCV 2011) annotated 11,355 VOC
+2011 photos, and its train and val splits are merged with VOC 2012 train.
+VOC 2012 val (1,449 images) is taken out again, since that is where mIoU is
+reported; many of its photos are in SBD's train split.
+
+SBD ships its class maps as MATLAB files: ``cls/<name>.mat`` holds a 1x1
+struct ``GTcls`` whose field ``Segmentation`` is a uint8 [H, W] class map
+(0 background, 1..20 VOC classes, no void border); ``Boundaries`` and
+``CategoriesPresent`` are not needed. VOC's own labels are palette PNGs
+with a 255 void border around objects. Both are written as palette PNGs of
+class ids to ``SegmentationClassAug/``; where both exist, VOC's annotation
+wins (it is the finer one and the one val is scored against).
+
+Images SBD has but ``JPEGImages`` lacks are hard-linked (or copied) in, so
+one ``--data-dir`` serves every list line.
+"""
+import collections
+import logging
+import os
+import shutil
+
+import numpy as np
+import scipy.io
+from PIL import Image
+
+from deeplab_resnet import utils
+from deeplab_resnet.dataset_files import (IMAGE_DIR, LABEL_DIR, atomic_write,
+                                          logged_progress, save_label, write_list)
+
+log = logging.getLogger(__name__)
+
+TRAIN_LIST = "train_aug.txt"
+VAL_LIST = "val.txt"
+
+# Relative paths that must exist, and what a user sees when one is missing.
+VOC_LAYOUT = (
+    (IMAGE_DIR, "the photos (<name>.jpg)"),
+    ("SegmentationClass", "VOC's palette label PNGs"),
+    (os.path.join("ImageSets", "Segmentation", "train.txt"), "VOC's train split"),
+    (os.path.join("ImageSets", "Segmentation", "val.txt"), "VOC's val split"),
+)
+SBD_LAYOUT = (
+    ("cls", "the class maps (<name>.mat with struct GTcls.Segmentation)"),
+    ("img", "the photos (<name>.jpg)"),
+    ("train.txt", "SBD's train split"),
+    ("val.txt", "SBD's val split"),
+)
+# Where people often point the flags instead: (subdirectory that holds the
+# layout, hint).
+VOC_NESTING = ("VOC2012", os.path.join("VOCdevkit", "VOC2012"))
+SBD_NESTING = ("dataset", os.path.join("benchmark_RELEASE", "dataset"))
+
+Source = collections.namedtuple("Source", ["kind", "path"])  # kind: 'voc' | 'sbd'
+
+
+def _check_layout(directory, layout, nesting, flag, what):
+    """Raise IOError naming every missing piece of ``layout`` under ``directory``."""
+    if not os.path.isdir(directory):
+        raise IOError("%s %r is not a directory. Point it at %s." % (flag, directory, what))
+    missing = ["%s (%s)" % (rel, desc) for rel, desc in layout
+               if not os.path.exists(os.path.join(directory, rel))]
+    if not missing:
+        return
+    message = ("%s %r does not look like %s: missing %s."
+               % (flag, directory, what, "; ".join(missing)))
+    for sub in nesting:
+        candidate = os.path.join(directory, sub)
+        if os.path.isdir(candidate):
+            message += " Did you mean %s %s?" % (flag, candidate)
+            break
+    raise IOError(message)
+
+
+def check_voc_dir(voc_dir):
+    """Raise IOError unless ``voc_dir`` is VOCdevkit/VOC2012 (or alike)."""
+    _check_layout(voc_dir, VOC_LAYOUT, VOC_NESTING, "--voc-dir",
+                  "a PASCAL VOC 2012 directory (VOCdevkit/VOC2012)")
+
+
+def check_sbd_dir(sbd_dir):
+    """Raise IOError unless ``sbd_dir`` is SBD's benchmark_RELEASE/dataset."""
+    _check_layout(sbd_dir, SBD_LAYOUT, SBD_NESTING, "--sbd-dir",
+                  "SBD's benchmark_RELEASE/dataset directory")
+
+
+def read_split(path):
+    """Image names, one per line, in file order (blank lines skipped)."""
+    with open(path) as f:
+        names = [line.strip() for line in f]
+    return [name for name in names if name]
+
+
+def read_sbd_label(path):
+    """The class map of an SBD ``cls/*.mat`` file: uint8 [H, W].
+
+    Raises:
+      ValueError: the file is not a MATLAB file with ``GTcls.Segmentation``.
+    """
+    try:
+        mat = scipy.io.loadmat(path, variable_names=["GTcls"])
+    except (ValueError, OSError, TypeError, NotImplementedError) as err:
+        raise ValueError("%s is not a readable MATLAB file (%s). Re-extract SBD's "
+                         "benchmark.tgz." % (path, err))
+    gt = mat.get("GTcls")
+    if (gt is None or gt.dtype.names is None or "Segmentation" not in gt.dtype.names
+            or gt.size != 1):
+        raise ValueError("%s has no 1x1 struct GTcls with a field Segmentation, as "
+                         "SBD's cls/*.mat files do. Is this SBD's cls/ (class "
+                         "maps) and not inst/ (instances)?" % path)
+    label = np.asarray(gt["Segmentation"].flat[0])
+    if label.ndim != 2:
+        raise ValueError("%s: GTcls.Segmentation has shape %s, expected [H, W]."
+                         % (path, label.shape))
+    return label
+
+
+def read_voc_label(path):
+    """Class ids of a VOC label PNG (palette or grayscale): uint8 [H, W].
+
+    Raises:
+      ValueError: an RGB or other PNG whose pixels are not class ids.
+    """
+    with Image.open(path) as image:
+        if image.mode not in ("P", "L"):
+            raise ValueError("%s is a %r PNG; expected VOC's palette ('P') PNG of "
+                             "class ids (or grayscale 'L'). Use the labels from "
+                             "VOC's SegmentationClass/ as shipped." % (path, image.mode))
+        return np.array(image)
+
+
+def check_label(label, name, label_path, image_path, num_classes=utils.NUM_CLASSES):
+    """Raise ValueError if ``label`` has foreign values or another size than its photo."""
+    values = np.unique(label)
+    bad = values[(values >= num_classes) & (values != utils.IGNORE_LABEL)]
+    if bad.size:
+        raise ValueError("%s: label values %s are neither classes 0..%d nor %d "
+                         "(void). Is this a VOC class label?"
+                         % (label_path, bad.tolist(), num_classes - 1,
+                            utils.IGNORE_LABEL))
+    with Image.open(image_path) as image:
+        width, height = image.size
+    if label.shape != (height, width):
+        raise ValueError(
+            "%s is %dx%d but its photo %s is %dx%d (WxH); %s's label belongs to "
+            "another image." % (label_path, label.shape[1], label.shape[0],
+                                image_path, width, height, name))
+
+
+def plan_splits(voc_train, voc_val, sbd_train, sbd_val):
+    """(train_aug, val) name lists.
+
+    train_aug is SBD train + SBD val + VOC train, minus VOC val, without
+    duplicates, sorted; val is VOC val in its own order, without duplicates.
+    """
+    val = list(dict.fromkeys(voc_val))
+    held_out = set(val)
+    train = sorted((set(sbd_train) | set(sbd_val) | set(voc_train)) - held_out)
+    return train, val
+
+
+def _missing_message(names, what, fix):
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return "%d %s missing (%s). %s" % (len(names), what, shown, fix)
+
+
+def plan_sources(names, voc_dir, sbd_dir):
+    """Where each image's label and photo come from.
+
+    Returns:
+      (labels, images): dicts name -> ``Source`` (VOC's label preferred) and
+      name -> path of the photo (VOC's JPEGImages preferred).
+    Raises:
+      IOError: some names have no label or no photo in either dataset.
+    """
+    voc_labels = os.path.join(voc_dir, "SegmentationClass")
+    labels, images, no_label, no_image = {}, {}, [], []
+    for name in names:
+        voc_png = os.path.join(voc_labels, name + ".png")
+        sbd_mat = os.path.join(sbd_dir, "cls", name + ".mat")
+        if os.path.isfile(voc_png):
+            labels[name] = Source("voc", voc_png)
+        elif os.path.isfile(sbd_mat):
+            labels[name] = Source("sbd", sbd_mat)
+        else:
+            no_label.append(name)
+        for candidate in (os.path.join(voc_dir, IMAGE_DIR, name + ".jpg"),
+                          os.path.join(sbd_dir, "img", name + ".jpg")):
+            if os.path.isfile(candidate):
+                images[name] = candidate
+                break
+        else:
+            no_image.append(name)
+    if no_label:
+        raise IOError(_missing_message(
+            no_label, "labels are", "Each listed image needs SegmentationClass/<name>.png "
+            "in --voc-dir or cls/<name>.mat in --sbd-dir; check that both downloads "
+            "were extracted completely."))
+    if no_image:
+        raise IOError(_missing_message(
+            no_image, "photos are", "Each listed image needs JPEGImages/<name>.jpg in "
+            "--voc-dir or img/<name>.jpg in --sbd-dir."))
+    return labels, images
+
+
+def _link_or_copy(src, dst):
+    """Hard-link ``src`` to ``dst`` (no extra space); copy across filesystems.
+
+    Returns 'linked' or 'copied'.
+    """
+    try:
+        os.link(src, dst)
+        return "linked"
+    except OSError:
+        atomic_write(lambda tmp: shutil.copyfile(src, tmp), dst)
+        return "copied"
+
+
+def build_voc_aug(voc_dir, sbd_dir, output_dir=None, force=False,
+                  num_classes=utils.NUM_CLASSES, progress_interval=5.0):
+    """Write SegmentationClassAug/, missing photos and the two list files.
+
+    The layout, the splits and that every listed image has a label and a
+    photo are checked before anything is written. Existing label PNGs
+    are kept (a re-run after an interruption resumes) unless ``force``;
+    photos are never overwritten.
+
+    Args:
+      voc_dir: VOCdevkit/VOC2012.
+      sbd_dir: SBD's benchmark_RELEASE/dataset.
+      output_dir: root of the written dataset (default ``voc_dir``). When it
+        is not ``voc_dir``, every listed photo is linked into
+        ``output_dir/JPEGImages`` so that it is a complete ``--data-dir``.
+      force: rewrite existing labels and list files that differ.
+    Returns:
+      Counter with 'train' and 'val' (list lengths), 'labels_voc' and
+      'labels_sbd' (labels written from each source), 'labels_kept'
+      (already present, left alone), 'images_linked', 'images_copied',
+      'lists_written'.
+    Raises:
+      IOError: a directory lacks the expected layout, a listed image has no
+        label or photo, or a list file would be overwritten without ``force``.
+      ValueError: a label file is malformed or does not fit its photo.
+    """
+    check_voc_dir(voc_dir)
+    check_sbd_dir(sbd_dir)
+    output_dir = voc_dir if output_dir is None else output_dir
+    voc_sets = os.path.join(voc_dir, "ImageSets", "Segmentation")
+    train, val = plan_splits(read_split(os.path.join(voc_sets, "train.txt")),
+                             read_split(os.path.join(voc_sets, "val.txt")),
+                             read_split(os.path.join(sbd_dir, "train.txt")),
+                             read_split(os.path.join(sbd_dir, "val.txt")))
+    names = sorted(set(train) | set(val))
+    labels, images = plan_sources(names, voc_dir, sbd_dir)
+    log.info("train_aug: %d images, val: %d; %d labels from VOC, %d from SBD",
+             len(train), len(val), sum(s.kind == "voc" for s in labels.values()),
+             sum(s.kind == "sbd" for s in labels.values()))
+
+    label_dir = os.path.join(output_dir, LABEL_DIR)
+    image_dir = os.path.join(output_dir, IMAGE_DIR)
+    os.makedirs(label_dir, exist_ok=True)
+    os.makedirs(image_dir, exist_ok=True)
+    counts = collections.Counter(train=len(train), val=len(val))
+    for name in logged_progress(names, "labels", interval=progress_interval):
+        image_path = os.path.join(image_dir, name + ".jpg")
+        if not os.path.exists(image_path):
+            counts["images_" + _link_or_copy(images[name], image_path)] += 1
+        label_path = os.path.join(label_dir, name + ".png")
+        if os.path.exists(label_path) and not force:
+            counts["labels_kept"] += 1
+            continue
+        source = labels[name]
+        read = read_voc_label if source.kind == "voc" else read_sbd_label
+        label = read(source.path)
+        check_label(label, name, source.path, image_path, num_classes)
+        save_label(label, label_path)
+        counts["labels_" + source.kind] += 1
+
+    for list_name, list_names in ((TRAIN_LIST, train), (VAL_LIST, val)):
+        counts["lists_written"] += write_list(os.path.join(output_dir, list_name),
+                                              list_names, force)
+    return counts
