@@ -165,6 +165,8 @@ def dense_crf(image, probs, params=DEFAULTS):
     crf.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w)
     crf.addPairwiseBilateral(
         sxy=params.bi_xy_std, srgb=params.bi_rgb_std,
-        rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=params.bi_w)
+        # pydensecrf's typed memoryviews want C order, uint8 and a writeable
+        # buffer (arrays from PIL are read-only).
+        rgbim=np.require(image, np.uint8, ["C", "W"]), compat=params.bi_w)
     marginals = np.asarray(crf.inference(params.iterations), dtype=np.float32)
     return marginals.reshape(classes, height, width).transpose(1, 2, 0)

@@ -75,8 +75,7 @@ def inv_preprocess(images, num_images=None):
     images = np.asarray(images, dtype=np.float32)
     if num_images is not None:
         images = images[:num_images]
-    # Round: float32 round trips land just below integers (122.99999).
-    return np.rint(np.clip(images + IMG_MEAN, 0, 255))[..., ::-1].astype(np.uint8)
+    return np.clip(images + IMG_MEAN, 0, 255)[..., ::-1].astype(np.uint8)
 
 
 def prepare_label(label, size):

@@ -90,3 +90,41 @@ def shared_sample():
         "label": os.path.join(SHARED_SAMPLE, "2007_000129.png"),
         "label_gray": os.path.join(SHARED_SAMPLE, "2007_000129_gray.png"),
     }
+
+
+def save_tiny_model(directory, num_classes=utils.NUM_CLASSES, seed=0):
+    """Random TINY_CONFIG weights as train.py leaves them, in their own graph.
+
+    Writes the checkpoint ``model.ckpt-0``, ``model_config.json`` and the same
+    weights as ``tiny.npz`` into ``directory``. BatchNorm statistics are
+    random too, so folding them is exercised. The classifier is scaled down
+    so that logits are O(1) rather than O(1000) (the input is not normalised),
+    which gives mixed predictions and softmax outputs a CRF can change.
+    Returns (prefix, npz path).
+    """
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    with tf.Graph().as_default():
+        images = tf.placeholder(tf.float32, [1, None, None, 3])
+        net, _ = utils.build_model(images, num_classes, config=TINY_CONFIG)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            values = {}
+            for name, var in net.variables.items():
+                shape = var.get_shape().as_list()
+                if name.endswith("/variance"):
+                    values[name] = rng.uniform(0.5, 2.0, shape)
+                elif name.endswith(("/scale", "/mean", "/offset", "/biases")):
+                    base = 1.0 if name.endswith("/scale") else 0.0
+                    values[name] = base + rng.normal(0.0, 0.2, shape)
+                else:
+                    values[name] = sess.run(var)
+                if name.startswith(utils.CLASSIFIER_PREFIX):
+                    values[name] = values[name] * 1e-3
+                var.load(values[name], sess)
+            prefix = tf.train.Saver(net.variables).save(
+                sess, os.path.join(directory, "model.ckpt"), global_step=0)
+    utils.save_model_config(directory, num_classes, TINY_CONFIG)
+    npz = os.path.join(directory, "tiny.npz")
+    np.savez(npz, **{k: np.asarray(v, np.float32) for k, v in values.items()})
+    return prefix, npz

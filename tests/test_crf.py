@@ -1,0 +1,97 @@
+"""Dense CRF: it recovers boundaries from a noisy unary; flags and errors."""
+import argparse
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deeplab_resnet import crf
+
+pytest.importorskip("pydensecrf.densecrf")
+
+
+def synthetic_scene(seed=0, height=60, width=80):
+    """Three flat colour regions, their labels, and a noisy softmax.
+
+    The 'network' favours the right class by a small margin that the noise
+    often outweighs, so argmax is wrong on a large share of pixels.
+    """
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[:height, :width]
+    label = np.zeros((height, width), np.int64)
+    label[(yy - 30) ** 2 + (xx - 45) ** 2 < 18 ** 2] = 1
+    label[:, :15] = 2
+    colours = np.array([[40, 60, 200], [220, 200, 30], [30, 160, 40]])
+    image = np.clip(colours[label] + rng.normal(0, 8, (height, width, 3)), 0, 255)
+    # Read-only and uint8 like an image decoded by PIL.
+    image = np.asarray(Image.fromarray(image.astype(np.uint8)))
+    logits = rng.normal(0, 1.0, (height, width, 3))
+    logits[yy, xx, label] += 0.8
+    probs = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+    return image, label, probs.astype(np.float32)
+
+
+def test_crf_recovers_region_boundaries_better_than_argmax():
+    image, label, probs = synthetic_scene()
+    assert not image.flags.writeable
+    argmax_error = np.mean(probs.argmax(axis=-1) != label)
+    marginals = crf.dense_crf(image, probs)
+    crf_error = np.mean(marginals.argmax(axis=-1) != label)
+    assert argmax_error > 0.3
+    assert crf_error < argmax_error / 5
+    assert marginals.shape == probs.shape and marginals.dtype == np.float32
+    np.testing.assert_allclose(marginals.sum(axis=-1), 1.0, atol=1e-4)
+
+
+def test_crf_with_zero_iterations_keeps_the_argmax():
+    image, _, probs = synthetic_scene(seed=1)
+    marginals = crf.dense_crf(image, probs, crf.CrfParams(iterations=0))
+    np.testing.assert_array_equal(marginals.argmax(-1), probs.argmax(-1))
+
+
+def test_unary_is_negative_log_probability_in_pydensecrf_layout():
+    probs = np.random.RandomState(0).dirichlet([1, 1, 1], size=(4, 5))
+    unary = crf.unary_from_probs(probs)
+    assert unary.shape == (3, 20) and unary.dtype == np.float32
+    assert unary.flags.c_contiguous
+    np.testing.assert_allclose(unary[2, 7], -np.log(probs[1, 2, 2]), rtol=1e-5)
+    # A zero probability is a large finite energy.
+    assert np.isfinite(crf.unary_from_probs(np.array([[[1.0, 0.0]]]))).all()
+
+
+def test_crf_rejects_mismatched_sizes():
+    image, _, probs = synthetic_scene()
+    with pytest.raises(ValueError, match="size"):
+        crf.dense_crf(image[:-1], probs)
+    with pytest.raises(ValueError, match="RGB"):
+        crf.dense_crf(image[..., 0], probs)
+
+
+def test_flags_default_to_deeplab_values_and_build_params():
+    parser = argparse.ArgumentParser()
+    crf.add_crf_flags(parser)
+    assert crf.params_from_flags(parser.parse_args([])) is None
+    params = crf.params_from_flags(parser.parse_args(["--crf"]))
+    assert params == crf.CrfParams(iterations=10, pos_w=3, pos_xy_std=3, bi_w=4,
+                                   bi_xy_std=67, bi_rgb_std=3)
+    params = crf.params_from_flags(parser.parse_args(
+        ["--crf", "--crf-iters", "5", "--crf-bi-xy-std", "121",
+         "--crf-bi-rgb-std", "5"]))
+    assert (params.iterations, params.bi_xy_std, params.bi_rgb_std) == (5, 121, 5)
+    with pytest.raises(ValueError, match="--crf-bi-rgb-std"):
+        crf.params_from_flags(parser.parse_args(["--crf", "--crf-bi-rgb-std", "0"]))
+
+
+def test_missing_pydensecrf_is_a_clear_error(monkeypatch):
+    # A None entry in sys.modules makes the import fail, as if not installed.
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    image, _, probs = synthetic_scene()
+    with pytest.raises(ImportError, match="pip install pydensecrf2"):
+        crf.dense_crf(image, probs)
+    parser = argparse.ArgumentParser()
+    crf.add_crf_flags(parser)
+    assert crf.params_from_flags(parser.parse_args([])) is None
+    with pytest.raises(ValueError, match="pip install pydensecrf2"):
+        crf.params_from_flags(parser.parse_args(["--crf"]))
