@@ -1,0 +1,90 @@
+"""Convert DeepLab-v2's released Caffe weights (.caffemodel) for this project.
+
+    python convert.py train_iter_20000.caffemodel --output deeplab_resnet.npz
+    python convert.py init.caffemodel --output init.npz   # body only
+
+Reads the model without Caffe (both the 'layer' and the legacy V1 'layers'
+format), maps its layers to our variables by name and checks that every
+variable of DeepLab-v2 ResNet-101 is covered before writing anything. Layers
+of the training net that are not part of the network (multi-scale copies such
+as *_res075, data, loss) are ignored. An ImageNet/COCO init model without
+the fc1_voc12 classifier gives the body only: train from it with
+--not-restore-last.
+
+    python convert.py --write-prototxt misc/deploy.prototxt
+
+writes the Caffe deploy prototxt of the network as this project builds it.
+"""
+import argparse
+import logging
+
+from deeplab_resnet import caffe, utils
+
+log = logging.getLogger("convert")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("caffemodel", nargs="?",
+                        help="The .caffemodel to convert (required unless "
+                             "--write-prototxt is given).")
+    parser.add_argument("--output", default=None,
+                        help="The .npz to write, keys like 'res2a_branch1/weights' "
+                             "(default: the caffemodel's path with .npz).")
+    parser.add_argument("--prototxt", default=None,
+                        help="Check the model against this prototxt (layer names, "
+                             "types and num_output) before converting "
+                             "(default: no check).")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="Classes the model must have; a different classifier "
+                             "is an error (default: taken from the model's "
+                             "fc1_voc12_c0, %d without classifier)." % utils.NUM_CLASSES)
+    parser.add_argument("--drop-classifier", action="store_true",
+                        help="Convert the body only, leaving out fc1_voc12_* (e.g. "
+                             "to fine-tune for other classes; default: off).")
+    parser.add_argument("--checkpoint", default=None, metavar="PREFIX",
+                        help="Also write a TensorFlow checkpoint with this prefix, "
+                             "and model_config.json beside it (default: none).")
+    parser.add_argument("--model-config", default=None,
+                        help="model_config.json (or its directory) describing a "
+                             "non-standard architecture (default: DeepLab-v2 "
+                             "ResNet-101).")
+    parser.add_argument("--write-prototxt", default=None, metavar="PATH",
+                        help="Write the network's Caffe deploy prototxt to PATH "
+                             "(for --num-classes, default %d) instead of "
+                             "converting." % utils.NUM_CLASSES)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace existing output files (default: refuse).")
+    args = parser.parse_args()
+    if args.caffemodel is None and args.write_prototxt is None:
+        parser.error("give a .caffemodel to convert, or --write-prototxt PATH")
+    return args
+
+
+def main():
+    args = parse_args()
+    utils.setup_logging()
+    config = None
+    if args.model_config:
+        _, config = caffe.read_model_config(args.model_config)
+    if args.write_prototxt:
+        caffe.write_model_prototxt(args.write_prototxt, args.num_classes, config,
+                                   overwrite=args.overwrite)
+        if args.caffemodel is None:
+            return 0
+    output = args.output
+    if output is None:
+        output = args.caffemodel.rsplit(".", 1)[0] + ".npz"
+    result = caffe.convert_caffemodel(
+        args.caffemodel, output, prototxt=args.prototxt, num_classes=args.num_classes,
+        config=config, checkpoint=args.checkpoint,
+        drop_classifier=args.drop_classifier, overwrite=args.overwrite)
+    log.info("converted %d variables (%s, %d classes) -> %s", len(result.weights),
+             "with classifier" if result.has_classifier else "body only",
+             result.num_classes, output)
+    return 0
+
+
+if __name__ == "__main__":
+    utils.run_main(main)
