@@ -192,7 +192,9 @@ class Network(object):
         pads = [[0, 0]]
         for size, k, s in ((shape[1], k_h, s_h), (shape[2], k_w, s_w)):
             out = caffe_pool_output_size(size, k, s, padding)
-            pads.append([padding, (out - 1) * s + k - size - padding])
+            # Negative when a dropped window leaves the last rows unused
+            # (kernel < stride); VALID pooling then ignores them by itself.
+            pads.append([padding, tf.maximum((out - 1) * s + k - size - padding, 0)])
         pads.append([0, 0])
         padded = tf.pad(input, pads, constant_values=-np.inf)
         return tf.nn.max_pool2d(padded, [k_h, k_w], [s_h, s_w], "VALID", name=name)
