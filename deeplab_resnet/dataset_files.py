@@ -93,6 +93,24 @@ def save_label(label, path):
     save_image(label_image(label), path)
 
 
+def text_needs_writing(path, text, force=False):
+    """Whether ``path`` lacks ``text``; checks up front what ``write_text`` would do.
+
+    Raises:
+      FileExistsError: ``path`` holds something else and ``force`` is off.
+    """
+    if not os.path.isfile(path):
+        return True
+    with open(path) as f:
+        if f.read() == text:
+            return False
+    if not force:
+        raise FileExistsError(
+            "%s already exists with other contents. Move it away, choose "
+            "another output directory, or pass --force to replace it." % path)
+    return True
+
+
 def write_text(path, text, force=False):
     """Write ``text`` to ``path`` atomically, never clobbering other content.
 
@@ -101,14 +119,8 @@ def write_text(path, text, force=False):
     Raises:
       FileExistsError: ``path`` holds something else and ``force`` is off.
     """
-    if os.path.isfile(path):
-        with open(path) as f:
-            if f.read() == text:
-                return False
-        if not force:
-            raise FileExistsError(
-                "%s already exists with other contents. Move it away, choose "
-                "another output directory, or pass --force to replace it." % path)
+    if not text_needs_writing(path, text, force):
+        return False
 
     def write(tmp):
         with open(tmp, "w") as f:
@@ -117,12 +129,14 @@ def write_text(path, text, force=False):
     return True
 
 
-def write_list(path, names, force=False):
-    """Write a list file, one ``list_line(name)`` per name, atomically.
+def list_text(names):
+    """A list file's contents: one ``list_line(name)`` per name."""
+    return "".join(list_line(name) for name in names)
 
-    Returns / Raises: as ``write_text``.
-    """
-    return write_text(path, "".join(list_line(name) for name in names), force)
+
+def write_list(path, names, force=False):
+    """Write a list file atomically. Returns / Raises: as ``write_text``."""
+    return write_text(path, list_text(names), force)
 
 
 def logged_progress(items, what, unit="file", interval=5.0):

@@ -28,7 +28,8 @@ from PIL import Image
 
 from deeplab_resnet import utils
 from deeplab_resnet.dataset_files import (IMAGE_DIR, LABEL_DIR, atomic_write,
-                                          logged_progress, save_label, write_list)
+                                          list_text, logged_progress, save_label,
+                                          text_needs_writing, write_text)
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +223,9 @@ def build_voc_aug(voc_dir, sbd_dir, output_dir=None, force=False,
                   num_classes=utils.NUM_CLASSES, progress_interval=5.0):
     """Write SegmentationClassAug/, missing photos and the two list files.
 
-    The layout, the splits and that every listed image has a label and a
-    photo are checked before anything is written. Existing label PNGs
+    The layout, the splits, that every listed image has a label and a
+    photo, and that no other list file would be replaced are checked before
+    anything is written. Existing label PNGs
     are kept (a re-run after an interruption resumes) unless ``force``;
     photos are never overwritten.
 
@@ -254,6 +256,10 @@ def build_voc_aug(voc_dir, sbd_dir, output_dir=None, force=False,
                              read_split(os.path.join(sbd_dir, "val.txt")))
     names = sorted(set(train) | set(val))
     labels, images = plan_sources(names, voc_dir, sbd_dir)
+    lists = [(os.path.join(output_dir, TRAIN_LIST), list_text(train)),
+             (os.path.join(output_dir, VAL_LIST), list_text(val))]
+    for path, text in lists:
+        text_needs_writing(path, text, force)
     log.info("train_aug: %d images, val: %d; %d labels from VOC, %d from SBD",
              len(train), len(val), sum(s.kind == "voc" for s in labels.values()),
              sum(s.kind == "sbd" for s in labels.values()))
@@ -278,7 +284,6 @@ def build_voc_aug(voc_dir, sbd_dir, output_dir=None, force=False,
         save_label(label, label_path)
         counts["labels_" + source.kind] += 1
 
-    for list_name, list_names in ((TRAIN_LIST, train), (VAL_LIST, val)):
-        counts["lists_written"] += write_list(os.path.join(output_dir, list_name),
-                                              list_names, force)
+    for path, text in lists:
+        counts["lists_written"] += write_text(path, text, force)
     return counts

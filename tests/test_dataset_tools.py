@@ -181,6 +181,8 @@ def test_build_refuses_to_replace_a_different_list(fake_download):
         voc_aug.build_voc_aug(voc_dir, sbd_dir)
     with open(path) as f:
         assert f.read() == "my own list\n"
+    # Found before converting thousands of labels, not after.
+    assert not os.path.exists(os.path.join(voc_dir, "SegmentationClassAug"))
     voc_aug.build_voc_aug(voc_dir, sbd_dir, force=True)
     with open(path) as f:
         assert f.read().splitlines() == expected_lines(VOC_VAL)
