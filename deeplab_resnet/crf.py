@@ -69,8 +69,8 @@ DEFAULTS = CrfParams()
 def add_crf_flags(parser):
     """``--crf`` and one flag per CRF parameter, shared by evaluate/inference."""
     group = parser.add_argument_group(
-        "dense CRF", "Post-processing with the fully connected CRF "
-        "(needs `%s`). Defaults: DeepLab-v2 ResNet-101 on VOC." % INSTALL_HINT)
+        "dense CRF", "Fully connected CRF post-processing (needs `%s`).\n"
+        "Defaults: DeepLab-v2 ResNet-101 on PASCAL VOC." % INSTALL_HINT)
     group.add_argument("--crf", action="store_true",
                        help="Refine the prediction with the dense CRF "
                             "(default: off).")

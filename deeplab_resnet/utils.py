@@ -157,7 +157,7 @@ def add_model_flags(parser, restore_required=True,
     parser.add_argument("--num-classes", type=int, default=NUM_CLASSES,
                         help="Output classes, background included "
                              "(default: %(default)s, PASCAL VOC).")
-    parser.add_argument(*weights_flags, dest="restore_from",
+    parser.add_argument(*weights_flags, dest="restore_from", metavar="WEIGHTS",
                         required=restore_required, default=None,
                         help="Weights to start from: a .npz written by convert.py, "
                              "a checkpoint prefix, or a directory (its latest "

@@ -99,12 +99,14 @@ def save_tiny_model(directory, num_classes=utils.NUM_CLASSES, seed=0):
     weights as ``tiny.npz`` into ``directory``. BatchNorm statistics are
     random too, so folding them is exercised. The classifier is scaled down
     so that logits are O(1) rather than O(1000) (the input is not normalised),
-    which gives mixed predictions and softmax outputs a CRF can change.
+    which gives mixed predictions and softmax outputs a CRF can change, and
+    class 0 gets a head start so that, as in VOC, background is common.
     Returns (prefix, npz path).
     """
     os.makedirs(directory, exist_ok=True)
     rng = np.random.RandomState(seed)
     with tf.Graph().as_default():
+        tf.set_random_seed(seed)
         images = tf.placeholder(tf.float32, [1, None, None, 3])
         net, _ = utils.build_model(images, num_classes, config=TINY_CONFIG)
         with tf.Session() as sess:
@@ -121,6 +123,8 @@ def save_tiny_model(directory, num_classes=utils.NUM_CLASSES, seed=0):
                     values[name] = sess.run(var)
                 if name.startswith(utils.CLASSIFIER_PREFIX):
                     values[name] = values[name] * 1e-3
+                if name == utils.CLASSIFIER_PREFIX + "_c0/biases":
+                    values[name][0] += 0.3
                 var.load(values[name], sess)
             prefix = tf.train.Saver(net.variables).save(
                 sess, os.path.join(directory, "model.ckpt"), global_step=0)
