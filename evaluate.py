@@ -18,9 +18,8 @@ import logging
 import os
 
 import numpy as np
-
-import deeplab_resnet  # noqa: F401  (graph mode)
 import tensorflow.compat.v1 as tf
+
 from deeplab_resnet import crf, predict, utils
 from deeplab_resnet.image_reader import ImageReader
 

@@ -20,7 +20,6 @@ import logging
 import os
 import time
 
-import deeplab_resnet  # noqa: F401  (graph mode)
 from deeplab_resnet import crf, image_reader, predict, utils
 
 log = logging.getLogger(__name__)

@@ -32,11 +32,8 @@ The parameters differ per dataset and network; every one is a flag
 functions, so that everything else works without it installed.
 """
 import collections
-import logging
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install pydensecrf2"
 # Probabilities are clipped before the log so that a confident 0 from the
