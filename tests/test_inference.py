@@ -215,3 +215,15 @@ def test_parse_scales():
     for bad in ("", "a,1", "0,1", "-1"):
         with pytest.raises(ValueError, match="--scales"):
             predict.parse_scales(bad)
+
+
+@pytest.mark.slow
+def test_resnet101_multi_scale_flip_output_has_the_input_size():
+    images = tf.placeholder(tf.float32, [1, None, None, 3])
+    _, prediction = predict.build_prediction(images, utils.NUM_CLASSES,
+                                             scales=(0.5, 0.75, 1.0), flip=True)
+    image = np.random.RandomState(0).randint(0, 256, (97, 130, 3)).astype(np.uint8)
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        pred = sess.run(prediction.pred, {images: predict.preprocess(image)})
+    assert pred.shape == (1, 97, 130)
