@@ -80,9 +80,9 @@ def main():
         args.caffemodel, output, prototxt=args.prototxt, num_classes=args.num_classes,
         config=config, checkpoint=args.checkpoint,
         drop_classifier=args.drop_classifier, overwrite=args.overwrite)
-    log.info("converted %d variables (%s, %d classes) -> %s", len(result.weights),
-             "with classifier" if result.has_classifier else "body only",
-             result.num_classes, output)
+    log.info("converted %d variables (%s) -> %s", len(result.weights),
+             "%d classes" % result.num_classes if result.has_classifier
+             else "body only, no classifier", output)
     return 0
 
 
