@@ -331,6 +331,27 @@ class ImageReader(object):
         self.image = tf.expand_dims(image, axis=0)
         self.label = tf.expand_dims(label, axis=0)
 
+    def check(self, sample_size=100, seed=0):
+        """Read a sample of the pairs now, so bad labels fail before training.
+
+        Every listed file was checked to exist when the list was read; this
+        also decodes up to ``sample_size`` pairs (all of a shorter list) and
+        checks them as the reader threads will: image and label sizes, label
+        mode, and label values when the reader has ``num_classes``.
+
+        Raises:
+          IOError, ValueError: naming the first bad file.
+        """
+        indices = np.arange(self.num_images)
+        if self.num_images > sample_size:
+            indices = np.sort(np.random.RandomState(seed).choice(
+                self.num_images, sample_size, replace=False))
+        for i in indices:
+            load_pair(self.image_list[i], self.label_list[i], self.num_classes,
+                      self.ignore_label)
+        log.info("checked %d of %d image/label pairs in %s", len(indices),
+                 self.num_images, self.data_list)
+
     def _load(self, image_path, label_path):
         try:
             return load_pair(image_path.decode(), label_path.decode(),
