@@ -802,13 +802,14 @@ def caffe_weights(layers):
     BatchNorm that last wrote its input blob (by name, scaleX -> bnX, if the
     file has no blob names).
 
+    Layers of other types are left out (the caller reports them).
+
     Returns:
-      (weights, origin, unmapped): ``origin`` maps each key to its Caffe
-      layer; ``unmapped`` lists layers with blobs of other types.
+      (weights, origin): ``origin`` maps each key to its Caffe layer.
     Raises:
       CaffeFormatError: a Convolution/BatchNorm/Scale with unusable blobs.
     """
-    weights, origin, unmapped = {}, {}, []
+    weights, origin = {}, {}
     bn_of_blob = {}
     for layer in layers:
         kind = layer_kind(layer)
@@ -843,13 +844,12 @@ def caffe_weights(layers):
             if len(blobs) > 1:
                 entries["offset"] = blobs[1].reshape(-1)
         else:
-            unmapped.append(layer.name)
             continue
         for param, array in entries.items():
             key = "%s/%s" % (target, param)
             weights[key] = np.ascontiguousarray(array, dtype=np.float32)
             origin[key] = layer.name
-    return weights, origin, unmapped
+    return weights, origin
 
 
 def build_network(num_classes, config=None):
@@ -878,6 +878,7 @@ def model_prototxt(num_classes=utils.NUM_CLASSES, config=None,
     return deploy_prototxt(net.layer_specs, input_size=input_size, header=header)
 
 
+# weights: {'layer/param': array}; ignored_layers: Caffe layers left out.
 Conversion = collections.namedtuple(
     "Conversion", "weights num_classes has_classifier ignored_layers")
 
@@ -904,7 +905,7 @@ def convert_net(net_proto, num_classes=None, config=None, drop_classifier=False)
         classes than ``num_classes``.
     """
     config = config or ModelConfig()
-    weights, origin, unmapped = caffe_weights(net_proto.layers)
+    weights, origin = caffe_weights(net_proto.layers)
     classifier = _classifier_keys(weights)
     first = utils.CLASSIFIER_PREFIX + "_c0/weights"
     if drop_classifier:
@@ -958,6 +959,9 @@ def convert_net(net_proto, num_classes=None, config=None, drop_classifier=False)
     weights = {k: weights[k] for k in sorted(wanted)}
     if has_classifier:
         log.info("classifier %s: %d classes", utils.CLASSIFIER_PREFIX, num_classes)
+    elif drop_classifier:
+        log.info("converted the ResNet body only (--drop-classifier); train from "
+                 "it with --not-restore-last.")
     else:
         log.warning("the model has no %s classifier (an ImageNet/COCO init model?): "
                     "converted the ResNet body only. Train from it with "

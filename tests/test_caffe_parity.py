@@ -13,7 +13,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 from deeplab_resnet import caffe, utils
 from deeplab_resnet.model import ModelConfig
-from test_convert import load_npz, make_caffe_model
+from test_convert import make_caffe_model
 
 cv2 = pytest.importorskip(
     "cv2", reason="OpenCV (opencv-python-headless, requirements-test.txt) is the "
@@ -54,7 +54,7 @@ class Models(object):
         self.graph, self.net = caffe.build_network(num_classes, config)
         self.session = tf.Session(graph=self.graph)
         with self.graph.as_default():
-            self.net.assign_weights(load_npz(npz), self.session)
+            utils.restore(self.session, npz, self.net)
 
     def tf_logits(self, images):
         return self.session.run(self.net.layers[utils.CLASSIFIER_PREFIX],
