@@ -17,13 +17,10 @@ Example (fine-tune the ImageNet init model converted by convert.py):
       --restore-from init.npz --not-restore-last --random-scale --random-mirror
 """
 import argparse
-import logging
 
 import deeplab_resnet  # noqa: F401  (graph mode)
 from deeplab_resnet import training, utils
 from deeplab_resnet.model import ASPP_RATES, RESNET101_BLOCKS
-
-log = logging.getLogger(__name__)
 
 BATCH_SIZE = 10
 DATA_LIST_PATH = "dataset/train.txt"

@@ -448,7 +448,9 @@ def _restore(sess, saver, trainer, args, resume):
     else:
         log.warning("No --restore-from: training from random weights. Real "
                     "training starts from converted ImageNet or DeepLab weights "
-                    "(convert.py).")
+                    "(convert.py).%s", "" if args.is_training else
+                    " BatchNorm is frozen at its initial statistics, so nothing "
+                    "normalises the activations; add --is-training.")
     return 0
 
 

@@ -7,7 +7,7 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from conftest import write_voc_pair
-from deeplab_resnet import utils
+from deeplab_resnet import image_reader, utils
 from deeplab_resnet.image_reader import (
     ImageReader, image_mirroring, image_scaling, load_image, load_label,
     read_labeled_image_list)
@@ -298,3 +298,22 @@ def test_label_values_checked_against_num_classes(voc_dataset, session):
     with pytest.raises(ValueError, match=r"img0.png has values \[.*\], which are "
                                          r"neither class ids 0..1"):
         reader.raise_if_failed()
+
+
+def test_check_reads_a_sample_of_pairs_and_names_a_bad_one(voc_dataset, monkeypatch):
+    data_dir, list_path, names = voc_dataset
+    coord = tf.train.Coordinator()
+    reader = ImageReader(data_dir, list_path, (33, 33), False, False, 255,
+                         utils.IMG_MEAN, coord, num_classes=utils.NUM_CLASSES)
+    reader.check()
+    read = []
+    original = image_reader.load_pair
+    monkeypatch.setattr(image_reader, "load_pair",
+                        lambda *args: read.append(args[1]) or original(*args))
+    reader.check(sample_size=2)
+    assert len(read) == 2 and len(set(read)) == 2
+    assert set(read) <= set(reader.label_list)
+    label = os.path.join(data_dir, "SegmentationClassAug", names[2] + ".png")
+    Image.open(label).convert("RGB").save(label)
+    with pytest.raises(ValueError, match=names[2] + ".png is a colour image"):
+        reader.check()

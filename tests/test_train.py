@@ -304,6 +304,39 @@ def test_bad_data_fails_before_training_and_keeps_snapshots(tmp_path, caplog, br
             assert f.read() == text
 
 
+def test_bad_label_met_by_the_reader_during_training_stops_the_run(
+        tmp_path, caplog, monkeypatch):
+    """Labels beyond the checked sample are checked by the reader threads."""
+    monkeypatch.setattr(training, "CHECKED_LABELS", 0)
+    data_dir = str(tmp_path / "data")
+    list_path = write_dataset(data_dir)
+    message = break_label_size(data_dir, list_path)
+    snapshot_dir = str(tmp_path / "snap")
+    assert run_train(train_argv(data_dir, list_path, snapshot_dir,
+                                "--num-steps", "50")) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and re.search(message, errors[0]), errors
+    assert tf.train.latest_checkpoint(snapshot_dir) is None
+
+
+@pytest.mark.slow
+def test_resnet101_trains_with_accumulation_and_batch_statistics(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    data_dir = str(tmp_path / "data")
+    list_path = write_dataset(data_dir)
+    snapshot_dir = str(tmp_path / "snap")
+    argv = ["--data-dir", data_dir, "--data-list", list_path, "--snapshot-dir",
+            snapshot_dir, "--input-size", "65,65", "--batch-size", "2",
+            "--grad-update-every", "2", "--num-steps", "3", "--is-training",
+            "--random-scale", "--random-mirror"]
+    assert run_train(argv) == 0
+    losses = [float(m) for m in re.findall(r"loss=(\S+)", caplog.text)]
+    assert len(losses) == 3 and np.isfinite(losses).all()
+    saved = tf.train.load_checkpoint(tf.train.latest_checkpoint(snapshot_dir))
+    assert saved.get_tensor("global_step") == 3
+    assert saved.get_tensor("res4b22_branch2b/weights/Momentum").any()
+
+
 # ------------------------------------------------------- the script itself
 def script(argv, **kwargs):
     return subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "train.py")] + argv,
