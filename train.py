@@ -8,9 +8,9 @@ weight decay on convolution weights, frozen BatchNorm (unless --is-training).
 Snapshots go to --snapshot-dir with model_config.json (the architecture, so
 evaluate.py and inference.py rebuild the same net). Rerunning the same command
 resumes from the last snapshot there, global step, momentum and learning-rate
-schedule included; Ctrl-C saves a snapshot and stops. TensorBoard logs
-(loss, accuracy, learning rate, image/label/prediction triplets) go to the
-same directory.
+schedule included; Ctrl-C (or SIGTERM) saves a snapshot and stops.
+TensorBoard logs (loss, accuracy, learning rate, image/label/prediction
+triplets) go to the same directory.
 
 Example (fine-tune the ImageNet init model converted by convert.py):
   python train.py --data-dir VOCdevkit/VOC2012 --data-list dataset/train.txt \\

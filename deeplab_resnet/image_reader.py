@@ -124,7 +124,8 @@ def load_image(path):
                 wide = np.asarray(image, dtype=np.float64)
                 # 16-bit images use the full range; 8-bit conversion keeps the top byte.
                 wide = wide / 257.0 if wide.max() > 255 else wide
-                image = Image.fromarray(np.clip(np.round(wide), 0, 255).astype(np.uint8))
+                image = Image.fromarray(
+                    np.clip(np.round(wide), 0, 255).astype(np.uint8))
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except _DECODE_ERRORS as err:
         raise IOError("Cannot read image %s (%s). Replace the file or remove its "

@@ -296,30 +296,33 @@ def scalar_summary(values):
 
 # ---------------------------------------------------------------- the loop
 class InterruptRequest(object):
-    """Ctrl-C asks the loop to snapshot after the current step and stop.
+    """Ctrl-C (or SIGTERM, as a scheduler stops a job) asks the loop to
+    snapshot after the current step and stop.
 
-    A second Ctrl-C stops at once (KeyboardInterrupt), without a snapshot.
+    A second signal stops at once (KeyboardInterrupt), without a snapshot.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("Ctrl-C: saving a snapshot after this step, then stopping "
-                    "(Ctrl-C again to stop without one).")
+        log.warning("%s: saving a snapshot after this step, then stopping "
+                    "(again to stop without one).", signal.Signals(signum).name)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def check_snapshot_config(snapshot_dir, num_classes, config):
@@ -374,12 +377,12 @@ def train(args):
     last snapshot in ``args.snapshot_dir`` or restores ``args.restore_from``,
     trains to ``args.num_steps`` with progress lines and TensorBoard
     summaries, and snapshots every ``args.save_pred_every`` steps, at the end
-    and on Ctrl-C.
+    and on Ctrl-C or SIGTERM.
 
     Args:
       args: the parsed flags of train.py (an ``argparse.Namespace``).
     Returns:
-      0 when done, ``INTERRUPTED_STATUS`` after a Ctrl-C snapshot.
+      0 when done, ``INTERRUPTED_STATUS`` after a Ctrl-C/SIGTERM snapshot.
     Raises:
       IOError, ValueError: bad data, weights or flags, or a non-finite loss.
         Problems with the data, the flags or the weights are found before the

@@ -71,12 +71,13 @@ def test_list_paths_are_relative_to_data_dir(voc_dataset):
 
 def test_missing_files_are_named_with_line_numbers(voc_dataset):
     data_dir, list_path, names = voc_dataset
-    entries = pair_entries(names) + [("/JPEGImages/gone.jpg", "/SegmentationClassAug/%s.png"
-                                      % names[0])]
+    entries = pair_entries(names) + [
+        ("/JPEGImages/gone.jpg", "/SegmentationClassAug/%s.png" % names[0])]
     write_list(list_path, entries)
     with pytest.raises(IOError) as err:
         read_labeled_image_list(data_dir, list_path)
-    assert "line 5: " + os.path.join(data_dir, "JPEGImages", "gone.jpg") in str(err.value)
+    missing = os.path.join(data_dir, "JPEGImages", "gone.jpg")
+    assert "line 5: " + missing in str(err.value)
     assert "line 1" not in str(err.value)
 
 
@@ -179,7 +180,8 @@ def test_evaluation_reader_is_bgr_minus_mean_in_list_order(voc_dataset, session)
         image_file = os.path.join(data_dir, "JPEGImages", name + ".jpg")
         assert path.decode() == image_file
         assert image.dtype == np.float32 and image.shape == (1, 33, 33, 3)
-        expected = rgb_from_file(image_file)[..., ::-1].astype(np.float32) - utils.IMG_MEAN
+        expected = (rgb_from_file(image_file)[..., ::-1].astype(np.float32)
+                    - utils.IMG_MEAN)
         np.testing.assert_allclose(image[0], expected, atol=1e-4)
         expected_label = label_from_file(
             os.path.join(data_dir, "SegmentationClassAug", name + ".png"))

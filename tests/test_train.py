@@ -80,7 +80,8 @@ def test_dilated_convolution_gradient_matches_zero_inserted_kernel():
         dilated = tf.nn.conv2d(x, w, [1, 1, 1, 1], pads, dilations=[1, rate, rate, 1])
         plain = tf.nn.conv2d(x, w, [1, 1, 1, 1], [[0, 0], [1, 1], [1, 1], [0, 0]])
     taps = [[i * rate, j * rate] for i in range(3) for j in range(3)]
-    big = tf.scatter_nd(taps, tf.reshape(w, [9, 3, 4]), [2 * rate + 1, 2 * rate + 1, 3, 4])
+    size = 2 * rate + 1
+    big = tf.scatter_nd(taps, tf.reshape(w, [9, 3, 4]), [size, size, 3, 4])
     reference = tf.nn.conv2d(x, big, [1, 1, 1, 1], pads)
     plain_reference = tf.nn.conv2d(x, w, [1, 1, 1, 1], [[0, 0], [1, 1], [1, 1], [0, 0]])
     upstream = tf.constant(rng.normal(size=(2, 11, 9, 4)).astype(np.float32))
@@ -338,10 +339,10 @@ def test_resnet101_trains_with_accumulation_and_batch_statistics(tmp_path, caplo
 
 
 # ------------------------------------------------------- the script itself
-def script(argv, **kwargs):
-    return subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "train.py")] + argv,
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+def script(argv):
+    command = [sys.executable, os.path.join(REPO_ROOT, "train.py")] + argv
+    return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def test_cli_reports_a_bad_label_in_one_line(tmp_path):
