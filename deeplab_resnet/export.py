@@ -1,0 +1,258 @@
+"""Export a trained model for serving: a frozen GraphDef and a SavedModel.
+
+Both hold the same self-contained graph, one image per run:
+
+=============  ========================  ======================================
+name           dtype, shape              meaning
+=============  ========================  ======================================
+image          uint8 [1, H, W, 3]        the photo, RGB, any H and W
+label          uint8 [1, H, W]           class ids at the input size (int32
+                                         when there are more than 256 classes)
+probabilities  float32 [1, H, W, C]      softmax at the input size
+=============  ========================  ======================================
+
+The batch dimension of 1 follows DeepLab's own export (``ImageTensor`` in
+tensorflow/models research/deeplab) and lets TF Serving's row ("instances")
+JSON format carry one image; images of different sizes cannot share a batch.
+
+Everything between the photo and the outputs is inside the graph: the Caffe
+preprocessing of ``predict.preprocess`` (RGB to BGR, ``utils.IMG_MEAN``
+subtracted, in float32), the network of ``predict.build_prediction`` with
+BatchNorm folded into the convolutions (the stored weights are folded by
+``utils.restore``, so the graph has no BatchNorm op), optional multi-scale
+and flip, and the upsampling to the input size. The weights are constants
+(the graph is frozen), so neither form has variables to restore: the
+SavedModel is the frozen graph plus a serving signature.
+
+Outputs are written next to each other in one directory, which appears only
+when complete (built under a temporary name, then renamed)::
+
+  <output-dir>/frozen_graph.pb          GraphDef, tensors image:0, label:0,
+                                        probabilities:0
+  <output-dir>/saved_model/             tag 'serve', signature 'serving_default'
+  <output-dir>/export_info.json         the names above, classes, scales, flip
+"""
+import json
+import logging
+import os
+import shutil
+
+import tensorflow.compat.v1 as tf
+
+from deeplab_resnet import predict, utils
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+LABEL_NAME = "label"
+PROBS_NAME = "probabilities"
+FROZEN_GRAPH_FILE = "frozen_graph.pb"
+SAVED_MODEL_DIR = "saved_model"
+INFO_FILE = "export_info.json"
+SERVING_TAG = tf.saved_model.tag_constants.SERVING
+SIGNATURE_KEY = tf.saved_model.signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+# Op types that hold or touch state; a frozen graph has none of them.
+VARIABLE_OPS = ("Variable", "VariableV2", "VarHandleOp", "ReadVariableOp",
+                "AssignVariableOp", "Assign", "VarIsInitializedOp")
+
+
+def label_dtype(num_classes):
+    """uint8 class ids when they fit, as in the label PNGs; int32 otherwise."""
+    return tf.uint8 if num_classes <= 256 else tf.int32
+
+
+def build_serving_graph(num_classes, config=None, scales=(1.0,), flip=False):
+    """The serving graph in the default graph: placeholder to named outputs.
+
+    Args:
+      num_classes: classifier outputs.
+      config: ``ModelConfig`` (see ``predict.resolve_model``).
+      scales, flip: test-time augmentation baked into the graph, as in
+        ``predict.build_prediction``.
+    Returns:
+      (net, image, outputs): ``net`` holds the variables to restore (folded
+      form), ``image`` the uint8 [1, H, W, 3] placeholder and ``outputs`` a
+      dict {'label': [1, H, W], 'probabilities': float32 [1, H, W, C]}.
+    """
+    image = tf.placeholder(tf.uint8, [1, None, None, 3], name=INPUT_NAME)
+    with tf.name_scope("preprocess"):
+        # As predict.preprocess: float32 RGB, reversed to BGR, minus the mean.
+        bgr = tf.reverse(tf.cast(image, tf.float32), axis=[3]) - utils.IMG_MEAN
+    net, prediction = predict.build_prediction(bgr, num_classes, config, scales,
+                                               flip, fold_batchnorm=True)
+    label = _named_as(prediction.pred, label_dtype(num_classes), LABEL_NAME)
+    probs = _named_as(prediction.probs, tf.float32, PROBS_NAME)
+    # The signature then shows the batch of one (MSC/flip lose it).
+    label.set_shape([1, None, None])
+    probs.set_shape([1, None, None, num_classes])
+    return net, image, {LABEL_NAME: label, PROBS_NAME: probs}
+
+
+def _named_as(tensor, dtype, name):
+    """``tensor`` in ``dtype`` as an op called ``name`` (tf.cast to the same
+    dtype returns its input unnamed)."""
+    if tensor.dtype == dtype:
+        return tf.identity(tensor, name=name)
+    return tf.cast(tensor, dtype, name=name)
+
+
+def freeze(weights, num_classes, scales=(1.0,), flip=False):
+    """A GraphDef of the serving graph with the weights as constants.
+
+    Args:
+      weights: .npz, checkpoint prefix or directory (``utils.restore``); the
+        architecture comes from ``model_config.json`` beside it.
+      num_classes: must match the weights' classifier.
+    Returns:
+      (GraphDef, path of the weights used, ModelConfig).
+    Raises:
+      IOError: nothing usable at ``weights``; ValueError: weights for
+      another network or class count.
+    """
+    path, config = predict.resolve_model(weights, num_classes)
+    with tf.Graph().as_default() as graph:
+        net, _, outputs = build_serving_graph(num_classes, config, scales, flip)
+        sess = predict.open_session(net, path)
+        try:
+            graph_def = tf.graph_util.convert_variables_to_constants(
+                sess, graph.as_graph_def(), [t.op.name for t in outputs.values()])
+        finally:
+            sess.close()
+    return graph_def, path, config
+
+
+def graph_tensors(graph):
+    """(image, {'label': t, 'probabilities': t}) of an imported serving graph.
+
+    The batch of one is restated: import_graph_def infers shapes afresh and
+    the multi-scale and flip ops hide it.
+    """
+    get = lambda name: graph.get_tensor_by_name(name + ":0")
+    outputs = {name: get(name) for name in (LABEL_NAME, PROBS_NAME)}
+    outputs[LABEL_NAME].set_shape([1, None, None])
+    outputs[PROBS_NAME].set_shape([1, None, None, None])
+    return get(INPUT_NAME), outputs
+
+
+def write_saved_model(graph_def, directory):
+    """Save a frozen serving graph as a SavedModel with a 'serve' signature.
+
+    ``directory`` must not exist (SavedModelBuilder's rule).
+    """
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(graph_def, name="")
+        image, outputs = graph_tensors(graph)
+        signature = tf.saved_model.signature_def_utils.predict_signature_def(
+            inputs={INPUT_NAME: image}, outputs=outputs)
+        builder = tf.saved_model.builder.SavedModelBuilder(directory)
+        with tf.Session(graph=graph) as sess:
+            builder.add_meta_graph_and_variables(
+                sess, [SERVING_TAG], signature_def_map={SIGNATURE_KEY: signature},
+                strip_default_attrs=True)
+        builder.save()
+
+
+def check_output_dir(output_dir, overwrite=False):
+    """Raise IOError early if ``output_dir`` may not be (re)placed.
+
+    An existing empty directory is taken; anything else needs ``overwrite``,
+    and a file is never replaced.
+    """
+    if os.path.isfile(output_dir) or os.path.islink(output_dir):
+        raise IOError("--output-dir %s is a file. Choose a directory path "
+                      "that does not exist yet." % output_dir)
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise IOError("--output-dir %s already exists and is not empty. Pass "
+                      "--overwrite to replace it, or choose another "
+                      "--output-dir." % output_dir)
+
+
+def _new_hidden_dir(parent, output_dir, kind):
+    """A new ``.<name>.<kind><n>`` directory in ``parent``.
+
+    Unlike tempfile.mkdtemp (mode 0700) it gets the umask's permissions, so a
+    server running as another user can read the export once it is renamed.
+    """
+    for attempt in range(1000):
+        path = os.path.join(parent, ".%s.%s%d-%d" % (
+            os.path.basename(output_dir), kind, os.getpid(), attempt))
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise IOError("Could not create a temporary directory in %s; remove old "
+                  ".%s.* directories there." % (parent, os.path.basename(output_dir)))
+
+
+def _move_into_place(staging, output_dir, overwrite):
+    """Rename the finished ``staging`` directory to ``output_dir``.
+
+    A replaced export is moved aside first and deleted only once the new one
+    is in place, so an interruption never leaves neither.
+    """
+    check_output_dir(output_dir, overwrite)
+    old = None
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        old = _new_hidden_dir(os.path.dirname(staging), output_dir, "old")
+        os.rename(output_dir, os.path.join(old, "export"))
+    try:
+        # rename(2) replaces an empty directory, nothing else.
+        os.rename(staging, output_dir)
+    except OSError:
+        if old is not None:
+            os.rename(os.path.join(old, "export"), output_dir)
+            os.rmdir(old)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def export(weights, output_dir, num_classes=utils.NUM_CLASSES, scales=(1.0,),
+           flip=False, overwrite=False):
+    """Write the frozen graph, the SavedModel and export_info.json.
+
+    Args:
+      weights: .npz, checkpoint prefix or directory.
+      output_dir: created with its parents; must be absent or empty unless
+        ``overwrite``.
+      num_classes, scales, flip: as ``freeze``.
+    Returns:
+      The dict written as export_info.json.
+    Raises:
+      IOError: no weights, or ``output_dir`` exists (without ``overwrite``);
+      ValueError: weights for another network or class count.
+    """
+    output_dir = os.path.normpath(output_dir)
+    check_output_dir(output_dir, overwrite)
+    graph_def, path, config = freeze(weights, num_classes, scales, flip)
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = _new_hidden_dir(parent, output_dir, "tmp")
+    try:
+        with open(os.path.join(staging, FROZEN_GRAPH_FILE), "wb") as f:
+            f.write(graph_def.SerializeToString())
+        write_saved_model(graph_def, os.path.join(staging, SAVED_MODEL_DIR))
+        info = {
+            "input": {"name": INPUT_NAME, "dtype": "uint8",
+                      "shape": [1, None, None, 3], "channels": "RGB"},
+            "outputs": {
+                LABEL_NAME: {"dtype": label_dtype(num_classes).name,
+                             "shape": [1, None, None]},
+                PROBS_NAME: {"dtype": "float32",
+                             "shape": [1, None, None, num_classes]}},
+            "saved_model": {"tag": SERVING_TAG, "signature": SIGNATURE_KEY},
+            "num_classes": num_classes,
+            "scales": list(scales),
+            "flip": bool(flip),
+            "weights": os.path.abspath(path),
+            "model_config": config.to_dict(),
+        }
+        with open(os.path.join(staging, INFO_FILE), "w") as f:
+            json.dump(info, f, indent=2)
+        _move_into_place(staging, output_dir, overwrite)
+    finally:
+        if os.path.isdir(staging):
+            shutil.rmtree(staging)
+    log.info("Exported %s to %s (%d nodes)", path, output_dir, len(graph_def.node))
+    return info

@@ -1,0 +1,61 @@
+"""Export a trained DeepLab model for serving: frozen GraphDef and SavedModel.
+
+Writes into --output-dir (which appears only once complete):
+
+  frozen_graph.pb    GraphDef with the weights as constants
+  saved_model/       SavedModel, tag 'serve', signature 'serving_default'
+  export_info.json   tensor names, dtypes, classes, scales, flip, source
+
+Both take one RGB photo of any size and return its labels and probabilities
+at that size; preprocessing (RGB->BGR, mean subtraction) and BatchNorm
+folding are inside the graph:
+
+  input   image          uint8   [1, H, W, 3]  RGB
+  output  label          uint8   [1, H, W]     class ids (int32 if > 256 classes)
+  output  probabilities  float32 [1, H, W, C]  softmax
+
+--scales and --flip are baked into the graph. The architecture is read from
+model_config.json beside the checkpoint, as for evaluate.py.
+
+Example:
+  python export.py --restore-from snapshots/ --output-dir exported/
+"""
+import argparse
+import logging
+
+from deeplab_resnet import export, predict, utils
+
+log = logging.getLogger("export")
+
+
+def get_arguments(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    utils.add_model_flags(parser)
+    parser.add_argument("--output-dir", default="exported_model",
+                        help="Directory to write; must not exist or be empty "
+                             "unless --overwrite (default: %(default)s).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an existing --output-dir once the new "
+                             "export is complete (default: refuse).")
+    predict.add_prediction_flags(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = get_arguments(argv)
+    utils.setup_logging()
+    scales = predict.parse_scales(args.scales)
+    info = export.export(args.restore_from, args.output_dir, args.num_classes,
+                         scales, args.flip, overwrite=args.overwrite)
+    log.info("input %s uint8 [1, H, W, 3] RGB; outputs %s %s [1, H, W], %s "
+             "float32 [1, H, W, %d]; scales %s%s", export.INPUT_NAME,
+             export.LABEL_NAME, info["outputs"][export.LABEL_NAME]["dtype"],
+             export.PROBS_NAME, args.num_classes,
+             ",".join("%g" % s for s in scales), ", flip" if args.flip else "")
+    print("exported %s" % args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    utils.run_main(main)

@@ -1,0 +1,239 @@
+"""export.py: frozen graph and SavedModel, loaded back with TensorFlow alone."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+from PIL import Image
+
+from deeplab_resnet import export, predict, utils
+from conftest import REPO_ROOT, save_tiny_model
+
+# Odd, even and tiny sizes (H, W).
+SIZES = [(37, 29), (32, 48), (5, 7)]
+
+# Runs in a fresh interpreter with plain TF2 (eager) and no project code:
+# what a serving client has. argv: export dir, images .npz, results .npz.
+LOAD_EXPORT = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+
+export_dir, images_path, out_path = sys.argv[1:]
+images = np.load(images_path)
+results = {}
+model = tf.saved_model.load(export_dir + "/saved_model")
+serve = model.signatures["serving_default"]
+for key in images.files:
+    out = serve(image=tf.constant(images[key][None]))
+    results["saved_label_" + key] = out["label"].numpy()
+    results["saved_probs_" + key] = out["probabilities"].numpy()
+graph_def = tf.compat.v1.GraphDef()
+with open(export_dir + "/frozen_graph.pb", "rb") as f:
+    graph_def.ParseFromString(f.read())
+with tf.Graph().as_default() as graph:
+    tf.compat.v1.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=graph) as sess:
+        for key in images.files:
+            label, probs = sess.run(["label:0", "probabilities:0"],
+                                    {"image:0": images[key][None]})
+            results["frozen_label_" + key] = label
+            results["frozen_probs_" + key] = probs
+np.savez(out_path, **results)
+"""
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO_ROOT, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """(checkpoint directory, npz) of a random 21-class TINY_CONFIG model."""
+    directory = str(tmp_path_factory.mktemp("tiny_model"))
+    _, npz = save_tiny_model(directory)
+    return directory, npz
+
+
+def random_images(seed=0):
+    rng = np.random.RandomState(seed)
+    return {"%dx%d" % size: rng.randint(0, 256, size + (3,)).astype(np.uint8)
+            for size in SIZES}
+
+
+def reference_prediction(weights, images, scales=(1.0,), flip=False):
+    """{key: (pred, probs)} from predict's graph, fed as inference.py feeds it."""
+    with tf.Graph().as_default():
+        path, config = predict.resolve_model(weights, utils.NUM_CLASSES)
+        placeholder = tf.placeholder(tf.float32, [1, None, None, 3])
+        net, prediction = predict.build_prediction(
+            placeholder, utils.NUM_CLASSES, config, scales, flip)
+        sess = predict.open_session(net, path)
+        try:
+            return {key: [v[0] for v in sess.run(
+                [prediction.pred, prediction.probs],
+                {placeholder: predict.preprocess(image)})]
+                for key, image in images.items()}
+        finally:
+            sess.close()
+
+
+def load_frozen(path):
+    graph_def = tf.GraphDef()
+    with open(path, "rb") as f:
+        graph_def.ParseFromString(f.read())
+    return graph_def
+
+
+def test_export_loads_in_a_fresh_process_and_matches_inference(tiny_model, tmp_path):
+    directory, _ = tiny_model
+    out = str(tmp_path / "exported")
+    info = export.export(directory, out)
+    assert sorted(os.listdir(out)) == ["export_info.json", "frozen_graph.pb",
+                                       "saved_model"]
+    assert sorted(os.listdir(str(tmp_path))) == ["exported"]  # no leftovers
+    images = random_images()
+    np.savez(str(tmp_path / "images.npz"), **images)
+    script = tmp_path / "load_export.py"
+    script.write_text(LOAD_EXPORT)
+    result = subprocess.run(
+        [sys.executable, str(script), out, str(tmp_path / "images.npz"),
+         str(tmp_path / "results.npz")],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=180,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=""))
+    assert result.returncode == 0, result.stderr
+    served = np.load(str(tmp_path / "results.npz"))
+
+    # inference.py's label PNGs for the same photos.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for key, image in images.items():
+        Image.fromarray(image).save(str(photos / (key + ".png")))
+    save_dir = str(tmp_path / "inference")
+    assert load_script("inference").main(
+        [str(photos), "--model-weights", directory, "--save-dir", save_dir,
+         "--save-raw"]) == 0
+    reference = reference_prediction(directory, images)
+    classes = set()
+    for key, image in images.items():
+        expected_label = np.array(Image.open(os.path.join(save_dir,
+                                                          key + "_label.png")))
+        np.testing.assert_array_equal(expected_label, reference[key][0])
+        classes.update(np.unique(expected_label).tolist())
+        for form in ("saved", "frozen"):
+            label = served["%s_label_%s" % (form, key)]
+            probs = served["%s_probs_%s" % (form, key)]
+            assert label.dtype == np.uint8 and label.shape == (1,) + image.shape[:2]
+            assert probs.dtype == np.float32
+            assert probs.shape == (1,) + image.shape[:2] + (utils.NUM_CLASSES,)
+            np.testing.assert_array_equal(label[0], expected_label)
+            np.testing.assert_allclose(probs[0], reference[key][1], atol=1e-5, rtol=0)
+    assert len(classes) > 1  # mixed labels, so that a mismatch would show
+    assert info["num_classes"] == utils.NUM_CLASSES
+    with open(os.path.join(out, "export_info.json")) as f:
+        assert json.load(f)["outputs"]["label"]["dtype"] == "uint8"
+
+
+def test_exported_graphs_hold_constants_and_folded_batchnorm(tiny_model, tmp_path):
+    directory, npz = tiny_model
+    out = str(tmp_path / "exported")
+    export.export(npz, out)
+    frozen = load_frozen(os.path.join(out, "frozen_graph.pb"))
+    with tf.Session(graph=tf.Graph()) as sess:
+        meta = tf.saved_model.loader.load(sess, [export.SERVING_TAG],
+                                          os.path.join(out, "saved_model"))
+        assert not tf.global_variables()
+    signature = meta.signature_def[export.SIGNATURE_KEY]
+    assert sorted(signature.inputs) == ["image"]
+    assert sorted(signature.outputs) == ["label", "probabilities"]
+    assert signature.inputs["image"].dtype == tf.uint8.as_datatype_enum
+    assert [d.size for d in signature.inputs["image"].tensor_shape.dim] == [1, -1, -1, 3]
+    assert signature.outputs["probabilities"].tensor_shape.dim[3].size == 21
+    with np.load(npz) as weights:
+        convolutions = sum(k.endswith("/weights") for k in weights.files)
+        batchnorms = sum(k.endswith("/variance") for k in weights.files)
+    assert batchnorms > 0
+    for graph_def in (frozen, meta.graph_def):
+        ops = [node.op for node in graph_def.node]
+        assert not set(ops) & set(export.VARIABLE_OPS)
+        assert not [op for op in ops if "BatchNorm" in op]
+        assert ops.count("Conv2D") == convolutions
+        # One bias per folded BatchNorm, one per biased (ASPP) convolution.
+        assert ops.count("BiasAdd") == batchnorms + sum(
+            1 for k in np.load(npz).files if k.endswith("/biases"))
+
+
+def test_cli_bakes_in_scales_and_flip(tiny_model, tmp_path, capsys):
+    directory, _ = tiny_model
+    out = str(tmp_path / "msc")
+    assert load_script("export").main(
+        ["--restore-from", directory, "--output-dir", out, "--scales", "0.5,1.0",
+         "--flip"]) == 0
+    assert capsys.readouterr().out.strip() == "exported %s" % out
+    with open(os.path.join(out, "export_info.json")) as f:
+        info = json.load(f)
+    assert (info["scales"], info["flip"]) == ([0.5, 1.0], True)
+    assert info["model_config"]["blocks"] == [1, 1, 1, 1]
+    images = random_images(seed=1)
+    reference = reference_prediction(directory, images, (0.5, 1.0), flip=True)
+    single = reference_prediction(directory, images)
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(load_frozen(os.path.join(out, "frozen_graph.pb")), name="")
+        image, outputs = export.graph_tensors(graph)
+        with tf.Session() as sess:
+            for key, photo in images.items():
+                label, probs = sess.run([outputs["label"], outputs["probabilities"]],
+                                        {image: photo[None]})
+                np.testing.assert_array_equal(label[0], reference[key][0])
+                np.testing.assert_allclose(probs[0], reference[key][1], atol=1e-5,
+                                           rtol=0)
+                # MSC + flip is baked in: it differs from the plain network.
+                assert np.abs(probs[0] - single[key][1]).max() > 1e-3
+
+
+def test_never_overwrites_without_overwrite_and_replaces_atomically(
+        tiny_model, tmp_path, monkeypatch):
+    directory, npz = tiny_model
+    out = tmp_path / "exported"
+    out.mkdir()
+    export.export(npz, str(out))  # an existing empty directory is taken
+    stale = out / "stale.txt"
+    stale.write_text("from an older export")
+    before = sorted(os.listdir(str(out)))
+    script = load_script("export")
+    with pytest.raises(IOError, match="already exists.*--overwrite"):
+        script.main(["--restore-from", npz, "--output-dir", str(out)])
+    assert sorted(os.listdir(str(out))) == before
+
+    # A failure half-way leaves the old export as it was, and no debris.
+    def broken(graph_def, path):
+        os.makedirs(path)
+        raise IOError("disk full")
+    monkeypatch.setattr(export, "write_saved_model", broken)
+    with pytest.raises(IOError, match="disk full"):
+        export.export(npz, str(out), overwrite=True)
+    assert sorted(os.listdir(str(out))) == before
+    assert sorted(os.listdir(str(tmp_path))) == ["exported"]
+    monkeypatch.undo()
+
+    assert script.main(["--restore-from", npz, "--output-dir", str(out),
+                        "--overwrite"]) == 0
+    assert sorted(os.listdir(str(out))) == ["export_info.json", "frozen_graph.pb",
+                                            "saved_model"]
+    assert sorted(os.listdir(str(tmp_path))) == ["exported"]
+
+    with pytest.raises(IOError, match="is a file"):
+        export.export(npz, str(stale.parent / "export_info.json"), overwrite=True)
+    with pytest.raises(ValueError, match="trained for 21 classes"):
+        export.export(npz, str(tmp_path / "five"), num_classes=5)
+    with pytest.raises(IOError, match="does not exist"):
+        export.export(str(tmp_path / "missing.npz"), str(tmp_path / "none"))
+    assert sorted(os.listdir(str(tmp_path))) == ["exported"]
