@@ -217,7 +217,7 @@ def labels_from(image, pred=None, probs=None, crf_params=None):
       uint8 array [H, W] when class ids fit 8 bits, else int32.
     """
     if crf_params is not None:
-        pred = crf.dense_crf(image, probs, crf_params).argmax(axis=2)
+        pred = crf.crf_labels(image, probs, crf_params)
     pred = np.asarray(pred)
     return pred.astype(np.uint8 if pred.max(initial=0) < 256 else np.int32)
 
@@ -230,13 +230,17 @@ def colour_mask(label):
 def overlay(image, label, alpha=0.5):
     """The photo blended with its colour mask: (1 - alpha) image + alpha mask.
 
+    Background (class 0, black in the VOC palette) is left as the photo:
+    blending it would only darken everything that was not segmented.
+
     Args:
       image: uint8 RGB [H, W, 3]; label: [H, W] class ids.
     Returns:
       uint8 RGB [H, W, 3].
     """
-    blended = ((1.0 - alpha) * np.asarray(image, np.float32)
-               + alpha * colour_mask(label).astype(np.float32))
+    image = np.asarray(image, np.float32)
+    blended = (1.0 - alpha) * image + alpha * colour_mask(label).astype(np.float32)
+    blended = np.where((np.asarray(label) == 0)[..., None], image, blended)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
@@ -334,12 +338,16 @@ class Segmenter(object):
         log.info("Restored %s (%s)", path, ", ".join(
             "%s=%s" % kv for kv in sorted(config.to_dict().items())))
 
+    def probabilities(self, image):
+        """Softmax [H, W, C] (float32) for an RGB uint8 image [H, W, 3]."""
+        return self.sess.run(self.prediction.probs,
+                             {self.images: preprocess(image)})[0]
+
     def segment(self, image):
         """Class ids [H, W] (uint8) for an RGB uint8 image [H, W, 3]."""
         if self.crf_params is not None:
-            probs = self.sess.run(self.prediction.probs,
-                                  {self.images: preprocess(image)})[0]
-            return labels_from(image, probs=probs, crf_params=self.crf_params)
+            return labels_from(image, probs=self.probabilities(image),
+                               crf_params=self.crf_params)
         pred = self.sess.run(self.prediction.pred,
                              {self.images: preprocess(image)})[0]
         return labels_from(image, pred=pred)
@@ -349,27 +357,6 @@ class Segmenter(object):
 
 
 # --------------------------------------------------------------- reporting
-def class_names(num_classes, path=None):
-    """Names for the score table: a file's lines, VOC's, or class_0...
-
-    Args:
-      path: text file with one name per line (blank lines ignored), or None.
-    Raises:
-      IOError: the file cannot be read; ValueError: it has the wrong count.
-    """
-    if path is None:
-        if num_classes == len(utils.VOC_CLASSES):
-            return list(utils.VOC_CLASSES)
-        return ["class_%d" % i for i in range(num_classes)]
-    with open(path) as f:
-        names = [line.strip() for line in f if line.strip()]
-    if len(names) != num_classes:
-        raise ValueError("--class-names %s has %d names but --num-classes is %d; "
-                         "give one name per line for every class, background "
-                         "included." % (path, len(names), num_classes))
-    return names
-
-
 def format_scores(scores, names):
     """The per-class IoU/accuracy table and the summary lines, as text.
 

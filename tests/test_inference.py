@@ -227,3 +227,13 @@ def test_resnet101_multi_scale_flip_output_has_the_input_size():
         sess.run(tf.global_variables_initializer())
         pred = sess.run(prediction.pred, {images: predict.preprocess(image)})
     assert pred.shape == (1, 97, 130)
+
+
+def test_overlay_blends_classes_and_leaves_background_as_the_photo():
+    image = np.full((2, 3, 3), 200, np.uint8)
+    label = np.array([[0, 1, 15], [0, 0, 255]])
+    blended = predict.overlay(image, label, alpha=0.25)
+    np.testing.assert_array_equal(blended[label == 0], image[label == 0])
+    for class_id in (1, 15, 255):
+        expected = np.rint(0.75 * 200 + 0.25 * utils.PALETTE[class_id].astype(float))
+        np.testing.assert_array_equal(blended[label == class_id][0], expected)
