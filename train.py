@@ -4,13 +4,17 @@ DeepLab-v2's Caffe recipe: random crops of --input-size, poly learning rate,
 SGD with momentum, 10x/20x learning rate on the classifier's weights/biases,
 weight decay on convolution weights, frozen BatchNorm (unless --is-training).
 --grad-update-every k accumulates k batches per update (Caffe's iter_size).
+--num-gpus N splits each batch over N GPUs (one tower each, variables shared
+on the CPU, gradients summed): with frozen BatchNorm, the update of one device
+taking the whole batch.
 
 Snapshots go to --snapshot-dir with model_config.json (the architecture, so
 evaluate.py and inference.py rebuild the same net). Rerunning the same command
 resumes from the last snapshot there, global step, momentum and learning-rate
 schedule included; Ctrl-C (or SIGTERM) saves a snapshot and stops.
-TensorBoard logs (loss, accuracy, learning rate, image/label/prediction
-triplets) go to the same directory.
+Progress lines and TensorBoard logs (in the same directory) show the
+segmentation loss and the weight-decay term (l2) apart, with accuracy,
+learning rate and image/label/prediction triplets.
 
 Example (fine-tune the ImageNet init model converted by convert.py):
   python train.py --data-dir VOCdevkit/VOC2012 --data-list dataset/train.txt \\
@@ -37,6 +41,8 @@ WEIGHT_DECAY = 0.0005
 GRAD_UPDATE_EVERY = 1
 KEEP_CHECKPOINTS = 5
 LOG_EVERY = 1
+NUM_GPUS = 1
+TOWER_DEVICE = "gpu"
 BASE_DEPTH = 64
 
 
@@ -62,7 +68,18 @@ def get_arguments(argv=None):
     utils.add_data_flags(parser, data_list=DATA_LIST_PATH)
     utils.add_model_flags(parser, restore_required=False)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
-                        help="Images per batch (default: %(default)s).")
+                        help="Images per batch, all --num-gpus devices "
+                             "together (default: %(default)s).")
+    parser.add_argument("--num-gpus", type=int, default=NUM_GPUS,
+                        help="Devices to split each batch over, one tower each; "
+                             "--batch-size must be a multiple (default: "
+                             "%(default)s).")
+    parser.add_argument("--tower-device", choices=("gpu", "cpu"),
+                        default=TOWER_DEVICE,
+                        help="Device type of the --num-gpus towers; 'cpu' "
+                             "splits the CPU into logical devices, to try the "
+                             "multi-device path without GPUs (no speed-up) "
+                             "(default: %(default)s).")
     parser.add_argument("--grad-update-every", type=int, default=GRAD_UPDATE_EVERY,
                         help="Batches whose gradients are accumulated into one "
                              "update, as Caffe's iter_size: the effective batch "
@@ -126,10 +143,16 @@ def get_arguments(argv=None):
                         help="Dilation of each ASPP branch (default: %(default)s).")
     utils.add_runtime_flags(parser)
     args = parser.parse_args(argv)
-    for flag in ("batch_size", "grad_update_every", "num_steps", "save_pred_every",
-                 "log_every"):
+    for flag in ("batch_size", "num_gpus", "grad_update_every", "num_steps",
+                 "save_pred_every", "log_every"):
         if getattr(args, flag) < 1:
             parser.error("--%s must be at least 1." % flag.replace("_", "-"))
+    if args.batch_size % args.num_gpus:
+        parser.error("--batch-size %d does not split evenly over --num-gpus %d; "
+                     "use a multiple of %d, such as %d."
+                     % (args.batch_size, args.num_gpus, args.num_gpus,
+                        max(args.num_gpus, args.batch_size // args.num_gpus
+                            * args.num_gpus)))
     return args
 
 

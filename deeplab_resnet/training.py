@@ -31,11 +31,28 @@ differentiates each dilated convolution through its space-to-batch form
 (``tf.nn.atrous_conv2d``), the same function. The forward pass keeps the
 faster native dilated kernel.
 
-The loss and gradients are built per batch by ``tower_loss`` and reduced by
-``Trainer``, so multi-GPU towers can sum ``loss_sum`` and ``num_valid`` across
-devices the same way.
+Several devices (``Trainer(devices=...)``, train.py's ``--num-gpus``) get one
+tower each: ``tower_loss`` on an equal share of the batch, all towers sharing
+one set of variables kept on the CPU. The towers' summed losses, labelled
+pixel counts and gradients are added up, and then divided once by the total
+labelled pixels, so N towers of b/N images give the update of one tower of b
+images (with frozen BatchNorm), as accumulation does. With ``is_training``
+each tower normalises its own share, and only the first tower's batch
+statistics update the moving averages: Caffe's multi-GPU solver, which
+DeepLab used, likewise broadcasts the first GPU's blobs to the others at
+every iteration.
+
+Diagnostics: the weight-decay term is reported beside the segmentation loss
+(``0.5 * weight_decay * sum(w ** 2)`` over convolution weights, the loss
+whose gradient is the ``weight_decay * w`` added to the update, as
+``tf.nn.l2_loss`` and DrSleep's train.py define it); label values outside
+``0..num_classes-1`` that reach the loss are counted, not fed to the
+cross-entropy (which fails on CPU and returns NaN on GPU); and the loop
+checks the weights before every snapshot so that no snapshot holds
+diverged weights.
 """
 import collections
+import contextlib
 import fcntl
 import logging
 import os
@@ -63,9 +80,16 @@ INTERRUPTED_STATUS = 130
 
 # Name of the Conv2D gradient that works for dilated convolutions on CPU.
 CONV2D_GRADIENT = "DeepLabConv2DGrad"
+# Where the variables live when several towers share them.
+VARIABLE_DEVICE = "/cpu:0"
+_VARIABLE_OPS = ("Variable", "VariableV2", "VarHandleOp")
+# Below this many images per device, batch statistics are noisy estimates of
+# the moving averages they update; DeepLab-v2 trained with 10 on one GPU.
+MIN_BATCHNORM_BATCH = 8
 
 Tower = collections.namedtuple(
-    "Tower", ["net", "logits", "label", "loss_sum", "num_valid", "num_correct"])
+    "Tower", ["net", "images", "labels", "logits", "label", "loss_sum", "num_valid",
+              "num_correct", "num_bad_labels", "max_bad_label"])
 Param = collections.namedtuple("Param", ["var", "lr_mult", "decay"])
 
 
@@ -110,17 +134,22 @@ def tower_loss(images, labels, num_classes, ignore_label=utils.IGNORE_LABEL,
       is_training: BatchNorm uses batch statistics and updates its averages.
       config: ``ModelConfig``; None for ResNet-101.
     Returns:
-      ``Tower``: ``net``, ``logits`` float32 [N, h, w, C] at 1/8 size,
-      ``label`` int32 [N, h, w] on the logits' grid, and the scalars
-      ``loss_sum`` (cross-entropy summed over labelled pixels), ``num_valid``
-      (labelled pixels) and ``num_correct`` (labelled pixels predicted right).
+      ``Tower``: ``net``, the inputs ``images`` and ``labels``, ``logits``
+      float32 [N, h, w, C] at 1/8 size, ``label`` int32 [N, h, w] on the
+      logits' grid, and the scalars ``loss_sum`` (cross-entropy summed over
+      labelled pixels), ``num_valid`` (labelled pixels), ``num_correct``
+      (labelled pixels predicted right), ``num_bad_labels`` (pixels whose
+      label is neither a class id nor ``ignore_label``; left out of the loss)
+      and ``max_bad_label`` (the largest such value, -1 if none).
     """
     with tf.get_default_graph().gradient_override_map({"Conv2D": CONV2D_GRADIENT}):
         net, logits = utils.build_model(images, num_classes, is_training=is_training,
                                         config=config)
     logits = tf.cast(logits, tf.float32)
     label = utils.prepare_label(labels, tf.unstack(tf.shape(logits)[1:3]))
-    valid = tf.not_equal(label, ignore_label)
+    labelled = tf.not_equal(label, ignore_label)
+    valid = tf.logical_and(labelled, tf.logical_and(label >= 0, label < num_classes))
+    bad = tf.logical_and(labelled, tf.logical_not(valid))
     # Ignored pixels get class 0 so the op accepts them, then count for nothing.
     pixel_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.where(valid, label, tf.zeros_like(label)), logits=logits)
@@ -129,7 +158,125 @@ def tower_loss(images, labels, num_classes, ignore_label=utils.IGNORE_LABEL,
     num_correct = tf.reduce_sum(tf.cast(tf.logical_and(valid, tf.equal(pred, label)),
                                         tf.float32))
     num_valid = tf.reduce_sum(tf.cast(valid, tf.float32))
-    return Tower(net, logits, label, loss_sum, num_valid, num_correct)
+    num_bad = tf.reduce_sum(tf.cast(bad, tf.float32))
+    max_bad = tf.reduce_max(tf.where(bad, label, tf.fill(tf.shape(label), -1)))
+    return Tower(net, images, labels, logits, label, loss_sum, num_valid, num_correct,
+                 num_bad, max_bad)
+
+
+def _placement(device):
+    """Ops on ``device``, variables on ``VARIABLE_DEVICE`` (a device function)."""
+    def place(op):
+        return VARIABLE_DEVICE if op.type in _VARIABLE_OPS else device
+    return place
+
+
+def build_towers(image_batch, label_batch, num_classes, ignore_label=utils.IGNORE_LABEL,
+                 is_training=False, config=None, devices=None):
+    """``tower_loss`` on each device's share of the batch, and the summed gradients.
+
+    Args:
+      image_batch, label_batch: the whole batch, as for ``tower_loss``.
+      num_classes, ignore_label, is_training, config: see ``tower_loss``.
+      devices: e.g. ``['/gpu:0', '/gpu:1']``, one tower each, sharing the
+        variables (on ``VARIABLE_DEVICE``); None for one tower with
+        TensorFlow's default placement.
+    Returns:
+      (towers, params, grad_sums, stat_updates): the ``Tower`` list, the
+      ``trained_params``, per param the gradient of all towers' summed
+      ``loss_sum``, and the BatchNorm moving-average updates (first tower).
+    Raises:
+      ValueError: the batch does not split evenly over ``devices``.
+    """
+    if not devices:
+        tower = tower_loss(image_batch, label_batch, num_classes, ignore_label,
+                           is_training, config)
+        params = trained_params(tower.net)
+        grad_sums = tf.gradients(tower.loss_sum, [p.var for p in params])
+        return [tower], params, grad_sums, tf.get_collection(tf.GraphKeys.UPDATE_OPS)
+
+    num_towers = len(devices)
+    batch = tf.dimension_value(image_batch.get_shape()[0])
+    if batch is not None and batch % num_towers:
+        raise ValueError("A batch of %d images does not split evenly over %d "
+                         "devices; use a --batch-size divisible by %d."
+                         % (batch, num_towers, num_towers))
+    with tf.device(VARIABLE_DEVICE), tf.name_scope("split_batch"):
+        image_shares = tf.split(image_batch, num_towers)
+        label_shares = tf.split(label_batch, num_towers)
+    towers, tower_grads, params, stat_updates = [], [], None, None
+    for i, device in enumerate(devices):
+        updates_before = set(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
+        # Re-entering the root variable scope resets the name scope, so it
+        # goes outside 'tower_i'.
+        with tf.variable_scope(tf.get_variable_scope(), reuse=i > 0), \
+                tf.name_scope("tower_%d" % i), tf.device(_placement(device)):
+            tower = tower_loss(image_shares[i], label_shares[i], num_classes,
+                               ignore_label, is_training, config)
+            if params is None:
+                params = trained_params(tower.net)
+            tower_grads.append(tf.gradients(tower.loss_sum, [p.var for p in params],
+                                            colocate_gradients_with_ops=True))
+        if i == 0:
+            stat_updates = [op for op in tf.get_collection(tf.GraphKeys.UPDATE_OPS)
+                            if op not in updates_before]
+        towers.append(tower)
+    with tf.device(VARIABLE_DEVICE), tf.name_scope("sum_towers"):
+        grad_sums = [None if any(g is None for g in grads) else tf.add_n(list(grads))
+                     for grads in zip(*tower_grads)]
+    return towers, params, grad_sums, stat_updates
+
+
+def tower_devices(num_devices, device_type="gpu"):
+    """``['/gpu:0', ..]`` for ``num_devices`` towers; None for a single one.
+
+    Raises:
+      ValueError: fewer GPUs than asked for (TensorFlow would otherwise
+        quietly put every tower on the CPU).
+    """
+    if num_devices < 1:
+        raise ValueError("--num-gpus must be at least 1, got %d." % num_devices)
+    if num_devices == 1:
+        return None
+    if device_type == "gpu":
+        found = len(tf.config.list_physical_devices("GPU"))
+        if found < num_devices:
+            raise ValueError(
+                "--num-gpus %d, but TensorFlow sees %d GPU(s) (CUDA_VISIBLE_DEVICES"
+                "=%s). Lower --num-gpus, check the GPU build of TensorFlow and the "
+                "driver, or add --tower-device cpu to try the multi-device path "
+                "on the CPU." % (num_devices, found,
+                                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset")))
+    return ["/%s:%d" % (device_type, i) for i in range(num_devices)]
+
+
+def batchnorm_batch_warning(is_training, batch_size, num_devices=1):
+    """A warning when BatchNorm statistics come from too few images, else None.
+
+    Args:
+      batch_size: images per step over all devices (per forward pass;
+        accumulation does not help, each pass normalises on its own).
+    """
+    per_device = batch_size // num_devices
+    if not is_training or per_device >= MIN_BATCHNORM_BATCH:
+        return None
+    return ("--is-training updates BatchNorm statistics from %d image(s) per "
+            "device; under %d they are noisy and usually hurt (DeepLab used 10 on "
+            "one GPU). Fine-tune without --is-training (frozen BatchNorm, as "
+            "DeepLab does), or raise --batch-size (per device: --batch-size / "
+            "--num-gpus); --grad-update-every does not help here."
+            % (per_device, MIN_BATCHNORM_BATCH))
+
+
+def weights_are_finite(variables):
+    """Scalar bool: every float variable, and their summed squares, finite.
+
+    The sum of squares also catches weights too large to square in float32
+    (|w| > 1e19), which a huge learning rate leaves behind before any NaN.
+    """
+    squares = [tf.reduce_sum(tf.square(v)) for v in variables
+               if v.dtype.base_dtype.is_floating]
+    return tf.is_finite(tf.add_n(squares))
 
 
 def trained_params(net):
@@ -169,48 +316,63 @@ class Trainer(object):
       learning_rate, momentum, power, num_steps: the poly SGD schedule.
       weight_decay: L2 factor on convolution weights.
       grad_update_every: batches accumulated per update.
+      devices: one tower per device on an equal share of each batch (see
+        ``build_towers``); None for one tower.
 
     Attributes:
-      tower: the ``Tower`` of the batch.
+      towers: the ``Tower`` of each device.
+      tower: the first tower; its ``net`` holds the shared variables.
       params: ``trained_params(tower.net)``.
+      loss_sum, num_valid, num_correct, num_bad_labels, max_bad_label: over
+        all towers, for the last batch.
       gradients: per param, the gradient the optimizer applies (multiplier
         and weight decay included) once the batches of a step are in.
+      l2_loss: ``0.5 * weight_decay * sum(w ** 2)`` over the decayed weights,
+        read before the update that ``train_op`` applies.
       learning_rate: the base rate at the current global step.
       global_step: updates done.
+      weights_finite: scalar bool, ``weights_are_finite`` of the network's
+        variables and the momentum.
     """
 
     def __init__(self, image_batch, label_batch, num_classes,
                  ignore_label=utils.IGNORE_LABEL, is_training=False, config=None,
                  learning_rate=2.5e-4, momentum=0.9, power=0.9, num_steps=20001,
-                 weight_decay=5e-4, grad_update_every=1):
+                 weight_decay=5e-4, grad_update_every=1, devices=None):
         if grad_update_every < 1:
             raise ValueError("--grad-update-every must be at least 1, got %d."
                              % grad_update_every)
         self.grad_update_every = grad_update_every
         self.global_step = tf.train.get_or_create_global_step()
-        self.tower = tower_loss(image_batch, label_batch, num_classes, ignore_label,
-                                is_training, config)
-        self.params = trained_params(self.tower.net)
+        self.towers, self.params, grad_sums, stat_updates = build_towers(
+            image_batch, label_batch, num_classes, ignore_label, is_training, config,
+            devices)
+        self.tower = self.towers[0]
+        on_variable_device = lambda: (tf.device(VARIABLE_DEVICE) if devices
+                                      else contextlib.nullcontext())
+        with on_variable_device():
+            self.loss_sum, self.num_valid, self.num_correct, self.num_bad_labels = [
+                _total([getattr(t, name) for t in self.towers])
+                for name in ("loss_sum", "num_valid", "num_correct", "num_bad_labels")]
+            self.max_bad_label = tf.reduce_max([t.max_bad_label for t in self.towers])
         variables = [p.var for p in self.params]
-        grad_sums = tf.gradients(self.tower.loss_sum, variables)
-        # BatchNorm's moving averages move with every forward pass.
-        stat_updates = tf.get_collection(tf.GraphKeys.UPDATE_OPS)
         self.learning_rate = poly_learning_rate(learning_rate, self.global_step,
                                                 num_steps, power)
         optimizer = tf.train.MomentumOptimizer(self.learning_rate, momentum)
 
         if grad_update_every == 1:
             self.accumulate_op = None
-            with tf.control_dependencies(stat_updates):
-                self.gradients = self._update_gradients(grad_sums,
-                                                        self.tower.num_valid,
-                                                        weight_decay)
+            # BatchNorm's moving averages move with every forward pass.
+            with tf.control_dependencies(stat_updates), on_variable_device():
+                self.gradients, self.l2_loss = self._update_gradients(
+                    grad_sums, self.num_valid, weight_decay)
             self.train_op = optimizer.apply_gradients(
                 zip(self.gradients, variables), global_step=self.global_step)
+            self._check_weights(optimizer, variables)
             return
 
         # Sums over the step's batches; local, so never checkpointed.
-        with tf.variable_scope("grad_accumulation"):
+        with tf.variable_scope("grad_accumulation"), on_variable_device():
             accumulators = [
                 tf.get_variable("sum_%d" % i, var.get_shape(), tf.float32,
                                 tf.zeros_initializer(), trainable=False,
@@ -221,18 +383,26 @@ class Trainer(object):
                                         collections=[tf.GraphKeys.LOCAL_VARIABLES])
         self.accumulate_op = tf.group(
             [tf.assign_add(acc, grad) for acc, grad in zip(accumulators, grad_sums)]
-            + [tf.assign_add(valid_sum, self.tower.num_valid)] + stat_updates)
-        self.gradients = self._update_gradients(
-            [acc.read_value() for acc in accumulators], valid_sum.read_value(),
-            weight_decay)
+            + [tf.assign_add(valid_sum, self.num_valid)] + stat_updates)
+        with on_variable_device():
+            self.gradients, self.l2_loss = self._update_gradients(
+                [acc.read_value() for acc in accumulators], valid_sum.read_value(),
+                weight_decay)
         apply_op = optimizer.apply_gradients(zip(self.gradients, variables),
                                              global_step=self.global_step)
         with tf.control_dependencies([apply_op]):
             self.train_op = tf.group(
                 [tf.assign(acc, tf.zeros_like(acc)) for acc in accumulators]
                 + [tf.assign(valid_sum, 0.0)])
+        self._check_weights(optimizer, variables)
+
+    def _check_weights(self, optimizer, variables):
+        slots = [optimizer.get_slot(var, "momentum") for var in variables]
+        self.weights_finite = weights_are_finite(
+            list(self.tower.net.variables.values()) + slots)
 
     def _update_gradients(self, grad_sums, num_valid, weight_decay):
+        """The gradients to apply, and the L2 term of the weights they change."""
         scale = 1.0 / tf.maximum(num_valid, 1.0)
         gradients = []
         for param, grad in zip(self.params, grad_sums):
@@ -242,9 +412,12 @@ class Trainer(object):
             if param.decay and weight_decay:
                 grad += weight_decay * param.var
             gradients.append(param.lr_mult * grad)
+        decayed = [tf.reduce_sum(tf.square(p.var)) for p in self.params if p.decay]
+        l2_loss = 0.5 * weight_decay * _total(decayed) if decayed else tf.constant(0.0)
         # Released together, so that no update starts while back-propagation
-        # still reads the weights it would change (TF's GATE_GRAPH).
-        return tf.tuple(gradients)
+        # or the L2 term still reads the weights it would change (GATE_GRAPH).
+        gated = tf.tuple(gradients + [l2_loss])
+        return gated[:-1], gated[-1]
 
     def step(self, sess, fetches=()):
         """Run one update: forward/backward over the step's batches, then SGD.
@@ -253,25 +426,37 @@ class Trainer(object):
           fetches: extra tensors evaluated with the step's last batch.
         Returns:
           dict with ``loss`` (mean cross-entropy over the step's labelled
-          pixels), ``accuracy`` (pixel accuracy), ``lr`` (the base rate used)
-          and ``fetched`` (the values of ``fetches``).
+          pixels), ``l2`` (the weight-decay term before the update),
+          ``accuracy`` (pixel accuracy), ``lr`` (the base rate used),
+          ``bad_labels`` (pixels whose label is neither a class id nor the
+          ignore label; left out of the loss), ``max_bad_label`` (the largest
+          of them, -1 if none) and ``fetched`` (the values of ``fetches``).
         """
-        metrics = [self.tower.loss_sum, self.tower.num_valid, self.tower.num_correct]
+        sums = [self.loss_sum, self.num_valid, self.num_correct, self.num_bad_labels]
+        metrics = [sums, self.max_bad_label]
+        totals, max_bad = np.zeros(len(sums)), -1
         if self.accumulate_op is None:
-            lr, totals, fetched, _ = sess.run(
-                [self.learning_rate, metrics, fetches, self.train_op])
+            (values, max_bad), fetched, lr, l2, _ = sess.run(
+                [metrics, fetches, self.learning_rate, self.l2_loss, self.train_op])
+            totals += values
         else:
-            totals = np.zeros(3)
             for i in range(self.grad_update_every):
                 last = i == self.grad_update_every - 1
-                values, fetched, _ = sess.run(
+                (values, batch_max_bad), fetched, _ = sess.run(
                     [metrics, fetches if last else (), self.accumulate_op])
                 totals += values
-            lr, _ = sess.run([self.learning_rate, self.train_op])
-        loss_sum, num_valid, num_correct = totals
+                max_bad = max(max_bad, batch_max_bad)
+            lr, l2, _ = sess.run([self.learning_rate, self.l2_loss, self.train_op])
+        loss_sum, num_valid, num_correct, num_bad = totals
         valid = max(num_valid, 1.0)
-        return {"loss": loss_sum / valid, "accuracy": num_correct / valid,
-                "lr": float(lr), "fetched": fetched}
+        return {"loss": loss_sum / valid, "l2": float(l2),
+                "accuracy": num_correct / valid, "lr": float(lr),
+                "bad_labels": int(num_bad), "max_bad_label": int(max_bad),
+                "fetched": fetched}
+
+
+def _total(values):
+    return values[0] if len(values) == 1 else tf.add_n(values)
 
 
 def image_summary(images, labels, logits, max_outputs):
@@ -389,12 +574,13 @@ def train(args):
         first step, with nothing written.
     """
     config = ModelConfig(args.blocks, args.base_depth, args.aspp_rates)
+    devices = tower_devices(args.num_gpus, args.tower_device)
     with tf.Graph().as_default() as graph:
         tf.set_random_seed(args.random_seed)
         reader = ImageReader(args.data_dir, args.data_list, args.input_size,
                              args.random_scale, args.random_mirror, args.ignore_label,
                              utils.IMG_MEAN, tf.train.Coordinator(),
-                             num_classes=args.num_classes)
+                             num_classes=args.num_classes, label_map=args.label_map)
         reader.check(CHECKED_LABELS)
         with SnapshotLock(args.snapshot_dir):
             resume = tf.train.latest_checkpoint(args.snapshot_dir)
@@ -407,10 +593,18 @@ def train(args):
                               args.ignore_label, args.is_training, config,
                               args.learning_rate, args.momentum, args.power,
                               args.num_steps, args.weight_decay,
-                              args.grad_update_every)
+                              args.grad_update_every, devices)
+            if devices:
+                log.info("%d towers on %s, %d images each; variables on %s",
+                         len(devices), ", ".join(devices),
+                         args.batch_size // len(devices), VARIABLE_DEVICE)
+            warning = batchnorm_batch_warning(args.is_training, args.batch_size,
+                                              args.num_gpus)
+            if warning:
+                log.warning(warning)
             images_op = None
             if args.save_num_images > 0:
-                images_op = image_summary(image_batch, label_batch,
+                images_op = image_summary(trainer.tower.images, trainer.tower.labels,
                                           trainer.tower.logits, args.save_num_images)
             saver = tf.train.Saver(tf.global_variables(),
                                    max_to_keep=args.keep_checkpoints or None,
@@ -418,8 +612,14 @@ def train(args):
             init_op = tf.group(tf.global_variables_initializer(),
                                tf.local_variables_initializer())
             graph.finalize()
-            with tf.Session(config=utils.session_config(
-                    args.intra_op_threads, args.inter_op_threads)) as sess:
+            session_config = utils.session_config(args.intra_op_threads,
+                                                  args.inter_op_threads)
+            if devices and args.tower_device == "cpu":
+                # Logical CPU devices for this session: what
+                # tf.config.set_logical_device_configuration sets up, but
+                # a Session given a ConfigProto reads only the ConfigProto.
+                session_config.device_count["CPU"] = len(devices)
+            with tf.Session(config=session_config) as sess:
                 sess.run(init_op)
                 start_step = _restore(sess, saver, trainer, args, resume)
                 utils.save_model_config(args.snapshot_dir, args.num_classes, config)
@@ -488,15 +688,18 @@ def _loop(sess, trainer, reader, saver, writer, images_op, args, start_step):
             except tf.errors.OpError:
                 reader.raise_if_failed()
                 raise
-            if not np.isfinite(result["loss"]):
-                raise ValueError(
-                    "The loss became %s at step %d (lr=%.3g). Check that every "
-                    "label value is a class id below --num-classes or "
-                    "--ignore-label, and try a lower --learning-rate. Nothing "
-                    "was saved from this run after %s."
-                    % (result["loss"], done, result["lr"],
-                       last_snapshot or "its start"))
+            if result["bad_labels"]:
+                raise ValueError(_bad_label_message(result, done, args,
+                                                    last_snapshot))
+            for what, value in (("loss", result["loss"]),
+                                ("weight-decay loss (l2)", result["l2"])):
+                if not np.isfinite(value):
+                    raise ValueError(divergence_message(
+                        "%s became %s" % (what, value), done, result["lr"], args,
+                        last_snapshot))
             writer.add_summary(scalar_summary({"loss": result["loss"],
+                                               "l2_loss": result["l2"],
+                                               "total_loss": result["loss"] + result["l2"],
                                                "accuracy": result["accuracy"],
                                                "learning_rate": result["lr"]}),
                                done)
@@ -504,13 +707,17 @@ def _loop(sess, trainer, reader, saver, writer, images_op, args, start_step):
                 writer.add_summary(result["fetched"][0], done)
             if done % args.log_every == 0 or done == args.num_steps or \
                     done == start_step + 1 or interrupt.requested:
-                log.info("step %d/%d loss=%.4f acc=%.3f lr=%.3e %s %s", done,
-                         args.num_steps, result["loss"], result["accuracy"],
-                         result["lr"], _images_per_second(progress, done,
-                                                          images_per_step),
+                log.info("step %d/%d loss=%.4f l2=%.4g acc=%.3f lr=%.3e %s %s",
+                         done, args.num_steps, result["loss"], result["l2"],
+                         result["accuracy"], result["lr"],
+                         _images_per_second(progress, done, images_per_step),
                          progress.line(done))
             if done % args.save_pred_every == 0 or done == args.num_steps or \
                     interrupt.requested:
+                if not sess.run(trainer.weights_finite):
+                    raise ValueError(divergence_message(
+                        "weights became non-finite or too large (> 1e19)", done,
+                        result["lr"], args, last_snapshot))
                 # Saver writes the data and index files under temporary names,
                 # renames them, and only then rewrites the 'checkpoint' file
                 # (atomically), so a crash mid-save leaves it on the last good one.
@@ -522,6 +729,33 @@ def _loop(sess, trainer, reader, saver, writer, images_op, args, start_step):
                          done)
                 return INTERRUPTED_STATUS
     return 0
+
+
+def divergence_message(what, step, lr, args, last_snapshot):
+    """What to check when training diverges: labels first, then the rate."""
+    scratch = ""
+    if not args.restore_from:
+        scratch = (" Training from random weights (no --restore-from) diverges "
+                   "easily: start from converted weights (convert.py)%s."
+                   % ("" if args.is_training else
+                      " or add --is-training so that BatchNorm normalises"))
+    return ("The %s at step %d (lr=%.3g). First check the labels: every label "
+            "value must be a class id below --num-classes %d or --ignore-label "
+            "%d (dataset/check_labels.py lists the files with other values). "
+            "Then try a lower --learning-rate, e.g. a tenth.%s Nothing was "
+            "saved from this run after %s."
+            % (what, step, lr, args.num_classes, args.ignore_label, scratch,
+               last_snapshot or "its start"))
+
+
+def _bad_label_message(result, step, args, last_snapshot):
+    return ("Step %d met %d labelled pixel(s) with values up to %d, outside "
+            "0..%d and not --ignore-label %d; they would make the loss NaN on a "
+            "GPU. Check --num-classes and --label-map, and run "
+            "dataset/check_labels.py on the data. Nothing was saved from this "
+            "run after %s." % (step, result["bad_labels"], result["max_bad_label"],
+                               args.num_classes - 1, args.ignore_label,
+                               last_snapshot or "its start"))
 
 
 def _images_per_second(progress, done, images_per_step):
