@@ -41,7 +41,7 @@ import tensorflow.compat.v1 as tf
 
 from deeplab_resnet import utils
 from deeplab_resnet.model import DeepLabResNetModel, ModelConfig
-from deeplab_resnet.network import _abbreviate
+from deeplab_resnet.network import abbreviate, compare_shapes
 
 log = logging.getLogger(__name__)
 
@@ -775,7 +775,7 @@ def check_prototxt(proto_layers, net, source="prototxt"):
     if problems:
         raise ValueError("%s does not match the Caffe model: %s. Pass the prototxt "
                          "released with this .caffemodel, or leave --prototxt out."
-                         % (source, _abbreviate(problems)))
+                         % (source, abbreviate(problems)))
     log.info("%s matches the model (%d layers with weights checked)", source, checked)
 
 
@@ -930,18 +930,17 @@ def convert_net(net_proto, num_classes=None, config=None, drop_classifier=False)
         num_classes = utils.NUM_CLASSES
     has_classifier = bool(classifier)
     graph, net = build_network(num_classes, config)
-    expected = {k: tuple(v.get_shape().as_list()) for k, v in net.variables.items()}
-    wanted = (set(expected) if has_classifier
-              else set(expected) - set(_classifier_keys(expected)))
-    missing = sorted(wanted - set(weights))
-    mismatched = sorted("%s: model %s, network %s" % (k, weights[k].shape, expected[k])
-                        for k in wanted & set(weights)
-                        if tuple(weights[k].shape) != expected[k])
+    expected = {k: v.get_shape().as_list() for k, v in net.variables.items()}
+    if not has_classifier:
+        expected = {k: v for k, v in expected.items()
+                    if k not in set(_classifier_keys(expected))}
+    _, missing, mismatched = compare_shapes(
+        {k: v.shape for k, v in weights.items() if k in expected}, expected)
     problems = []
     if missing:
-        problems.append("no weights for %s" % _abbreviate(missing))
+        problems.append("no weights for %s" % abbreviate(missing))
     if mismatched:
-        problems.append("shape mismatches: %s" % _abbreviate(mismatched))
+        problems.append("shape mismatches: %s" % abbreviate(mismatched))
     if problems:
         raise ValueError(
             "The Caffe model does not fit DeepLab-v2 ResNet-101 (blocks %s) with %d "
@@ -949,14 +948,14 @@ def convert_net(net_proto, num_classes=None, config=None, drop_classifier=False)
             "A cut-short download also loses layers." % (
                 ",".join(map(str, config.blocks)), num_classes, "; ".join(problems)))
     known = {d["name"] for d in deploy_layers(net.layer_specs)}
-    used = {origin[k] for k in wanted}
+    used = {origin[k] for k in expected}
     ignored = [layer.name for layer in net_proto.layers
                if layer.name not in used and (layer.blobs or layer.name not in known)]
     if ignored:
         log.info("ignored %d Caffe layers that are not part of the network "
                  "(multi-scale copies, data, loss, interp...): %s",
-                 len(ignored), _abbreviate(ignored, 6))
-    weights = {k: weights[k] for k in sorted(wanted)}
+                 len(ignored), abbreviate(ignored, 6))
+    weights = {k: weights[k] for k in sorted(expected)}
     if has_classifier:
         log.info("classifier %s: %d classes", utils.CLASSIFIER_PREFIX, num_classes)
     elif drop_classifier:

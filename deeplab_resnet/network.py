@@ -284,21 +284,17 @@ class Network(object):
         skipped = lambda key: key.split("/")[0] in skip
         wanted = {k: v for k, v in self.variables.items() if not skipped(k)}
         given = {k: v for k, v in weights.items() if not skipped(k)}
-        unexpected = sorted(set(given) - set(wanted))
-        missing = sorted(set(wanted) - set(given))
-        mismatched = sorted(
-            "%s: file %s, network %s" % (k, tuple(given[k].shape),
-                                         tuple(wanted[k].get_shape().as_list()))
-            for k in set(given) & set(wanted)
-            if tuple(given[k].shape) != tuple(wanted[k].get_shape().as_list()))
+        unexpected, missing, mismatched = compare_shapes(
+            {k: v.shape for k, v in given.items()},
+            {k: v.get_shape().as_list() for k, v in wanted.items()})
         problems = []
         if unexpected:
             problems.append("weights with no matching variable: %s"
-                            % _abbreviate(unexpected))
+                            % abbreviate(unexpected))
         if missing and not ignore_missing:
-            problems.append("variables with no weights: %s" % _abbreviate(missing))
+            problems.append("variables with no weights: %s" % abbreviate(missing))
         if mismatched:
-            problems.append("shape mismatches: %s" % _abbreviate(mismatched))
+            problems.append("shape mismatches: %s" % abbreviate(mismatched))
         if problems:
             raise ValueError(
                 "The weights do not match the network (%s). Check --num-classes "
@@ -312,7 +308,7 @@ class Network(object):
                      for var, value in loads})
         if missing:
             log.info("Left %d variables at their initial values: %s",
-                     len(missing), _abbreviate(missing))
+                     len(missing), abbreviate(missing))
 
     def load(self, data_path, session, ignore_missing=False):
         """Assign a weight file written by convert.py (``.npz``)."""
@@ -369,7 +365,28 @@ def fold_batchnorm_weights(weights, producers):
     return folded
 
 
-def _abbreviate(names, limit=8):
+def compare_shapes(given, expected):
+    """How weights fall short of a network, by name and shape.
+
+    Args:
+      given: ``{name: shape}`` of the weights at hand.
+      expected: ``{name: shape}`` of the network's variables.
+    Returns:
+      sorted lists ``(unexpected, missing, mismatched)``: names only in
+      ``given``, names only in ``expected``, and ``'name: file S, network S'``
+      for names in both whose shapes differ.
+    """
+    given = {k: tuple(v) for k, v in given.items()}
+    expected = {k: tuple(v) for k, v in expected.items()}
+    unexpected = sorted(set(given) - set(expected))
+    missing = sorted(set(expected) - set(given))
+    mismatched = sorted("%s: file %s, network %s" % (k, given[k], expected[k])
+                        for k in set(given) & set(expected)
+                        if given[k] != expected[k])
+    return unexpected, missing, mismatched
+
+
+def abbreviate(names, limit=8):
     names = list(names)
     shown = ", ".join(names[:limit])
     if len(names) > limit:
