@@ -20,7 +20,7 @@ import os
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from deeplab_resnet import crf, predict, utils
+from deeplab_resnet import crf, labels, predict, utils
 from deeplab_resnet.image_reader import ImageReader
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,7 @@ def get_arguments(argv=None):
                         help="Write the confusion matrix (rows: ground truth, "
                              "columns: prediction) to this .csv or .npy file "
                              "(default: not written).")
-    parser.add_argument("--class-names", default=None,
-                        help="Text file with one class name per line for the "
-                             "score table (default: the VOC names for 21 "
-                             "classes, else class_0, class_1, ...).")
+    labels.add_class_names_flag(parser)
     predict.add_prediction_flags(parser)
     crf.add_crf_flags(parser)
     utils.add_runtime_flags(parser)
@@ -76,7 +73,7 @@ def main(argv=None):
     utils.setup_logging()
     scales = predict.parse_scales(args.scales)
     crf_params = crf.params_from_flags(args)
-    names = predict.class_names(args.num_classes, args.class_names)
+    names = labels.class_names(args.num_classes, args.class_names)
     predict.check_confusion_path(args.save_confusion)
     if args.num_steps is not None and args.num_steps < 1:
         raise ValueError("--num-steps must be at least 1, got %d." % args.num_steps)
@@ -85,7 +82,7 @@ def main(argv=None):
     coord = tf.train.Coordinator()
     reader = ImageReader(args.data_dir, args.data_list, None, False, False,
                          args.ignore_label, utils.IMG_MEAN, coord, shuffle=False,
-                         num_classes=args.num_classes)
+                         num_classes=args.num_classes, label_map=args.label_map)
     num_steps = reader.num_images
     if args.num_steps is not None:
         if args.num_steps > reader.num_images:

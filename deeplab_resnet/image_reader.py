@@ -19,6 +19,11 @@ images smaller than the crop are first padded at the bottom and right with the
 mean (0 after subtraction) and their labels with the ignore label, so padding
 adds neither signal nor loss.
 
+Labels are checked as they are read (``labels.check_label``: mode, size,
+values; a ``--label-map`` turns stored values into training ids first), and
+``ImageReader.check`` scans a sample up front with the scan
+``dataset/check_labels.py`` runs.
+
 A bad file met by a reader thread stops the queues through the coordinator,
 so the consumer's ``sess.run`` fails instead of hanging; the original
 exception, whose message names the file, is kept and raised by
@@ -27,21 +32,19 @@ exception, whose message names the file, is kept and raised by
 import logging
 import os
 import threading
+import time
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 from PIL import Image
 
+from deeplab_resnet import labels, utils
+from deeplab_resnet.labels import DECODE_ERRORS, WIDE_MODES, load_label
+
 log = logging.getLogger(__name__)
 
-# Label image modes whose pixel values are class ids.
-INDEX_MODES = ("P", "L", "1")
-# Mode prefixes of more-than-8-bit single-channel images.
-WIDE_MODES = ("I", "F")
 # How many problems an error message lists before abbreviating.
 MAX_LISTED = 10
-# Errors PIL raises for a file it cannot decode.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def _listed(items):
@@ -56,13 +59,15 @@ def _join(data_dir, path):
     return os.path.join(data_dir, path.lstrip("/")) if data_dir else path
 
 
-def read_labeled_image_list(data_dir, data_list):
+def read_labeled_image_list(data_dir, data_list, check_exists=True):
     """Image and label paths from a list file, every file checked to exist.
 
     Args:
       data_dir: root the list's paths are relative to (e.g. VOCdevkit/VOC2012).
       data_list: text file, one ``IMAGE LABEL`` pair per line; blank lines
         are skipped.
+      check_exists: False leaves missing files to the caller (check_labels.py
+        reports them with the other problems).
     Returns:
       (image_paths, label_paths): two lists of equal length, in list order.
     Raises:
@@ -95,7 +100,7 @@ def read_labeled_image_list(data_dir, data_list):
         raise ValueError("List file %r lists no image/label pairs. Fill it with "
                          "'/JPEGImages/x.jpg /SegmentationClassAug/x.png' lines."
                          % data_list)
-    if missing:
+    if missing and check_exists:
         raise IOError("%d file(s) listed in %s do not exist: %s. Check --data-dir "
                       "(%r), which the listed paths are relative to."
                       % (len(missing), data_list, _listed(missing), data_dir))
@@ -127,84 +132,28 @@ def load_image(path):
                 image = Image.fromarray(
                     np.clip(np.round(wide), 0, 255).astype(np.uint8))
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except _DECODE_ERRORS as err:
-        raise IOError("Cannot read image %s (%s). Replace the file or remove its "
-                      "line from the list." % (path, err))
+    except DECODE_ERRORS as err:
+        raise labels.UnreadableError("image", path, err)
 
 
-def load_label(path):
-    """Class ids from a label image.
-
-    Accepts palette PNGs (VOC's SegmentationClass: the pixel value is the class
-    id and the palette only colours it) and 8-bit grayscale PNGs
-    (SegmentationClassAug); 1-bit images read as ids 0 and 1.
+def load_pair(image_path, label_path, num_classes=None,
+              ignore_label=utils.IGNORE_LABEL, label_map=None):
+    """An image and its label in training ids, checked to fit each other.
 
     Args:
-      path: the label file.
-    Returns:
-      uint8 array [H, W] of class ids (the ignore label included).
-    Raises:
-      IOError: the file cannot be read.
-      ValueError: the file holds colours or wide values instead of 8-bit ids.
-    """
-    try:
-        with Image.open(path) as label:
-            label.load()
-            mode = label.mode
-            if mode in INDEX_MODES:
-                return np.asarray(label, dtype=np.uint8)
-    except _DECODE_ERRORS as err:
-        raise IOError("Cannot read label %s (%s). Replace the file or remove its "
-                      "line from the list." % (path, err))
-    if mode.startswith(("RGB", "CMYK", "YCbCr", "LAB", "HSV")):
-        raise ValueError(
-            "Label %s is a colour image (mode %s), but labels must hold class ids "
-            "as a palette ('P') or 8-bit grayscale ('L') PNG, like VOC's "
-            "SegmentationClass or SegmentationClassAug. Convert it: map each colour "
-            "to its class id (VOC's colours are deeplab_resnet.utils.VOC_PALETTE, "
-            "the colour at index i is class i) and save the ids as an 8-bit "
-            "grayscale PNG." % (path, mode))
-    raise ValueError("Label %s has image mode %s; labels must be 8-bit class ids "
-                     "in a palette ('P') or grayscale ('L') PNG. Save the ids as "
-                     "an 8-bit grayscale PNG." % (path, mode))
-
-
-def load_pair(image_path, label_path, num_classes=None, ignore_label=None):
-    """An image and its label, checked to fit each other.
-
-    Args:
-      num_classes, ignore_label: when given, every label value must be a
-        class id below ``num_classes`` or the ignore label.
+      num_classes: when given, every label value (after ``label_map``) must
+        be a class id below ``num_classes`` or ``ignore_label``.
+      label_map: ``labels.LabelMap`` from stored values to training ids, or None.
     Returns:
       (image uint8 [H, W, 3] RGB, label uint8 [H, W]).
     Raises:
-      IOError: a file cannot be read; ValueError: the label does not fit.
+      IOError: a file cannot be read; ValueError: the label does not fit
+        (the message says the likely cause and the fix).
     """
     image = load_image(image_path)
-    label = load_label(label_path)
-    if image.shape[:2] != label.shape:
-        raise ValueError("Label %s is %dx%d but its image %s is %dx%d (HxW). A "
-                         "label must match its image pixel for pixel; check the "
-                         "list pairs the right files." % (
-                             label_path, label.shape[0], label.shape[1],
-                             image_path, image.shape[0], image.shape[1]))
-    if num_classes is not None:
-        check_label_values(label, label_path, num_classes, ignore_label)
+    label = labels.check_label(load_label(label_path), label_path, num_classes,
+                               ignore_label, label_map, image.shape[:2], image_path)
     return image, label
-
-
-def check_label_values(label, path, num_classes, ignore_label):
-    """Raise ValueError naming ``path`` if a label value is not a class id
-    below ``num_classes`` or ``ignore_label``."""
-    # bincount over the 256 possible values beats sorting for np.unique.
-    values = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
-    bad = values[(values >= num_classes) & (values != ignore_label)]
-    if bad.size:
-        raise ValueError(
-            "Label %s has values %s, which are neither class ids 0..%d nor the "
-            "ignore label %d. Check --num-classes and --ignore-label, or convert "
-            "the label to class ids." % (path, bad.tolist(), num_classes - 1,
-                                         ignore_label))
 
 
 # ------------------------------------------------------------- augmentation
@@ -289,13 +238,16 @@ class ImageReader(object):
       num_threads: reader threads filling the batch queue.
       num_classes: when given, a label value that is neither a class id below
         it nor ``ignore_label`` is an error naming the file.
+      label_map: --label-map: a file (see ``labels.read_label_map``), a
+        ``labels.LabelMap`` or None; applied to every label as it is read.
     Raises:
-      IOError, ValueError: from ``read_labeled_image_list``.
+      IOError, ValueError: from ``read_labeled_image_list`` and
+        ``labels.read_label_map``.
     """
 
     def __init__(self, data_dir, data_list, input_size, random_scale, random_mirror,
                  ignore_label, img_mean, coord, shuffle=True, num_threads=4,
-                 num_classes=None):
+                 num_classes=None, label_map=None):
         self.data_dir = data_dir
         self.data_list = data_list
         self.input_size = tuple(input_size) if input_size is not None else None
@@ -304,6 +256,7 @@ class ImageReader(object):
         self.shuffle = shuffle
         self.num_threads = num_threads if shuffle else 1
         self.num_classes = num_classes
+        self.label_map = labels.read_label_map(label_map, num_classes, ignore_label)
         self.failure = None
         self._lock = threading.Lock()
         self.image_list, self.label_list = read_labeled_image_list(data_dir, data_list)
@@ -334,30 +287,36 @@ class ImageReader(object):
         self.label = tf.expand_dims(label, axis=0)
 
     def check(self, sample_size=100, seed=0):
-        """Read a sample of the pairs now, so bad labels fail before training.
+        """Scan a sample of the labels now, so bad labels fail before training.
 
         Every listed file was checked to exist when the list was read; this
-        also decodes up to ``sample_size`` pairs (all of a shorter list) and
-        checks them as the reader threads will: image and label sizes, label
-        mode, and label values when the reader has ``num_classes``.
+        runs check_labels.py's scan (``labels.scan_labels``) on up to
+        ``sample_size`` pairs (all of a shorter list): label mode, size
+        against the image's header, values (after the label map) when the
+        reader has ``num_classes``, and masks that hold nothing but
+        background and ignore.
 
         Raises:
-          IOError, ValueError: naming the first bad file.
+          IOError, ValueError: the first problem found, with its fix.
         """
-        indices = np.arange(self.num_images)
-        if self.num_images > sample_size:
-            indices = np.sort(np.random.RandomState(seed).choice(
-                self.num_images, sample_size, replace=False))
-        for i in indices:
-            load_pair(self.image_list[i], self.label_list[i], self.num_classes,
-                      self.ignore_label)
-        log.info("checked %d of %d image/label pairs in %s", len(indices),
-                 self.num_images, self.data_list)
+        indices = labels.sample_indices(self.num_images, sample_size, seed)
+        start = time.time()
+        result = labels.scan_labels(
+            [(self.image_list[i], self.label_list[i]) for i in indices],
+            self.num_classes, self.ignore_label, self.label_map, log_interval=None)
+        if result.problems:
+            raise ValueError(labels.scan_error(result, self.data_list))
+        for warning in result.warnings:
+            log.warning("%s %s", warning.message, warning.fix)
+        log.info("checked %d of %d labels in %s (%.2f s)%s", result.checked,
+                 self.num_images, self.data_list, time.time() - start,
+                 "; label map " + self.label_map.describe() if self.label_map
+                 else "")
 
     def _load(self, image_path, label_path):
         try:
             return load_pair(image_path.decode(), label_path.decode(),
-                             self.num_classes, self.ignore_label)
+                             self.num_classes, self.ignore_label, self.label_map)
         except Exception as err:
             with self._lock:
                 if self.failure is None:

@@ -154,9 +154,7 @@ def add_model_flags(parser, restore_required=True,
     ``weights_flags``: the weight flag's spellings (inference.py says
     ``--model-weights``); the value is ``args.restore_from`` either way.
     """
-    parser.add_argument("--num-classes", type=int, default=NUM_CLASSES,
-                        help="Output classes, background included "
-                             "(default: %(default)s, PASCAL VOC).")
+    add_num_classes_flag(parser)
     parser.add_argument(*weights_flags, dest="restore_from", metavar="WEIGHTS",
                         required=restore_required, default=None,
                         help="Weights to start from: a .npz written by convert.py, "
@@ -164,8 +162,16 @@ def add_model_flags(parser, restore_required=True,
                              "checkpoint is used).")
 
 
+def add_num_classes_flag(parser):
+    """--num-classes, for scripts that take it without the model flags."""
+    parser.add_argument("--num-classes", type=int, default=NUM_CLASSES,
+                        help="Output classes, background included "
+                             "(default: %(default)s, PASCAL VOC).")
+
+
 def add_data_flags(parser, data_dir=".", data_list="dataset/val.txt"):
-    """Flags that locate a list-file dataset in VOC layout."""
+    """Flags that locate a list-file dataset in VOC layout and say how to read
+    its labels (``--label-map``: see ``labels.read_label_map``)."""
     parser.add_argument("--data-dir", default=data_dir,
                         help="Root the paths in --data-list are relative to, e.g. "
                              "VOCdevkit/VOC2012 (default: %(default)s).")
@@ -176,6 +182,20 @@ def add_data_flags(parser, data_dir=".", data_list="dataset/val.txt"):
     parser.add_argument("--ignore-label", type=int, default=IGNORE_LABEL,
                         help="Label value left out of the loss and the metric "
                              "(default: %(default)s).")
+    parser.add_argument("--label-map", default=None, metavar="FILE",
+                        help="Table from the values stored in the label files to "
+                             "training ids, applied as labels are read, so the "
+                             "loss and the metric see the same ids (e.g. "
+                             "Cityscapes label ids -> train ids). Text: one "
+                             "'SOURCE TARGET' per line, '#' comments, ranges such "
+                             "as '0-6 255' or '24-26 11-13', and '* TARGET' for "
+                             "every value not listed; or JSON: {\"7\": 0, "
+                             "\"*\": 255}. Targets are class ids below "
+                             "--num-classes or --ignore-label; several sources "
+                             "may share one. The ignore label passes through "
+                             "unless listed; any other value the table does not "
+                             "list is an error naming the file (default: none, "
+                             "the files hold training ids).")
 
 
 def parse_size(text):
@@ -295,28 +315,47 @@ def restore(sess, path, net, ignore_missing=False, skip_mismatched_classifier=Fa
 
     Args:
       skip_mismatched_classifier: when the file's classifier was trained for
-        another number of classes, leave ours initialised (fine-tuning on a
-        new dataset) instead of failing.
+        another number of classes (or it has none, as the ImageNet init
+        model), leave ours initialised (fine-tuning on a new dataset) and log
+        the variables left out, instead of failing.
       skip_classifier: never restore the classifier (--not-restore-last).
+      ignore_missing: leave any variable the file lacks initialised. Without
+        it, every variable outside a skipped classifier must be in the file
+        with its shape.
     Raises:
-      IOError: no such file; ValueError: the weights do not fit the network.
+      IOError: no such file; ValueError: the weights do not fit the network
+        (the message lists every missing, unexpected and mismatched variable).
     """
     weights = read_weights(path)
-    skip = set()
-    classifier_layers = {k.split("/")[0] for k in net.variables
+    ours = sorted(k for k in net.variables if k.startswith(CLASSIFIER_PREFIX))
+    # The file's classifier layers too: --not-restore-last also leaves out a
+    # classifier with more ASPP branches than ours.
+    classifier_layers = {k.split("/")[0] for k in list(net.variables) + list(weights)
                          if k.startswith(CLASSIFIER_PREFIX)}
+    skip = set()
     if skip_classifier:
-        skip |= classifier_layers
-    elif skip_mismatched_classifier and classifier_mismatch(weights, net):
-        log.warning("%s has a classifier for another number of classes; "
-                    "skipping %s and training them from scratch.", path,
-                    ", ".join(sorted(classifier_layers)))
-        skip |= classifier_layers
+        log.info("not restoring the classifier (--not-restore-last): %s start "
+                 "from their initial values", ", ".join(ours))
+        skip = classifier_layers
+    elif skip_mismatched_classifier:
+        mismatched = classifier_mismatch(weights, net)
+        absent = [k for k in ours if k not in weights]
+        if mismatched or absent:
+            shape = lambda a: "x".join(str(d) for d in a)
+            left_out = ["%s (file %s, network %s)" % (
+                k, shape(weights[k].shape), shape(net.variables[k].get_shape().as_list()))
+                for k in mismatched]
+            left_out += ["%s (not in the file)" % k for k in absent]
+            log.warning("%s %s; not restoring the classifier, so these variables "
+                        "start from their initial values: %s", path,
+                        "has a classifier for another number of classes"
+                        if mismatched else "has no classifier",
+                        ", ".join(left_out))
+            skip = classifier_layers
     if net.fold_batchnorm:
         from deeplab_resnet.network import fold_batchnorm_weights
         weights = fold_batchnorm_weights(weights, net.batchnorm_producers())
-    net.assign_weights(weights, sess, ignore_missing=ignore_missing or bool(skip),
-                       skip=skip)
+    net.assign_weights(weights, sess, ignore_missing=ignore_missing, skip=skip)
     return path
 
 

@@ -24,8 +24,8 @@ import shutil
 
 import numpy as np
 import scipy.io
-from PIL import Image
 
+from deeplab_resnet import labels as label_checks
 from deeplab_resnet import utils
 from deeplab_resnet.dataset_files import (IMAGE_DIR, LABEL_DIR, atomic_write,
                                           list_text, logged_progress, save_label,
@@ -116,38 +116,6 @@ def read_sbd_label(path):
         raise ValueError("%s: GTcls.Segmentation has shape %s, expected [H, W]."
                          % (path, label.shape))
     return label
-
-
-def read_voc_label(path):
-    """Class ids of a VOC label PNG (palette or grayscale): uint8 [H, W].
-
-    Raises:
-      ValueError: an RGB or other PNG whose pixels are not class ids.
-    """
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L"):
-            raise ValueError("%s is a %r PNG; expected VOC's palette ('P') PNG of "
-                             "class ids (or grayscale 'L'). Use the labels from "
-                             "VOC's SegmentationClass/ as shipped." % (path, image.mode))
-        return np.array(image)
-
-
-def check_label(label, name, label_path, image_path, num_classes=utils.NUM_CLASSES):
-    """Raise ValueError if ``label`` has foreign values or another size than its photo."""
-    values = np.unique(label)
-    bad = values[(values >= num_classes) & (values != utils.IGNORE_LABEL)]
-    if bad.size:
-        raise ValueError("%s: label values %s are neither classes 0..%d nor %d "
-                         "(void). Is this a VOC class label?"
-                         % (label_path, bad.tolist(), num_classes - 1,
-                            utils.IGNORE_LABEL))
-    with Image.open(image_path) as image:
-        width, height = image.size
-    if label.shape != (height, width):
-        raise ValueError(
-            "%s is %dx%d but its photo %s is %dx%d (WxH); %s's label belongs to "
-            "another image." % (label_path, label.shape[1], label.shape[0],
-                                image_path, width, height, name))
 
 
 def plan_splits(voc_train, voc_val, sbd_train, sbd_val):
@@ -278,9 +246,10 @@ def build_voc_aug(voc_dir, sbd_dir, output_dir=None, force=False,
             counts["labels_kept"] += 1
             continue
         source = labels[name]
-        read = read_voc_label if source.kind == "voc" else read_sbd_label
-        label = read(source.path)
-        check_label(label, name, source.path, image_path, num_classes)
+        read = label_checks.load_label if source.kind == "voc" else read_sbd_label
+        label = label_checks.check_label(
+            read(source.path), source.path, num_classes, utils.IGNORE_LABEL,
+            image_shape=label_checks.image_size(image_path), image_path=image_path)
         save_label(label, label_path)
         counts["labels_" + source.kind] += 1
 

@@ -7,7 +7,7 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from conftest import write_voc_pair
-from deeplab_resnet import image_reader, utils
+from deeplab_resnet import labels, utils
 from deeplab_resnet.image_reader import (
     ImageReader, image_mirroring, image_scaling, load_image, load_label,
     read_labeled_image_list)
@@ -309,9 +309,9 @@ def test_check_reads_a_sample_of_pairs_and_names_a_bad_one(voc_dataset, monkeypa
                          utils.IMG_MEAN, coord, num_classes=utils.NUM_CLASSES)
     reader.check()
     read = []
-    original = image_reader.load_pair
-    monkeypatch.setattr(image_reader, "load_pair",
-                        lambda *args: read.append(args[1]) or original(*args))
+    original = labels.inspect_pair
+    monkeypatch.setattr(labels, "inspect_pair",
+                        lambda pair, **kw: read.append(pair[1]) or original(pair, **kw))
     reader.check(sample_size=2)
     assert len(read) == 2 and len(set(read)) == 2
     assert set(read) <= set(reader.label_list)
