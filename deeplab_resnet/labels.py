@@ -701,17 +701,18 @@ def dataset_problems(histogram, checked, num_classes, ignore_label):
     A binary mask saved as 0/255 passes every per-file check (0 is
     background, 255 the ignore label) yet teaches nothing but background.
     """
-    if num_classes is None or num_classes < 2 or not histogram.sum():
-        return [], []
-    if histogram[1:num_classes].any():
-        return [], []
+    total = histogram.sum()
     ignored = histogram[ignore_label] if 0 <= ignore_label < NUM_VALUES else 0
+    # Labels with other values have their own problems.
+    if num_classes is None or num_classes < 2 or not total or \
+            histogram[0] + ignored != total:
+        return [], []
     if ignored:
         return [Problem(
             DATASET, None,
             "No pixel in the %d checked labels has a class other than 0, and "
             "%.1f%% are the ignore label %d." % (checked,
-                                                 100.0 * ignored / histogram.sum(),
+                                                 100.0 * ignored / total,
                                                  ignore_label),
             "These look like binary masks saved as 0/%d (or 0/1 scaled for "
             "viewing): the objects are read as 'ignore', so only background is "
