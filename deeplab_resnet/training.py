@@ -54,6 +54,7 @@ diverged weights.
 import collections
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -348,8 +349,7 @@ class Trainer(object):
             image_batch, label_batch, num_classes, ignore_label, is_training, config,
             devices)
         self.tower = self.towers[0]
-        on_variable_device = lambda: (tf.device(VARIABLE_DEVICE) if devices
-                                      else contextlib.nullcontext())
+        on_variable_device = functools.partial(_on_variable_device, devices)
         with on_variable_device():
             self.loss_sum, self.num_valid, self.num_correct, self.num_bad_labels = [
                 _total([getattr(t, name) for t in self.towers])
@@ -368,7 +368,7 @@ class Trainer(object):
                     grad_sums, self.num_valid, weight_decay)
             self.train_op = optimizer.apply_gradients(
                 zip(self.gradients, variables), global_step=self.global_step)
-            self._check_weights(optimizer, variables)
+            self.weights_finite = self._weights_finite(optimizer, variables)
             return
 
         # Sums over the step's batches; local, so never checkpointed.
@@ -394,12 +394,11 @@ class Trainer(object):
             self.train_op = tf.group(
                 [tf.assign(acc, tf.zeros_like(acc)) for acc in accumulators]
                 + [tf.assign(valid_sum, 0.0)])
-        self._check_weights(optimizer, variables)
+        self.weights_finite = self._weights_finite(optimizer, variables)
 
-    def _check_weights(self, optimizer, variables):
+    def _weights_finite(self, optimizer, variables):
         slots = [optimizer.get_slot(var, "momentum") for var in variables]
-        self.weights_finite = weights_are_finite(
-            list(self.tower.net.variables.values()) + slots)
+        return weights_are_finite(list(self.tower.net.variables.values()) + slots)
 
     def _update_gradients(self, grad_sums, num_valid, weight_decay):
         """The gradients to apply, and the L2 term of the weights they change."""
@@ -457,6 +456,11 @@ class Trainer(object):
 
 def _total(values):
     return values[0] if len(values) == 1 else tf.add_n(values)
+
+
+def _on_variable_device(devices):
+    """Towers keep shared ops with the variables; one tower places freely."""
+    return tf.device(VARIABLE_DEVICE) if devices else contextlib.nullcontext()
 
 
 def image_summary(images, labels, logits, max_outputs):
@@ -697,12 +701,10 @@ def _loop(sess, trainer, reader, saver, writer, images_op, args, start_step):
                     raise ValueError(divergence_message(
                         "%s became %s" % (what, value), done, result["lr"], args,
                         last_snapshot))
-            writer.add_summary(scalar_summary({"loss": result["loss"],
-                                               "l2_loss": result["l2"],
-                                               "total_loss": result["loss"] + result["l2"],
-                                               "accuracy": result["accuracy"],
-                                               "learning_rate": result["lr"]}),
-                               done)
+            writer.add_summary(scalar_summary({
+                "loss": result["loss"], "l2_loss": result["l2"],
+                "total_loss": result["loss"] + result["l2"],
+                "accuracy": result["accuracy"], "learning_rate": result["lr"]}), done)
             if with_images and images_op is not None:
                 writer.add_summary(result["fetched"][0], done)
             if done % args.log_every == 0 or done == args.num_steps or \

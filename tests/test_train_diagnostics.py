@@ -44,9 +44,10 @@ def test_progress_line_and_tensorboard_report_loss_and_l2_apart(tmp_path, caplog
     list_path = write_dataset(data_dir)
     snapshot_dir = str(tmp_path / "snap")
     decay = 0.01
-    assert run_train(train_argv(data_dir, list_path, snapshot_dir, "--is-training",
-                                "--weight-decay", str(decay), "--learning-rate", "0.01",
-                                "--save-pred-every", "1", "--keep-checkpoints", "0")) == 0
+    assert run_train(train_argv(
+        data_dir, list_path, snapshot_dir, "--is-training", "--weight-decay",
+        str(decay), "--learning-rate", "0.01", "--save-pred-every", "1",
+        "--keep-checkpoints", "0")) == 0
     lines = dict(re.findall(r"step (\d)/2 (loss=\S+ l2=\S+) acc=", caplog.text))
     assert sorted(lines) == ["1", "2"], caplog.text
     loss, l2 = (float(v) for v in re.findall(r"=(\S+)", lines["2"]))
