@@ -68,6 +68,30 @@ def check_save_dir(reader, save_dir):
         targets[target] = image_path
 
 
+def predictions(sess, fetches, num_steps, reader, crf_pool=None):
+    """Yield (image path, label, pred) for the next ``num_steps`` images.
+
+    Results come in list order. With a pool the network goes on with the
+    next images while earlier ones are in the CRF.
+    """
+    for _ in range(num_steps):
+        try:
+            values = sess.run(fetches)
+        except tf.errors.OpError:
+            reader.raise_if_failed()
+            raise
+        path, label = values["path"].decode(), values["label"][0, ..., 0]
+        if crf_pool is None:
+            yield path, label, values["pred"][0]
+            continue
+        image = utils.inv_preprocess(values["image"])[0]
+        for tag, pred in crf_pool.submit(image, values["probs"][0], path,
+                                         tag=(path, label)):
+            yield tag + (pred,)
+    for tag, pred in crf_pool.drain() if crf_pool is not None else ():
+        yield tag + (pred,)
+
+
 def main(argv=None):
     args = get_arguments(argv)
     utils.setup_logging()
@@ -93,6 +117,8 @@ def main(argv=None):
         check_save_dir(reader, args.save_dir)
         os.makedirs(args.save_dir, exist_ok=True)
 
+    # Before the graph: CRF workers start while it is built.
+    crf_pool = crf.pool_from_flags(args, crf_params)
     net, prediction = predict.build_prediction(
         reader.image, args.num_classes, config, scales, args.flip)
     fetches = {"label": reader.label, "path": reader.image_path}
@@ -112,28 +138,21 @@ def main(argv=None):
     progress.update(0)
     threads = reader.start(sess)
     try:
-        for step in range(1, num_steps + 1):
-            try:
-                values = sess.run(fetches)
-            except tf.errors.OpError:
-                reader.raise_if_failed()
-                raise
-            if crf_params is None:
-                pred = predict.labels_from(None, pred=values["pred"][0])
-            else:
-                image = utils.inv_preprocess(values["image"])[0]
-                pred = predict.labels_from(image, probs=values["probs"][0],
-                                           crf_params=crf_params)
-            confusion += utils.confusion_matrix(values["label"][0, ..., 0], pred,
-                                                args.num_classes, args.ignore_label)
+        results = predictions(sess, fetches, num_steps, reader, crf_pool)
+        for step, (path, label, pred) in enumerate(results, 1):
+            pred = predict.labels_from(None, pred=pred)
+            confusion += utils.confusion_matrix(label, pred, args.num_classes,
+                                                args.ignore_label)
             if args.save_dir:
-                predict.save_label_png(pred, predict.output_path(
-                    args.save_dir, values["path"].decode(), ".png"))
+                predict.save_label_png(pred, predict.output_path(args.save_dir, path,
+                                                                 ".png"))
             if step % LOG_EVERY == 0 or step == num_steps:
                 log.info("step %d/%d mIoU=%.4f %s", step, num_steps,
                          utils.segmentation_scores(confusion)["miou"],
                          progress.line(step))
     finally:
+        if crf_pool is not None:
+            crf_pool.close()
         coord.request_stop()
         try:
             coord.join(threads, stop_grace_period_secs=5)

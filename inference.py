@@ -76,17 +76,14 @@ def check_outputs(outputs, path, inputs, written):
                           "them separately." % (path, target, written[key]))
 
 
-def segment_one(segmenter, args, path, outputs):
-    """Segment ``path`` and write its outputs; returns the image's (H, W)."""
-    image = image_reader.load_image(path)
-    label = segmenter.segment(image)
+def write_outputs(args, image, label, outputs):
+    """Write one photo's mask (and raw label, overlay)."""
     predict.save_rgb(predict.colour_mask(label), outputs["mask"])
     if "label" in outputs:
         predict.save_label_png(label, outputs["label"])
     if "overlay" in outputs:
         predict.save_rgb(predict.overlay(image, label, args.overlay_alpha),
                          outputs["overlay"], quality=95)
-    return image.shape[:2]
 
 
 def main(argv=None):
@@ -103,30 +100,68 @@ def main(argv=None):
     if not paths:
         raise IOError("No images to segment in %s." % ", ".join(args.inputs))
 
-    segmenter = predict.Segmenter(args.restore_from, args.num_classes, scales,
-                                  args.flip, crf_params, args.intra_op_threads,
-                                  args.inter_op_threads)
-    os.makedirs(args.save_dir, exist_ok=True)
     inputs = {os.path.realpath(p) for p in paths}
+    # Output path -> input, claimed before segmenting so that a later input
+    # of the same name is refused even while the CRF of this one is queued.
     written = {}
     progress = utils.Progress(len(paths), unit="image")
-    progress.update(0)
+
+    def fail(err, outputs=()):
+        failures.append(str(err))
+        log.error("error: %s", err)
+        for target in outputs:
+            del written[os.path.realpath(target)]
+
+    def finish(job, label):
+        i, path, image, outputs, start = job
+        try:
+            write_outputs(args, image, predict.labels_from(None, pred=label),
+                          outputs)
+        except (IOError, OSError, ValueError) as err:
+            fail(err, outputs.values())
+            return
+        log.info("image %d/%d %s %dx%d %.2f s %s", i, len(paths), path,
+                 image.shape[1], image.shape[0], time.time() - start,
+                 progress.line(i))
+
+    # Before the graph: CRF workers start while it is built.
+    crf_pool = crf.pool_from_flags(args, crf_params)
+    segmenter = None
     try:
+        segmenter = predict.Segmenter(args.restore_from, args.num_classes, scales,
+                                      args.flip, None, args.intra_op_threads,
+                                      args.inter_op_threads, bf16=args.bf16)
+        os.makedirs(args.save_dir, exist_ok=True)
+        progress.update(0)
         for i, path in enumerate(paths, 1):
             start = time.time()
             outputs = planned_outputs(args, path)
             try:
                 check_outputs(outputs, path, inputs, written)
-                height, width = segment_one(segmenter, args, path, outputs)
-            except (IOError, OSError, ValueError) as err:
-                failures.append(str(err))
-                log.error("error: %s", err)
+            except IOError as err:
+                fail(err)
                 continue
             written.update((os.path.realpath(t), path) for t in outputs.values())
-            log.info("image %d/%d %s %dx%d %.2f s %s", i, len(paths), path, width,
-                     height, time.time() - start, progress.line(i))
+            try:
+                image = image_reader.load_image(path)
+                job = (i, path, image, outputs, start)
+                if crf_pool is None:
+                    finished = [(job, segmenter.segment(image))]
+                else:
+                    finished = crf_pool.submit(
+                        image, segmenter.probabilities(image), path, tag=job)
+            except (IOError, OSError, ValueError) as err:
+                fail(err, outputs.values())
+                continue
+            for finished_job, label in finished:
+                finish(finished_job, label)
+        for finished_job, label in crf_pool.drain() if crf_pool is not None else ():
+            finish(finished_job, label)
     finally:
-        segmenter.close()
+        if crf_pool is not None:
+            crf_pool.close()
+        if segmenter is not None:
+            segmenter.close()
     done = len(set(written.values()))
     log.info("segmented %d of %d images into %s", done, len(paths), args.save_dir)
     if failures:

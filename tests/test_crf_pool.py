@@ -1,0 +1,186 @@
+"""CRF worker pool: same results as the in-process CRF, in order, bounded,
+and failures named; evaluate.py and inference.py give identical outputs
+with and without workers."""
+import argparse
+import importlib.util
+import logging
+import multiprocessing
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deeplab_resnet import crf, utils
+from conftest import REPO_ROOT, save_tiny_model, write_voc_pair
+from test_crf import synthetic_scene
+
+pytest.importorskip("pydensecrf.densecrf")
+
+FEW_ITERATIONS = crf.CrfParams(iterations=3)
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO_ROOT, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def scenes():
+    """(image, probs) of different sizes; the first is by far the slowest."""
+    jobs = [synthetic_scene(seed=0, height=240, width=320)[::2]]
+    for i in range(1, 7):
+        image, _, probs = synthetic_scene(seed=i, height=20 + 3 * i, width=30 + i)
+        jobs.append((image, probs))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def five_class_model(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("model"))
+    save_tiny_model(directory, num_classes=5, seed=4)
+    return directory
+
+
+def test_pool_matches_the_serial_crf_in_submission_order():
+    jobs = scenes()
+    expected = [crf.dense_crf(image, probs, FEW_ITERATIONS).argmax(axis=2)
+                for image, probs in jobs]
+    results, pending = [], []
+    with crf.CrfPool(FEW_ITERATIONS, workers=2, max_pending=3) as pool:
+        assert pool.start_method in ("forkserver", "spawn")
+        for i, (image, probs) in enumerate(jobs):
+            results += pool.submit(image, probs, "scene%d" % i, tag=i)
+            pending.append(pool.pending)
+        results += list(pool.drain())
+    assert max(pending) <= 3  # bounded: submit waited for the oldest
+    assert pending[2] == 3  # and really queued while the big one ran
+    assert [tag for tag, _ in results] == list(range(len(jobs)))
+    for (_, label), want in zip(results, expected):
+        assert label.dtype == np.int32
+        np.testing.assert_array_equal(label, want)
+
+    with crf.CrfPool(FEW_ITERATIONS, workers=0) as serial:
+        image, probs = jobs[1]
+        [(tag, label)] = serial.submit(image, probs, "scene1", tag="here")
+        assert serial.pending == 0 and serial.start_method is None
+    assert tag == "here"
+    np.testing.assert_array_equal(label, expected[1])
+
+
+def test_worker_exception_names_the_image():
+    (image, probs), (small, small_probs) = scenes()[1:3]
+    with crf.CrfPool(FEW_ITERATIONS, workers=2) as pool:
+        done = pool.submit(image, probs, "good.jpg", tag=0)
+        done += pool.submit(image, small_probs, "photos/bad.jpg", tag=1)
+        with pytest.raises(crf.CrfError) as caught:
+            done += pool.submit(small, small_probs, "after.jpg", tag=2)
+            for result in pool.drain():
+                done.append(result)
+    message = str(caught.value)
+    assert "photos/bad.jpg" in message and "ValueError" in message
+    assert "size" in message
+    assert isinstance(caught.value.__cause__, ValueError)
+    # The image before the bad one was handed back first, in order.
+    assert [tag for tag, _ in done] == [0]
+
+
+def test_a_killed_worker_is_reported_with_the_image():
+    image, _, probs = synthetic_scene(seed=3, height=400, width=400)
+    before = set(multiprocessing.active_children())
+    with crf.CrfPool(crf.DEFAULTS, workers=1) as pool:
+        pool.submit(image, probs, "huge.png")
+        deadline = time.time() + 30
+        workers = set(multiprocessing.active_children()) - before
+        while not workers and time.time() < deadline:
+            time.sleep(0.05)
+            workers = set(multiprocessing.active_children()) - before
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGKILL)
+        with pytest.raises(crf.CrfError, match="huge.png.*worker process died"):
+            list(pool.drain())
+
+
+def test_crf_workers_flag():
+    parser = argparse.ArgumentParser()
+    crf.add_crf_flags(parser)
+    params = crf.params_from_flags(parser.parse_args(["--crf"]))
+    assert crf.pool_from_flags(parser.parse_args(["--crf-workers", "3"]), None) is None
+    pool = crf.pool_from_flags(parser.parse_args(["--crf"]), params)
+    assert pool.workers == utils.available_cores()
+    pool.close()
+    pool = crf.pool_from_flags(parser.parse_args(["--crf", "--crf-workers", "0"]),
+                               params)
+    assert pool.workers == 0
+    with pytest.raises(ValueError, match="--crf-workers must be 0"):
+        crf.pool_from_flags(parser.parse_args(["--crf", "--crf-workers", "-1"]),
+                            params)
+
+
+def test_evaluate_with_workers_equals_without(five_class_model, tmp_path, capsys):
+    data_dir = str(tmp_path / "data")
+    names = ["im%d" % i for i in range(5)]
+    for i, name in enumerate(names):
+        write_voc_pair(data_dir, name, (17 + 4 * i, 31 - 2 * i), num_classes=5,
+                       seed=20 + i, label_mode="L")
+    list_path = os.path.join(data_dir, "val.txt")
+    with open(list_path, "w") as f:
+        for name in names:
+            f.write("/JPEGImages/%s.jpg /SegmentationClassAug/%s.png\n" % (name, name))
+    evaluate = load_script("evaluate")
+    runs = {}
+    for workers in ("0", "2"):
+        save_dir = str(tmp_path / ("pred" + workers))
+        confusion = str(tmp_path / ("confusion%s.npy" % workers))
+        assert evaluate.main([
+            "--data-dir", data_dir, "--data-list", list_path,
+            "--restore-from", five_class_model, "--num-classes", "5", "--crf",
+            "--crf-iters", "3", "--crf-workers", workers, "--save-dir", save_dir,
+            "--save-confusion", confusion]) == 0
+        pngs = {n: np.array(Image.open(os.path.join(save_dir, n + ".png")))
+                for n in names}
+        runs[workers] = (capsys.readouterr().out, np.load(confusion), pngs)
+    (out0, confusion0, pngs0), (out2, confusion2, pngs2) = runs["0"], runs["2"]
+    assert out0 == out2 and out0.strip().splitlines()[-1].startswith("mIoU ")
+    np.testing.assert_array_equal(confusion0, confusion2)
+    assert confusion0.sum() > 0
+    for name in names:
+        np.testing.assert_array_equal(pngs0[name], pngs2[name])
+
+
+def test_inference_with_workers_equals_without(five_class_model, tmp_path, caplog):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.RandomState(5)
+    names = ["a", "b", "c", "d"]
+    for i, name in enumerate(names):
+        size = (15 + 6 * i, 26 - 3 * i, 3)
+        Image.fromarray(rng.randint(0, 256, size).astype(np.uint8)).save(
+            str(photos / (name + ".png")))
+    (photos / "b.png").write_bytes(b"not a PNG")
+    inference = load_script("inference")
+    labels = {}
+    for workers in ("0", "2"):
+        caplog.clear()
+        save_dir = str(tmp_path / ("out" + workers))
+        with caplog.at_level(logging.INFO):
+            status = inference.main([
+                str(photos), "--model-weights", five_class_model, "--num-classes",
+                "5", "--save-dir", save_dir, "--save-raw", "--crf", "--crf-iters",
+                "3", "--crf-workers", workers])
+        assert status == 1
+        assert "b.png" in caplog.text
+        logged = [r.getMessage().split()[1] for r in caplog.records
+                  if r.getMessage().startswith("image ")]
+        assert logged == ["1/4", "3/4", "4/4"]
+        assert sorted(os.listdir(save_dir)) == sorted(
+            "%s_%s" % (n, k) for n in ("a", "c", "d") for k in ("mask.png", "label.png"))
+        labels[workers] = {n: np.array(Image.open(os.path.join(save_dir, n + "_label.png")))
+                           for n in ("a", "c", "d")}
+    for name in ("a", "c", "d"):
+        assert labels["0"][name].shape == labels["2"][name].shape
+        np.testing.assert_array_equal(labels["0"][name], labels["2"][name])
