@@ -281,7 +281,7 @@ class CrfPool(object):
             self.start_method = context.get_start_method()
             self._executor = concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_ignore_sigint)
-            log.debug("CRF on %d %s worker processes", workers, self.start_method)
+            log.info("CRF on %d worker processes (%s)", workers, self.start_method)
 
     @property
     def pending(self):

@@ -179,8 +179,9 @@ def test_inference_with_workers_equals_without(five_class_model, tmp_path, caplo
         assert logged == ["1/4", "3/4", "4/4"]
         assert sorted(os.listdir(save_dir)) == sorted(
             "%s_%s" % (n, k) for n in ("a", "c", "d") for k in ("mask.png", "label.png"))
-        labels[workers] = {n: np.array(Image.open(os.path.join(save_dir, n + "_label.png")))
-                           for n in ("a", "c", "d")}
+        labels[workers] = {
+            n: np.array(Image.open(os.path.join(save_dir, n + "_label.png")))
+            for n in ("a", "c", "d")}
     for name in ("a", "c", "d"):
         assert labels["0"][name].shape == labels["2"][name].shape
         np.testing.assert_array_equal(labels["0"][name], labels["2"][name])
