@@ -199,7 +199,7 @@ def test_flags_refuse_uneven_batches_and_missing_gpus(tmp_path, capsys, caplog):
     assert tf.train.latest_checkpoint(snapshot_dir) is None
 
 
-def test_train_py_with_cpu_towers_and_accumulation(tmp_path, caplog):
+def test_train_py_with_cpu_towers_and_accumulation_then_one_device(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     data_dir = str(tmp_path / "data")
     list_path = write_dataset(data_dir)
@@ -215,3 +215,10 @@ def test_train_py_with_cpu_towers_and_accumulation(tmp_path, caplog):
     saved = tf.train.load_checkpoint(tf.train.latest_checkpoint(snapshot_dir))
     assert saved.get_tensor("global_step") == 2
     assert saved.get_tensor("fc1_voc12_c0/weights/Momentum").any()
+    # Snapshots do not depend on the number of devices: one device resumes.
+    caplog.clear()
+    assert run_train(train_argv(data_dir, list_path, snapshot_dir, "--batch-size", "4",
+                                "--num-steps", "3")) == 0
+    assert re.search(r"resuming from .*model.ckpt-2 at step 2", caplog.text)
+    assert "towers on" not in caplog.text
+    assert tf.train.latest_checkpoint(snapshot_dir).endswith("model.ckpt-3")
