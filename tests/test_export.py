@@ -57,10 +57,10 @@ def load_script(name):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """(checkpoint directory, npz) of a random 21-class TINY_CONFIG model."""
+    """(checkpoint directory, npz, prefix) of a random 21-class TINY_CONFIG model."""
     directory = str(tmp_path_factory.mktemp("tiny_model"))
-    _, npz = save_tiny_model(directory)
-    return directory, npz
+    prefix, npz = save_tiny_model(directory)
+    return directory, npz, prefix
 
 
 def random_images(seed=0):
@@ -94,7 +94,7 @@ def load_frozen(path):
 
 
 def test_export_loads_in_a_fresh_process_and_matches_inference(tiny_model, tmp_path):
-    directory, _ = tiny_model
+    directory = tiny_model[0]
     out = str(tmp_path / "exported")
     info = export.export(directory, out)
     assert sorted(os.listdir(out)) == ["export_info.json", "frozen_graph.pb",
@@ -143,7 +143,7 @@ def test_export_loads_in_a_fresh_process_and_matches_inference(tiny_model, tmp_p
 
 
 def test_exported_graphs_hold_constants_and_folded_batchnorm(tiny_model, tmp_path):
-    directory, npz = tiny_model
+    npz = tiny_model[1]
     out = str(tmp_path / "exported")
     export.export(npz, out)
     frozen = load_frozen(os.path.join(out, "frozen_graph.pb"))
@@ -160,22 +160,22 @@ def test_exported_graphs_hold_constants_and_folded_batchnorm(tiny_model, tmp_pat
     with np.load(npz) as weights:
         convolutions = sum(k.endswith("/weights") for k in weights.files)
         batchnorms = sum(k.endswith("/variance") for k in weights.files)
-    assert batchnorms > 0
+        biased = sum(k.endswith("/biases") for k in weights.files)
+    assert batchnorms > 0 and biased > 0
     for graph_def in (frozen, meta.graph_def):
         ops = [node.op for node in graph_def.node]
         assert not set(ops) & set(export.VARIABLE_OPS)
         assert not [op for op in ops if "BatchNorm" in op]
         assert ops.count("Conv2D") == convolutions
         # One bias per folded BatchNorm, one per biased (ASPP) convolution.
-        assert ops.count("BiasAdd") == batchnorms + sum(
-            1 for k in np.load(npz).files if k.endswith("/biases"))
+        assert ops.count("BiasAdd") == batchnorms + biased
 
 
 def test_cli_bakes_in_scales_and_flip(tiny_model, tmp_path, capsys):
-    directory, _ = tiny_model
+    directory, _, prefix = tiny_model
     out = str(tmp_path / "msc")
     assert load_script("export").main(
-        ["--restore-from", directory, "--output-dir", out, "--scales", "0.5,1.0",
+        ["--restore-from", prefix, "--output-dir", out, "--scales", "0.5,1.0",
          "--flip"]) == 0
     assert capsys.readouterr().out.strip() == "exported %s" % out
     with open(os.path.join(out, "export_info.json")) as f:
@@ -201,7 +201,7 @@ def test_cli_bakes_in_scales_and_flip(tiny_model, tmp_path, capsys):
 
 def test_never_overwrites_without_overwrite_and_replaces_atomically(
         tiny_model, tmp_path, monkeypatch):
-    directory, npz = tiny_model
+    npz = tiny_model[1]
     out = tmp_path / "exported"
     out.mkdir()
     export.export(npz, str(out))  # an existing empty directory is taken
@@ -237,3 +237,29 @@ def test_never_overwrites_without_overwrite_and_replaces_atomically(
     with pytest.raises(IOError, match="does not exist"):
         export.export(str(tmp_path / "missing.npz"), str(tmp_path / "none"))
     assert sorted(os.listdir(str(tmp_path))) == ["exported"]
+
+
+@pytest.mark.slow
+def test_resnet101_export_matches_prediction(tmp_path):
+    """The published architecture (random weights) exports and serves at any size."""
+    npz = str(tmp_path / "resnet101.npz")
+    with tf.Graph().as_default():
+        net, _ = utils.build_model(tf.placeholder(tf.float32, [1, None, None, 3]),
+                                   utils.NUM_CLASSES)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            np.savez(npz, **sess.run(net.variables))
+    out = str(tmp_path / "exported")
+    export.export(npz, out)
+    rng = np.random.RandomState(0)
+    images = {"97x130": rng.randint(0, 256, (97, 130, 3)).astype(np.uint8)}
+    reference = reference_prediction(npz, images)
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(load_frozen(os.path.join(out, "frozen_graph.pb")), name="")
+        image, outputs = export.graph_tensors(graph)
+        with tf.Session() as sess:
+            label, probs = sess.run([outputs["label"], outputs["probabilities"]],
+                                    {image: images["97x130"][None]})
+    assert label.shape == (1, 97, 130)
+    np.testing.assert_array_equal(label[0], reference["97x130"][0])
+    np.testing.assert_allclose(probs[0], reference["97x130"][1], atol=1e-5, rtol=0)
