@@ -120,7 +120,7 @@ def main(argv=None):
     # Before the graph: CRF workers start while it is built.
     crf_pool = crf.pool_from_flags(args, crf_params)
     net, prediction = predict.build_prediction(
-        reader.image, args.num_classes, config, scales, args.flip)
+        reader.image, args.num_classes, config, scales, args.flip, bf16=args.bf16)
     fetches = {"label": reader.label, "path": reader.image_path}
     if crf_params is None:
         fetches["pred"] = prediction.pred

@@ -73,18 +73,23 @@ class Network(object):
         Weights must then be folded with ``fold_batchnorm_weights`` before
         ``assign_weights``; ``utils.restore`` does this.
       compute_dtype: dtype of the activations (tf.float32 or tf.bfloat16).
-        Variables stay float32 and are cast where used.
+      variable_dtype: dtype the weights are stored in, float32 by default so
+        that training keeps full precision; they are cast to
+        ``compute_dtype`` where used. Inference in bfloat16 stores them in
+        bfloat16 instead, so that no run casts all of ResNet-101's weights.
       config: passed to ``setup`` as ``self.config``.
     """
 
     def __init__(self, inputs, num_classes, is_training=False, trainable=True,
-                 fold_batchnorm=False, compute_dtype=tf.float32, config=None):
+                 fold_batchnorm=False, compute_dtype=tf.float32, config=None,
+                 variable_dtype=tf.float32):
         self.inputs = inputs
         self.num_classes = num_classes
         self.is_training = is_training
         self.trainable = trainable
         self.fold_batchnorm = fold_batchnorm
         self.compute_dtype = tf.as_dtype(compute_dtype)
+        self.variable_dtype = tf.as_dtype(variable_dtype)
         self.config = config
         self.terminals = []
         self._terminal_names = []
@@ -125,11 +130,11 @@ class Network(object):
         return "%s_%d" % (prefix, ident)
 
     def make_var(self, name, shape, initializer):
-        """Create a float32 variable, returned in the compute dtype."""
-        var = tf.get_variable(name, shape, dtype=tf.float32,
+        """Create a ``variable_dtype`` variable, returned in the compute dtype."""
+        var = tf.get_variable(name, shape, dtype=self.variable_dtype,
                               initializer=initializer, trainable=self.trainable)
         self.variables[var.op.name] = var
-        if self.compute_dtype != tf.float32:
+        if self.compute_dtype != self.variable_dtype:
             return tf.cast(var, self.compute_dtype)
         return var
 

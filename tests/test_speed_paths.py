@@ -1,0 +1,276 @@
+"""The fast inference paths compute what the plain ones do.
+
+misc/benchmark.py measures the speed; these tests pin the paths it times:
+the bfloat16 network (``--bf16``) against float32, the graph evaluate.py and
+inference.py run (native dilated convolutions, BatchNorm folded), and one
+graph serving every image size. Folded against unfolded BatchNorm is
+tests/test_network.py's test_folded_batchnorm_gives_the_same_logits.
+
+bf16 is checked on weights that behave like trained ones (see
+``calibrated_weights``): plain random weights make a poor stand-in, since a
+random ResNet-101 with unit BatchNorm gains amplifies rounding errors about
+a hundred-fold on their way to the logits, and a random classifier makes 21
+near-tied classes, so either would fail any tolerance a trained network
+meets, while a classifier scaled to pick one class everywhere would pass any.
+"""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+from PIL import Image
+
+from deeplab_resnet import image_reader, predict, utils
+from deeplab_resnet.model import ModelConfig
+from conftest import REPO_ROOT, save_tiny_model, write_voc_pair
+
+# Every stage and the full ASPP head, a tenth of a second per photo.
+SMALL_CONFIG = ModelConfig(blocks=(1, 1, 1, 1), base_depth=16)
+# BatchNorm gain closing each residual branch, as zero-gamma initialisation
+# (Goyal et al., "Accurate, Large Minibatch SGD", 2017) leaves it small.
+RESIDUAL_GAIN = 0.1
+# The issue's tolerances for bf16 against float32.
+BF16_RELATIVE_ERROR = 2e-2
+BF16_AGREEMENT = 0.995
+# Through ResNet-101's 104 convolutions, rounding just the weights and the
+# image to bf16 (float32 arithmetic) moves the calibrated model's logits by
+# 2.2% of their largest value, and the bf16 network by 3.3% (SMALL_CONFIG:
+# 1.5% and 1.6%). Argmax agreement stays above 99.5% on both.
+RESNET101_RELATIVE_ERROR = 5e-2
+FORBIDDEN_OPS = ("SpaceToBatchND", "BatchToSpaceND", "FusedBatchNorm",
+                 "FusedBatchNormV2", "FusedBatchNormV3")
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO_ROOT, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def relative_error(got, want):
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def nearest_grid(label, size):
+    """``label`` [H, W] sampled at ``size`` (h, w) with aligned corners, as
+    ``utils.prepare_label`` shrinks labels to the logits' grid."""
+    rows, cols = (np.round(np.arange(n) * (full - 1) / max(n - 1, 1)).astype(int)
+                  for n, full in zip(size, label.shape))
+    return label[rows][:, cols]
+
+
+def calibrated_weights(config, image, label, num_classes=utils.NUM_CLASSES, seed=0):
+    """Seeded random weights that behave like trained ones on ``image``.
+
+    * Convolutions are He-initialised; BatchNorm statistics are those of
+      ``image``'s own activations (one pass normalising with batch
+      statistics), so every layer sees normalised inputs as in a trained
+      network, whatever the depth.
+    * Each residual branch ends in a BatchNorm gain of ``RESIDUAL_GAIN``,
+      which keeps the stack in the ordered regime: a small perturbation such
+      as bf16 rounding stays small, as it does in trained networks.
+    * The classifier is a ridge regression of ``label`` on the features the
+      ASPP head sees (centre taps, split over its branches), so the
+      prediction is a segmentation of the photo whose class margins shrink
+      only at object boundaries.
+
+    Args:
+      image: uint8 RGB [H, W, 3]; label: uint8 [H, W] class ids.
+    Returns:
+      ``{'layer/param': float32 array}`` in the unfolded layout.
+    """
+    rng = np.random.RandomState(seed)
+    with tf.Graph().as_default() as graph:
+        images = tf.placeholder(tf.float32, [1, None, None, 3])
+        net, _ = utils.build_model(images, num_classes, is_training=True,
+                                   config=config)
+        weights = {}
+        for name in sorted(net.variables):
+            shape = net.variables[name].get_shape().as_list()
+            param = name.rsplit("/", 1)[1]
+            if param == "weights":
+                value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:3])), shape)
+            elif param == "scale":
+                value = rng.uniform(0.5, 1.0, shape)
+                if "branch2c" in name:
+                    value *= RESIDUAL_GAIN
+            elif param == "offset":
+                value = rng.normal(0.0, 0.1, shape)
+            elif param == "variance":
+                value = np.ones(shape)
+            else:
+                value = np.zeros(shape)
+            weights[name] = value.astype(np.float32)
+        heads = ["fc1_voc12_c%d" % i for i in range(len(config.aspp_rates))]
+        feature_layer = next(s["inputs"][0] for s in net.layer_specs
+                             if s["name"] == heads[0])
+        statistics = {op.name.split("/")[0]: op.outputs[1:3]
+                      for op in graph.get_operations()
+                      if op.type.startswith("FusedBatchNorm")}
+        with tf.Session() as sess:
+            net.assign_weights(weights, sess)
+            statistics, features = sess.run(
+                [statistics, net.layers[feature_layer]],
+                {images: predict.preprocess(image)})
+    for layer, (mean, variance) in statistics.items():
+        weights[layer + "/mean"] = mean
+        weights[layer + "/variance"] = variance
+
+    features = features[0].astype(np.float64)
+    targets = nearest_grid(label, features.shape[:2]).ravel()
+    keep = targets != utils.IGNORE_LABEL
+    x = features.reshape(-1, features.shape[2])[keep]
+    y = np.where(np.arange(num_classes) == targets[keep][:, None], 1.0, -1.0)
+    x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
+    gram = (x - x_mean).T @ (x - x_mean)
+    # Ridge penalty of one mean eigenvalue: a smooth fit, as weight decay gives.
+    penalty = np.trace(gram) / gram.shape[0] * np.eye(gram.shape[0])
+    coef = np.linalg.solve(gram + penalty, (x - x_mean).T @ (y - y_mean))
+    intercept = y_mean - x_mean @ coef
+    for head in heads:
+        kernel = np.zeros_like(weights[head + "/weights"])
+        kernel[1, 1] = coef / len(heads)
+        weights[head + "/weights"] = kernel.astype(np.float32)
+        weights[head + "/biases"] = (intercept / len(heads)).astype(np.float32)
+    return weights
+
+
+def predict_logits(weights_path, config, images, bf16):
+    """(logits float32 [H, W, C], pred [H, W]) for each RGB image, through
+    ``predict.build_prediction`` in its own graph."""
+    with tf.Graph().as_default():
+        placeholder = tf.placeholder(tf.float32, [1, None, None, 3])
+        net, prediction = predict.build_prediction(
+            placeholder, utils.NUM_CLASSES, config, bf16=bf16)
+        with tf.Session() as sess:
+            utils.restore(sess, weights_path, net)
+            return [tuple(v[0] for v in sess.run(
+                [prediction.logits, prediction.pred],
+                {placeholder: predict.preprocess(image)})) for image in images]
+
+
+def compare_bf16(tmp_path, config, shared_sample):
+    """bf16 and float32 outputs on the sample photo and on the photo resized
+    to 513x513, with the float32 prediction's accuracy on the photo."""
+    image = image_reader.load_image(shared_sample["image"])
+    label = image_reader.load_label(shared_sample["label"])
+    path = str(tmp_path / "calibrated.npz")
+    np.savez(path, **calibrated_weights(config, image, label))
+    square = np.asarray(Image.fromarray(image).resize((513, 513), Image.BILINEAR))
+    fp32 = predict_logits(path, config, [image, square], bf16=False)
+    bf16 = predict_logits(path, config, [image, square], bf16=True)
+    pred = fp32[0][1]
+    valid = label != utils.IGNORE_LABEL
+    accuracy = float(np.mean(pred[valid] == label[valid]))
+    return fp32, bf16, accuracy, np.unique(label[valid])
+
+
+def check_bf16(fp32, bf16, accuracy, classes, relative_tolerance, min_accuracy):
+    # A real segmentation, not one class everywhere: else agreement is free.
+    assert accuracy >= min_accuracy
+    for (logits32, pred32), (logits16, pred16) in zip(fp32, bf16):
+        shares = np.bincount(pred32.ravel(), minlength=utils.NUM_CLASSES)[classes]
+        assert shares.min() >= 0.05 * pred32.size
+        assert logits16.dtype == np.float32 and logits16.shape == logits32.shape
+        assert relative_error(logits16, logits32) < relative_tolerance
+        assert np.mean(pred16 == pred32) >= BF16_AGREEMENT
+
+
+# ------------------------------------------------------------------- bf16
+def test_bf16_prediction_matches_float32(tmp_path, shared_sample):
+    """On a small network; the full ResNet-101 is the slow test below."""
+    fp32, bf16, accuracy, classes = compare_bf16(tmp_path, SMALL_CONFIG,
+                                                 shared_sample)
+    check_bf16(fp32, bf16, accuracy, classes, BF16_RELATIVE_ERROR, 0.75)
+
+
+@pytest.mark.slow
+def test_resnet101_bf16_prediction_matches_float32(tmp_path, shared_sample):
+    fp32, bf16, accuracy, classes = compare_bf16(tmp_path, ModelConfig(),
+                                                 shared_sample)
+    check_bf16(fp32, bf16, accuracy, classes, RESNET101_RELATIVE_ERROR, 0.9)
+
+
+# -------------------------------------------------------------- structure
+@pytest.mark.parametrize("bf16", [False, True])
+def test_inference_graph_uses_native_dilation_and_folded_batchnorm(bf16):
+    """ResNet-101 with MSC and flip, as evaluate.py/inference.py build it:
+    dilated convolutions are single Conv2D ops, BatchNorm is a bias, and in
+    bf16 the network (weights included) is bf16 while everything after the
+    logits is float32."""
+    images = tf.placeholder(tf.float32, [1, None, None, 3])
+    net, _ = predict.build_prediction(images, utils.NUM_CLASSES,
+                                      scales=(0.5, 1.0), flip=True, bf16=bf16)
+    ops = tf.get_default_graph().get_operations()
+    assert not [op.name for op in ops if op.type in FORBIDDEN_OPS]
+    convs = [op for op in ops if op.type == "Conv2D"]
+    # Two scales of 104 body convolutions and 4 ASPP branches.
+    assert len(convs) == 2 * 108
+    dilations = {op.get_attr("dilations")[1] for op in convs}
+    assert dilations == {1, 2, 4, 6, 12, 18, 24}
+    compute = tf.bfloat16 if bf16 else tf.float32
+    assert {op.get_attr("T") for op in convs} == {compute}
+    assert {v.dtype.base_dtype for v in net.variables.values()} == {compute}
+    assert "bn_conv1/bias" in net.variables and "bn_conv1/mean" not in net.variables
+    # The 0.5 input scaling and each scale's logits upsampling.
+    resizes = [op for op in ops if op.type == "ResizeBilinear"]
+    assert len(resizes) == 3
+    outputs = [op for op in ops if op.type in ("Softmax", "ArgMax")]
+    assert {op.inputs[0].dtype for op in resizes + outputs} == {tf.float32}
+
+
+def test_one_graph_segments_every_size(tmp_path, shared_sample):
+    """inference.py's Segmenter: after the first photo the graph is frozen,
+    so photos of other sizes must run without adding a single op."""
+    directory = str(tmp_path / "model")
+    save_tiny_model(directory)
+    segmenter = predict.Segmenter(directory, utils.NUM_CLASSES)
+    try:
+        photo = image_reader.load_image(shared_sample["image"])
+        first = segmenter.segment(photo)
+        graph = tf.get_default_graph()
+        count = len(graph.get_operations())
+        graph.finalize()
+        rng = np.random.RandomState(0)
+        for height, width in [(513, 513), (97, 130), (40, 33)]:
+            image = rng.randint(0, 256, (height, width, 3)).astype(np.uint8)
+            assert segmenter.segment(image).shape == (height, width)
+        np.testing.assert_array_equal(segmenter.segment(photo), first)
+        assert len(graph.get_operations()) == count
+    finally:
+        segmenter.close()
+
+
+# ---------------------------------------------------------------- scripts
+def test_scripts_run_bf16_with_the_flag(tmp_path):
+    """--bf16 reaches the graph evaluate.py and inference.py run."""
+    directory = str(tmp_path / "model")
+    save_tiny_model(directory)
+    data = str(tmp_path / "voc")
+    write_voc_pair(data, "a", (41, 53))
+    list_path = os.path.join(data, "val.txt")
+    with open(list_path, "w") as f:
+        f.write("/JPEGImages/a.jpg /SegmentationClassAug/a.png\n")
+
+    def conv_dtypes():
+        return {op.get_attr("T") for op in tf.get_default_graph().get_operations()
+                if op.type == "Conv2D"}
+
+    evaluate = load_script("evaluate")
+    for flags, dtype in (([], tf.float32), (["--bf16"], tf.bfloat16)):
+        tf.reset_default_graph()
+        assert evaluate.main(["--data-dir", data, "--data-list", list_path,
+                              "--restore-from", directory] + flags) == 0
+        assert conv_dtypes() == {dtype}
+
+    tf.reset_default_graph()
+    inference = load_script("inference")
+    save_dir = str(tmp_path / "out")
+    assert inference.main([os.path.join(data, "JPEGImages", "a.jpg"),
+                           "--model-weights", directory, "--save-dir", save_dir,
+                           "--bf16"]) == 0
+    assert conv_dtypes() == {tf.bfloat16}
+    assert Image.open(os.path.join(save_dir, "a_mask.png")).size == (53, 41)
