@@ -142,7 +142,8 @@ class LabelMap(object):
         return self.table[label].astype(np.uint8)
 
     def describe(self):
-        """'34 values -> 19 ids (+ ignore)' for logs."""
+        """'map.txt: 34 values -> 20 ids' for logs (the ignore label counts
+        as an id)."""
         mapped = self.table[self.table >= 0]
         return "%s: %d values -> %d ids" % (self.path, mapped.size,
                                             np.unique(mapped).size)
