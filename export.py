@@ -14,8 +14,8 @@ folding are inside the graph:
   output  label          uint8   [1, H, W]     class ids (int32 if > 256 classes)
   output  probabilities  float32 [1, H, W, C]  softmax
 
---scales and --flip are baked into the graph. The architecture is read from
-model_config.json beside the checkpoint, as for evaluate.py.
+--scales, --flip and --bf16 are baked into the graph. The architecture is
+read from model_config.json beside the checkpoint, as for evaluate.py.
 
 Example:
   python export.py --restore-from snapshots/ --output-dir exported/
@@ -47,12 +47,13 @@ def main(argv=None):
     utils.setup_logging()
     scales = predict.parse_scales(args.scales)
     info = export.export(args.restore_from, args.output_dir, args.num_classes,
-                         scales, args.flip, overwrite=args.overwrite)
+                         scales, args.flip, args.bf16, overwrite=args.overwrite)
     log.info("input %s uint8 [1, H, W, 3] RGB; outputs %s %s [1, H, W], %s "
-             "float32 [1, H, W, %d]; scales %s%s", export.INPUT_NAME,
+             "float32 [1, H, W, %d]; scales %s%s%s", export.INPUT_NAME,
              export.LABEL_NAME, info["outputs"][export.LABEL_NAME]["dtype"],
              export.PROBS_NAME, args.num_classes,
-             ",".join("%g" % s for s in scales), ", flip" if args.flip else "")
+             ",".join("%g" % s for s in scales), ", flip" if args.flip else "",
+             ", bfloat16 network" if args.bf16 else "")
     print("exported %s" % args.output_dir)
     return 0
 

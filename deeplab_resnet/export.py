@@ -61,7 +61,8 @@ def label_dtype(num_classes):
     return tf.uint8 if num_classes <= 256 else tf.int32
 
 
-def build_serving_graph(num_classes, config=None, scales=(1.0,), flip=False):
+def build_serving_graph(num_classes, config=None, scales=(1.0,), flip=False,
+                        bf16=False):
     """The serving graph in the default graph: placeholder to named outputs.
 
     Args:
@@ -69,6 +70,8 @@ def build_serving_graph(num_classes, config=None, scales=(1.0,), flip=False):
       config: ``ModelConfig`` (see ``predict.resolve_model``).
       scales, flip: test-time augmentation baked into the graph, as in
         ``predict.build_prediction``.
+      bf16: the network in bfloat16 with bfloat16 weights (half the size),
+        as ``predict.build_prediction``; the outputs stay as above.
     Returns:
       (net, image, outputs): ``net`` holds the variables to restore (folded
       form), ``image`` the uint8 [1, H, W, 3] placeholder and ``outputs`` a
@@ -79,7 +82,7 @@ def build_serving_graph(num_classes, config=None, scales=(1.0,), flip=False):
         # As predict.preprocess: float32 RGB, reversed to BGR, minus the mean.
         bgr = tf.reverse(tf.cast(image, tf.float32), axis=[3]) - utils.IMG_MEAN
     net, prediction = predict.build_prediction(bgr, num_classes, config, scales,
-                                               flip, fold_batchnorm=True)
+                                               flip, fold_batchnorm=True, bf16=bf16)
     label = _named_as(prediction.pred, label_dtype(num_classes), LABEL_NAME)
     probs = _named_as(prediction.probs, tf.float32, PROBS_NAME)
     # The signature then shows the batch of one (MSC/flip lose it).
@@ -96,13 +99,14 @@ def _named_as(tensor, dtype, name):
     return tf.cast(tensor, dtype, name=name)
 
 
-def freeze(weights, num_classes, scales=(1.0,), flip=False):
+def freeze(weights, num_classes, scales=(1.0,), flip=False, bf16=False):
     """A GraphDef of the serving graph with the weights as constants.
 
     Args:
       weights: .npz, checkpoint prefix or directory (``utils.restore``); the
         architecture comes from ``model_config.json`` beside it.
       num_classes: must match the weights' classifier.
+      scales, flip, bf16: as ``build_serving_graph``.
     Returns:
       (GraphDef, path of the weights used, ModelConfig).
     Raises:
@@ -111,7 +115,8 @@ def freeze(weights, num_classes, scales=(1.0,), flip=False):
     """
     path, config = predict.resolve_model(weights, num_classes)
     with tf.Graph().as_default() as graph:
-        net, _, outputs = build_serving_graph(num_classes, config, scales, flip)
+        net, _, outputs = build_serving_graph(num_classes, config, scales, flip,
+                                              bf16)
         sess = predict.open_session(net, path)
         try:
             graph_def = tf.graph_util.convert_variables_to_constants(
@@ -209,14 +214,14 @@ def _move_into_place(staging, output_dir, overwrite):
 
 
 def export(weights, output_dir, num_classes=utils.NUM_CLASSES, scales=(1.0,),
-           flip=False, overwrite=False):
+           flip=False, bf16=False, overwrite=False):
     """Write the frozen graph, the SavedModel and export_info.json.
 
     Args:
       weights: .npz, checkpoint prefix or directory.
       output_dir: created with its parents; must be absent or empty unless
         ``overwrite``.
-      num_classes, scales, flip: as ``freeze``.
+      num_classes, scales, flip, bf16: as ``freeze``.
     Returns:
       The dict written as export_info.json.
     Raises:
@@ -225,7 +230,7 @@ def export(weights, output_dir, num_classes=utils.NUM_CLASSES, scales=(1.0,),
     """
     output_dir = os.path.normpath(output_dir)
     check_output_dir(output_dir, overwrite)
-    graph_def, path, config = freeze(weights, num_classes, scales, flip)
+    graph_def, path, config = freeze(weights, num_classes, scales, flip, bf16)
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     staging = _new_hidden_dir(parent, output_dir, "tmp")
@@ -245,6 +250,7 @@ def export(weights, output_dir, num_classes=utils.NUM_CLASSES, scales=(1.0,),
             "num_classes": num_classes,
             "scales": list(scales),
             "flip": bool(flip),
+            "bf16": bool(bf16),
             "weights": os.path.abspath(path),
             "model_config": config.to_dict(),
         }

@@ -69,13 +69,13 @@ def random_images(seed=0):
             for size in SIZES}
 
 
-def reference_prediction(weights, images, scales=(1.0,), flip=False):
+def reference_prediction(weights, images, scales=(1.0,), flip=False, bf16=False):
     """{key: (pred, probs)} from predict's graph, fed as inference.py feeds it."""
     with tf.Graph().as_default():
         path, config = predict.resolve_model(weights, utils.NUM_CLASSES)
         placeholder = tf.placeholder(tf.float32, [1, None, None, 3])
         net, prediction = predict.build_prediction(
-            placeholder, utils.NUM_CLASSES, config, scales, flip)
+            placeholder, utils.NUM_CLASSES, config, scales, flip, bf16=bf16)
         sess = predict.open_session(net, path)
         try:
             return {key: [v[0] for v in sess.run(
@@ -197,6 +197,30 @@ def test_cli_bakes_in_scales_and_flip(tiny_model, tmp_path, capsys):
                                            rtol=0)
                 # MSC + flip is baked in: it differs from the plain network.
                 assert np.abs(probs[0] - single[key][1]).max() > 1e-3
+
+
+def test_bf16_export_matches_bf16_prediction(tiny_model, tmp_path):
+    npz = tiny_model[1]
+    out = str(tmp_path / "bf16")
+    assert export.export(npz, out, bf16=True)["bf16"] is True
+    graph_def = load_frozen(os.path.join(out, "frozen_graph.pb"))
+    weights = [n for n in graph_def.node if n.op == "Const"
+               and n.name.endswith("/weights")]
+    assert weights and all(n.attr["dtype"].type == tf.bfloat16.as_datatype_enum
+                           for n in weights)
+    images = random_images(seed=2)
+    reference = reference_prediction(npz, images, bf16=True)
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(graph_def, name="")
+        image, outputs = export.graph_tensors(graph)
+        assert outputs["probabilities"].dtype == tf.float32
+        with tf.Session() as sess:
+            for key, photo in images.items():
+                label, probs = sess.run([outputs["label"], outputs["probabilities"]],
+                                        {image: photo[None]})
+                np.testing.assert_array_equal(label[0], reference[key][0])
+                np.testing.assert_allclose(probs[0], reference[key][1], atol=1e-5,
+                                           rtol=0)
 
 
 def test_never_overwrites_without_overwrite_and_replaces_atomically(
