@@ -297,7 +297,8 @@ class CrfPool(object):
           tag: anything the caller needs back with the result.
         Returns:
           list of (tag, label) for the jobs finished so far, in submission
-          order; label: int32 [H, W] (``crf_labels``).
+          order; label: int32 [H, W] (``crf_labels``). Jobs before a failed
+          one are always handed back before its ``CrfError`` is raised.
         """
         if self._executor is None:
             return [(tag, self._call(crf_labels, name, image, probs, self.params))]
@@ -308,6 +309,8 @@ class CrfPool(object):
         if len(self._pending) > self.max_pending:
             finished.append(self._result(*self._pending.popleft()))
         while self._pending and self._pending[0][2].done():
+            if finished and self._pending[0][2].exception() is not None:
+                break  # hand back what is done; the error comes next call
             finished.append(self._result(*self._pending.popleft()))
         return finished
 
