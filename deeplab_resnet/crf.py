@@ -40,6 +40,7 @@ import collections
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 import signal
 from concurrent.futures.process import BrokenProcessPool
 
@@ -234,9 +235,21 @@ def _worker_context():
         from multiprocessing import forkserver
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
-        # Start it now: it imports while the caller builds its graph, and
-        # the first submit does not wait for that.
-        forkserver.ensure_running()
+        # Python 3.11's forkserver does not take the caller's sys.path, so
+        # outside the repository's root the preload would fail and each
+        # worker import TensorFlow on its own (~220 MB each); PYTHONPATH
+        # reaches it. Started now, it imports while the caller builds its
+        # graph, and the first submit does not wait for that.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        saved = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join([root] + ([saved] if saved else []))
+        try:
+            forkserver.ensure_running()
+        finally:
+            if saved is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = saved
         return context
     return multiprocessing.get_context("spawn")
 
