@@ -19,8 +19,8 @@ Everything between the photo and the outputs is inside the graph: the Caffe
 preprocessing of ``predict.preprocess`` (RGB to BGR, ``utils.IMG_MEAN``
 subtracted, in float32), the network of ``predict.build_prediction`` with
 BatchNorm folded into the convolutions (the stored weights are folded by
-``utils.restore``, so the graph has no BatchNorm op), optional multi-scale
-and flip, and the upsampling to the input size. The weights are constants
+``utils.restore``, so the graph has no BatchNorm op), optional multi-scale,
+flip and bfloat16 network, and the upsampling to the input size. The weights are constants
 (the graph is frozen), so neither form has variables to restore: the
 SavedModel is the frozen graph plus a serving signature.
 
@@ -30,7 +30,8 @@ when complete (built under a temporary name, then renamed)::
   <output-dir>/frozen_graph.pb          GraphDef, tensors image:0, label:0,
                                         probabilities:0
   <output-dir>/saved_model/             tag 'serve', signature 'serving_default'
-  <output-dir>/export_info.json         the names above, classes, scales, flip
+  <output-dir>/export_info.json         the names above, classes, scales,
+                                        flip, bf16, source weights
 """
 import json
 import logging
