@@ -157,7 +157,7 @@ def add_model_flags(parser, restore_required=True,
     add_num_classes_flag(parser)
     parser.add_argument(*weights_flags, dest="restore_from", metavar="WEIGHTS",
                         required=restore_required, default=None,
-                        help="Weights to start from: a .npz written by convert.py, "
+                        help="Weights to load: a .npz written by convert.py, "
                              "a checkpoint prefix, or a directory (its latest "
                              "checkpoint is used).")
 

@@ -1,0 +1,38 @@
+"""The README says what the code does: flag tables and the quick-start commands."""
+import os
+import sys
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "misc"))
+import flag_tables  # noqa: E402
+
+
+def read(path):
+    with open(os.path.join(REPO_ROOT, path)) as f:
+        return f.read()
+
+
+def test_flag_tables_match_every_scripts_parser():
+    readme = read("README.md")
+    assert flag_tables.render(readme) == readme, (
+        "A README flag table is stale: run python misc/flag_tables.py")
+
+
+def test_flag_tables_list_each_flag_of_a_parser():
+    parser = flag_tables.script_parser("evaluate.py", "get_arguments")
+    table = flag_tables.flag_table(parser)
+    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    assert "--restore-from" in flags and "--crf-iters" in flags
+    for flag in flags:
+        if flag != "--help":
+            assert "`%s" % flag in table
+
+
+def test_ci_runs_the_readme_test_command():
+    ci_lines = [line.strip() for line in read(".ci/run").splitlines()
+                if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci_lines == ["bash scripts/test.sh"]
+    quick_start = read("README.md").split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert "bash scripts/test.sh" in quick_start
+    assert "bash scripts/demo.sh" in quick_start
