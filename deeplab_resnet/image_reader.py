@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # How many problems an error message lists before abbreviating.
 MAX_LISTED = 10
+# Decoded evaluation images waiting for the network.
+EVAL_PREFETCH = 2
 
 
 def _listed(items):
@@ -282,6 +284,17 @@ class ImageReader(object):
                     image, label = image_mirroring(image, label)
                 image, label = random_crop_and_pad_image_and_labels(
                     image, label, self.input_size[0], self.input_size[1], ignore_label)
+            else:
+                # A thread of its own decodes the next images while the
+                # network runs on this one (training's batch queue does the
+                # same); one thread keeps the list order.
+                prefetch = tf.FIFOQueue(EVAL_PREFETCH, [tf.string, tf.float32, tf.uint8],
+                                        name="prefetch")
+                tf.train.add_queue_runner(tf.train.QueueRunner(
+                    prefetch, [prefetch.enqueue([self.image_path, image, label])]))
+                self.image_path, image, label = prefetch.dequeue()
+                image.set_shape([None, None, 3])
+                label.set_shape([None, None, 1])
         self._example = (image, label)
         self.image = tf.expand_dims(image, axis=0)
         self.label = tf.expand_dims(label, axis=0)

@@ -1,31 +1,80 @@
 """Measure DeepLab-v2's speed and memory on this machine, in one run.
 
 Prints a table (or JSON with --json) of:
-  * the TensorFlow fp32 and bf16 matmul peak (GFLOP/s), the yardstick;
-  * the model's FLOPs at each size, counted from the graph by tf.profiler;
-  * seconds per image for inference (BatchNorm folded, one graph with a
-    dynamic input shape, warm-up excluded, median of --repeats) in fp32 and
-    bf16, and the fraction of the matching peak that reaches.
+  * peak: the TensorFlow fp32 and bf16 matmul peak (GFLOP/s), the yardstick;
+  * flops: the model's FLOPs at each size, counted from the graph by
+    tf.profiler (2 x multiply-adds of the convolutions, plus bias/ReLU adds);
+  * inference: seconds per image of the bare network (BatchNorm folded, one
+    graph with a dynamic input shape, batch 1, warm-up excluded, median of
+    --repeats) in fp32 and bf16, and the fraction of the matching peak
+    (measured right before, so both see the same load);
+  * opencv: OpenCV DNN running the same network and weights from the Caffe
+    files deeplab_resnet.caffe writes, at the same sizes, and how much faster
+    TensorFlow is (needs opencv-python(-headless) < 5, which reads Caffe);
+  * evaluate: evaluate.py's end-to-end time per image (JPEG/PNG decoding,
+    network, upsampling, argmax, confusion matrix) on generated 500x375
+    image/label pairs, as a fraction of the bare network's speed at that
+    size (timed just before and after, under the same load);
+  * train: a training step (train.py's graph: ResNet-101, frozen BatchNorm,
+    fp32) at --train-batch, alone and split by --grad-update-every, each in
+    its own process, with that process's peak memory (ru_maxrss);
+  * crf: the dense CRF's time per 500x375 image (21 classes, DeepLab's
+    parameters).
+and checks issue 6's targets against the figures.
 
-Ratios are only meaningful within one run: the machines are shared, so
-compare figures printed together, not across runs.
+Weights are random (He-initialised): speed does not depend on their values.
+Ratios are only meaningful within one run: machines are shared, so compare
+figures printed together, not across runs. --trace-dir writes a Chrome
+trace (chrome://tracing) of one inference run per size and dtype, and the
+report lists where the time goes by op type.
+
+Example (quick): python misc/benchmark.py --parts peak,inference --sizes 321
 """
 import argparse
+import collections
+import contextlib
+import importlib.util
+import io
 import json
+import logging
+import multiprocessing
 import os
+import queue
+import resource
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
+import scipy.ndimage
+from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
 
 import deeplab_resnet  # noqa: E402,F401  (graph mode)
 import tensorflow.compat.v1 as tf  # noqa: E402
-from deeplab_resnet import utils  # noqa: E402
+from deeplab_resnet import caffe, crf, dataset_files, utils  # noqa: E402
 
-DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16}
+log = logging.getLogger("benchmark")
+
+DTYPES = collections.OrderedDict([("fp32", tf.float32), ("bf16", tf.bfloat16)])
+PARTS = ("peak", "flops", "inference", "opencv", "evaluate", "train", "crf")
+GIB = 2.0 ** 30
+# Issue 6's targets.
+PEAK_FRACTION_TARGET = 0.85
+BF16_SPEEDUP_TARGET = 1.7
+OPENCV_SPEEDUP_TARGET = 2.0
+TRAIN_MEMORY_TARGET_GIB = 24.0
+EVALUATE_FRACTION_TARGET = 0.90
+TARGET_SIZE = (513, 513)
+# VOC photos are mostly 500x375.
+EVAL_SIZE = (375, 500)
+
+
+def size_name(size):
+    return "%dx%d" % size
 
 
 def median_seconds(run, repeats, warmup=1):
@@ -40,6 +89,7 @@ def median_seconds(run, repeats, warmup=1):
     return statistics.median(times)
 
 
+# ------------------------------------------------------------------- peak
 def matmul_peak(dtype, config, n=4096, repeats=5):
     """GFLOP/s of an n x n matmul; operands live in variables so only the
     multiplication is timed."""
@@ -59,45 +109,466 @@ def matmul_peak(dtype, config, n=4096, repeats=5):
 def model_gflops(size, num_classes):
     """Floating point operations of one forward pass, from the graph."""
     with tf.Graph().as_default() as graph:
-        images = tf.placeholder(tf.float32, [1, size, size, 3])
+        images = tf.placeholder(tf.float32, (1,) + size + (3,))
         utils.build_model(images, num_classes, fold_batchnorm=True)
         options = tf.profiler.ProfileOptionBuilder.float_operation()
         options["output"] = "none"
         return tf.profiler.profile(graph, options=options).total_float_ops / 1e9
 
 
-def inference_seconds(dtype, sizes, num_classes, config, repeats):
-    """{size: median s/image} for one folded graph with a dynamic input shape."""
-    with tf.Graph().as_default():
-        images = tf.placeholder(tf.float32, [1, None, None, 3])
-        _, logits = utils.build_model(tf.cast(images, dtype), num_classes,
-                                      fold_batchnorm=True, compute_dtype=dtype)
-        logits = tf.cast(logits, tf.float32)
-        with tf.Session(config=config) as sess:
-            sess.run(tf.global_variables_initializer())
-            rng = np.random.RandomState(0)
-            result = {}
-            for size in sizes:
-                feed = {images: rng.randn(1, size, size, 3).astype(np.float32) * 50}
-                result[size] = median_seconds(lambda: sess.run(logits, feed), repeats)
+# -------------------------------------------------------------- weights
+def random_weights(net, seed=0):
+    """He-initialised convolutions and near-identity BatchNorm (unfolded
+    layout), so activations stay finite and the Caffe files get real data."""
+    rng = np.random.RandomState(seed)
+    weights = {}
+    for name in sorted(net.variables):
+        shape = net.variables[name].get_shape().as_list()
+        param = name.rsplit("/", 1)[1]
+        if param == "weights":
+            value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:3])), shape)
+        elif param in ("scale", "variance"):
+            value = rng.uniform(0.8, 1.2, shape)
+        else:
+            value = rng.normal(0.0, 0.1, shape)
+        weights[name] = value.astype(np.float32)
+    return weights
+
+
+def write_weights(directory, num_classes, with_caffe):
+    """Random ResNet-101 weights as a .npz (for the scripts) and, with
+    ``with_caffe``, as a .caffemodel + deploy .prototxt.
+
+    Returns:
+      dict with ``npz`` and, with ``with_caffe``, ``caffemodel`` and ``prototxt``.
+    """
+    _, net = caffe.build_network(num_classes)
+    weights = random_weights(net)
+    paths = {"npz": os.path.join(directory, "random.npz")}
+    np.savez(paths["npz"], **weights)
+    if with_caffe:
+        paths["caffemodel"] = os.path.join(directory, "random.caffemodel")
+        paths["prototxt"] = os.path.join(directory, "random.prototxt")
+        caffe.write_caffemodel(paths["caffemodel"], net.layer_specs, weights)
+        with open(paths["prototxt"], "w") as f:
+            f.write(caffe.deploy_prototxt(net.layer_specs))
+    return paths
+
+
+# ------------------------------------------------------------- inference
+def op_time_shares(run_metadata, top=5):
+    """The ``top`` op types by summed op time in a traced run, as fractions."""
+    times = collections.Counter()
+    for device in run_metadata.step_stats.dev_stats:
+        for node in device.node_stats:
+            label = node.timeline_label
+            kind = label.split(" = ", 1)[1].split("(", 1)[0] if " = " in label \
+                else node.node_name
+            times[kind] += node.op_end_rel_micros
+    total = float(sum(times.values())) or 1.0
+    return collections.OrderedDict((k, v / total) for k, v in times.most_common(top))
+
+
+class BareNetwork(object):
+    """The bare network in the inference form predict.build_prediction uses
+    (BatchNorm folded, weights stored in the compute dtype), on a
+    [1, None, None, 3] input, in a graph and session of its own."""
+
+    def __init__(self, dtype, num_classes, config, weights=None):
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.images = tf.placeholder(tf.float32, [1, None, None, 3])
+            net, logits = utils.build_model(tf.cast(self.images, dtype), num_classes,
+                                            fold_batchnorm=True, compute_dtype=dtype,
+                                            variable_dtype=dtype)
+            self.logits = tf.cast(logits, tf.float32)
+            self.sess = tf.Session(config=config)
+            self.sess.run(tf.global_variables_initializer())
+            if weights:
+                utils.restore(self.sess, weights, net)
+
+    def feed(self, size):
+        rng = np.random.RandomState(0)
+        return {self.images: rng.randn(1, size[0], size[1], 3).astype(np.float32) * 50}
+
+    def times(self, size, repeats, warmup=1):
+        """``repeats`` wall times of one image of ``size``, after warm-up."""
+        feed = self.feed(size)
+        for _ in range(warmup):
+            self.sess.run(self.logits, feed)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.sess.run(self.logits, feed)
+            times.append(time.perf_counter() - start)
+        return times
+
+    def trace(self, size, path=None):
+        """Op time shares of one traced run; a Chrome trace to ``path``."""
+        metadata = tf.RunMetadata()
+        self.sess.run(self.logits, self.feed(size), run_metadata=metadata,
+                      options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE))
+        if path:
+            from tensorflow.python.client import timeline
+            with open(path, "w") as f:
+                f.write(timeline.Timeline(metadata.step_stats)
+                        .generate_chrome_trace_format())
+        return op_time_shares(metadata)
+
+    def close(self):
+        self.sess.close()
+
+
+def opencv_seconds(paths, sizes, threads, repeats):
+    """Median s/image of OpenCV DNN on the Caffe files, to the same logits."""
+    import cv2
+    cv2.setNumThreads(threads)
+    net = cv2.dnn.readNetFromCaffe(paths["prototxt"], paths["caffemodel"])
+    rng = np.random.RandomState(0)
+    seconds = {}
+    for size in sizes:
+        blob = rng.randn(1, 3, size[0], size[1]).astype(np.float32) * 50
+
+        def run():
+            net.setInput(blob)
+            net.forward(utils.CLASSIFIER_PREFIX)
+        seconds[size] = median_seconds(run, repeats)
+    return seconds
+
+
+def opencv_version():
+    """OpenCV's version if it can read Caffe files, else None."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
+        return None
+    return cv2.__version__
+
+
+# -------------------------------------------------------------- evaluate
+def synthetic_pair(rng, size, num_classes):
+    """A photo-like RGB image and a label of a few rectangles with VOC's 255
+    border. Like a photo, it is shading and texture mostly shared by the
+    three channels, a colour per object, and grain: its JPEG is as large as
+    VOC's and the CRF (whose colour lattice grows with the colours present)
+    takes as long as on the VOC sample photo, where plain noise takes twice
+    as long and flat colours a third."""
+    height, width = size
+    shading = scipy.ndimage.zoom(rng.normal(size=(height // 16 + 1, width // 16 + 1)),
+                                 16, order=3)[:height, :width, None]
+    texture = scipy.ndimage.gaussian_filter(rng.normal(size=(height, width, 1)), 1.0)
+    tint = scipy.ndimage.gaussian_filter(rng.normal(size=(height, width, 3)), (4, 4, 0))
+    image = rng.uniform(60, 190, 3) + 70 * shading + 90 * texture + 80 * tint
+    label = np.zeros(size, np.uint8)
+    for _ in range(3):
+        y, x = rng.randint(0, height // 2), rng.randint(0, width // 2)
+        h, w = rng.randint(20, height // 2), rng.randint(20, width // 2)
+        label[y:y + h, x:x + w] = rng.randint(1, num_classes)
+        image[y:y + h, x:x + w] += rng.uniform(-90, 90, 3)
+    label[0, :] = label[-1, :] = utils.IGNORE_LABEL
+    image += rng.normal(0, 2, (height, width, 1))
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
+
+
+def write_eval_data(directory, num_images, size, num_classes, seed=0):
+    """``num_images`` JPEG/PNG pairs in VOC layout and their list file."""
+    rng = np.random.RandomState(seed)
+    names = ["bench_%03d" % i for i in range(num_images)]
+    for sub in (dataset_files.IMAGE_DIR, dataset_files.LABEL_DIR):
+        os.makedirs(os.path.join(directory, sub), exist_ok=True)
+    for name in names:
+        image, label = synthetic_pair(rng, size, num_classes)
+        dataset_files.save_image(Image.fromarray(image), os.path.join(
+            directory, dataset_files.IMAGE_DIR, name + ".jpg"), quality=90)
+        dataset_files.save_label(label, os.path.join(
+            directory, dataset_files.LABEL_DIR, name + ".png"))
+    list_path = os.path.join(directory, "bench.txt")
+    with open(list_path, "w") as f:
+        f.writelines(dataset_files.list_line(n) for n in names)
+    return list_path
+
+
+class _StepTimes(logging.Handler):
+    """Records when evaluate.py logs each 'step i/N' progress line."""
+
+    def __init__(self):
+        super(_StepTimes, self).__init__()
+        self.times = []
+
+    def emit(self, record):
+        if str(record.msg).startswith("step "):
+            self.times.append(time.perf_counter())
+
+
+def load_evaluate():
+    spec = importlib.util.spec_from_file_location(
+        "evaluate", os.path.join(REPO_ROOT, "evaluate.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def evaluate_seconds(weights, data_dir, list_path, bf16, args):
+    """evaluate.py's median time per image, run in this process.
+
+    evaluate.py logs a progress line after every image here (its LOG_EVERY
+    is set to 1); the intervals between those lines are whole iterations of
+    its loop: reading, network, prediction and confusion matrix. The first
+    image (warm-up) has no interval.
+    """
+    evaluate = load_evaluate()
+    evaluate.LOG_EVERY = 1
+    logger = logging.getLogger(evaluate.__name__)
+    handler = _StepTimes()
+    logger.addHandler(handler)
+    logger.propagate = False
+    argv = ["--data-dir", data_dir, "--data-list", list_path,
+            "--restore-from", weights,
+            "--intra-op-threads", str(args.intra_op_threads),
+            "--inter-op-threads", str(args.inter_op_threads)]
+    try:
+        with tf.Graph().as_default(), contextlib.redirect_stdout(io.StringIO()):
+            status = evaluate.main(argv + (["--bf16"] if bf16 else []))
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    if status:
+        raise RuntimeError("evaluate.py exited with status %s" % status)
+    return statistics.median(np.diff(handler.times))
+
+
+def evaluate_against_bare(weights, data_dir, list_path, dtype_name, config, args):
+    """(evaluate.py s/image, bare network s/image) at EVAL_SIZE.
+
+    The bare network is timed just before and just after evaluate.py, and
+    the median of both taken, so that the two see the same machine load.
+    """
+    bare = BareNetwork(DTYPES[dtype_name], args.num_classes, config, weights)
+    try:
+        half = max(args.repeats // 2, 1)
+        times = bare.times(EVAL_SIZE, half)
+        seconds = evaluate_seconds(weights, data_dir, list_path,
+                                   dtype_name == "bf16", args)
+        times += bare.times(EVAL_SIZE, half)
+    finally:
+        bare.close()
+    return seconds, statistics.median(times)
+
+
+# ----------------------------------------------------------------- train
+def train_worker(batch, grad_update_every, size, num_classes, steps, threads,
+                 results):
+    """One training configuration, in its own process: median s/step and
+    the process's peak resident memory, put on ``results``."""
+    from deeplab_resnet import training
+    tf.logging.set_verbosity(tf.logging.ERROR)
+    try:
+        with tf.Graph().as_default():
+            tf.set_random_seed(0)
+            images = tf.random_uniform((batch,) + size + (3,), -120.0, 130.0)
+            labels = tf.cast(tf.random_uniform((batch,) + size + (1,), 0, num_classes,
+                                               dtype=tf.int32), tf.uint8)
+            trainer = training.Trainer(images, labels, num_classes,
+                                       grad_update_every=grad_update_every)
+            init = tf.group(tf.global_variables_initializer(),
+                            tf.local_variables_initializer())
+            with tf.Session(config=utils.session_config(*threads)) as sess:
+                sess.run(init)
+                seconds = median_seconds(lambda: trainer.step(sess), steps)
+        results.put({"seconds": seconds, "peak_bytes": 1024 * resource.getrusage(
+            resource.RUSAGE_SELF).ru_maxrss})
+    except tf.errors.ResourceExhaustedError as err:
+        results.put({"error": "out of memory: %s" % err.message.splitlines()[0]})
+
+
+def train_step(batch, grad_update_every, size, num_classes, steps, threads):
+    """Run ``train_worker`` in a fresh process (spawned, so no memory is
+    shared with this one). Returns its result, or {'error': ...}."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    worker = context.Process(target=train_worker, args=(
+        batch, grad_update_every, size, num_classes, steps, threads, results))
+    worker.start()
+    result = None
+    while result is None:
+        try:
+            result = results.get(timeout=5)
+        except queue.Empty:
+            if not worker.is_alive():
+                break
+    worker.join()
+    if result is None:
+        result = {"error": "the process died (exit code %s)%s" % (
+            worker.exitcode, ", killed: out of memory?" if worker.exitcode == -9 else "")}
+    result.update(batch=batch, grad_update_every=grad_update_every)
     return result
 
 
+def train_steps(args, threads):
+    """The --train-batch step, then the same images split by
+    --grad-update-every; if the full batch fails, the largest that runs."""
+    size = (args.train_size, args.train_size)
+    runs = [train_step(args.train_batch, 1, size, args.num_classes,
+                       args.train_steps, threads)]
+    batch = args.train_batch
+    while "error" in runs[-1] and batch > 1:
+        batch //= 2
+        log.info("batch %d failed (%s); trying %d", runs[-1]["batch"],
+                 runs[-1]["error"], batch)
+        runs.append(train_step(batch, 1, size, args.num_classes, args.train_steps,
+                               threads))
+    k = args.grad_update_every
+    if k > 1:
+        runs.append(train_step(max(args.train_batch // k, 1), k, size,
+                               args.num_classes, args.train_steps, threads))
+    return runs
+
+
+# ------------------------------------------------------------------- crf
+def crf_seconds(size, num_classes, repeats):
+    """Median s/image of ``crf.dense_crf`` with DeepLab's parameters."""
+    rng = np.random.RandomState(0)
+    image, _ = synthetic_pair(rng, size, num_classes)
+    logits = scipy.ndimage.zoom(rng.normal(size=(size[0] // 8 + 1, size[1] // 8 + 1,
+                                                 num_classes)) * 3, (8, 8, 1),
+                                order=1)[:size[0], :size[1]]
+    probs = np.exp(logits - logits.max(axis=2, keepdims=True))
+    probs /= probs.sum(axis=2, keepdims=True)
+    return median_seconds(lambda: crf.dense_crf(image, probs), repeats)
+
+
+# ----------------------------------------------------------------- run
 def measure(args):
-    config = utils.session_config(args.intra_op_threads, args.inter_op_threads)
-    report = {"machine": machine_description(), "sizes": args.sizes}
-    report["peak_gflops"] = {name: matmul_peak(dtype, config)
-                             for name, dtype in DTYPES.items()}
-    report["model_gflop"] = {size: model_gflops(size, args.num_classes)
-                             for size in args.sizes}
-    report["inference_s"] = {
-        name: inference_seconds(dtype, args.sizes, args.num_classes, config,
-                                args.repeats)
-        for name, dtype in DTYPES.items()}
+    threads = (args.intra_op_threads, args.inter_op_threads)
+    config = utils.session_config(*threads)
+    parts = args.parts
+    cv_version = opencv_version()
+    report = collections.OrderedDict(machine=machine_description(cv_version),
+                                     sizes=[size_name(s) for s in args.sizes])
+    with tempfile.TemporaryDirectory(prefix="deeplab_benchmark_") as tmp:
+        weights = None
+        if {"inference", "opencv", "evaluate"} & set(parts):
+            log.info("writing random ResNet-101 weights")
+            weights = write_weights(tmp, args.num_classes,
+                                    "opencv" in parts and cv_version is not None)
+        if "flops" in parts:
+            log.info("counting FLOPs")
+            report["model_gflop"] = {size_name(s): model_gflops(s, args.num_classes)
+                                     for s in args.sizes}
+        if "peak" in parts or "inference" in parts:
+            report.update(peak_and_inference(parts, weights, config, args))
+        if "opencv" in parts:
+            if cv_version is None:
+                report["opencv_s"] = None
+                log.info("OpenCV with the Caffe importer is not installed; skipped")
+            else:
+                log.info("OpenCV DNN inference")
+                seconds = opencv_seconds(weights, args.sizes,
+                                         args.intra_op_threads or utils.available_cores(),
+                                         args.repeats)
+                report["opencv_s"] = {size_name(s): v for s, v in seconds.items()}
+        if "evaluate" in parts:
+            data_dir = os.path.join(tmp, "data")
+            list_path = write_eval_data(data_dir, args.eval_images, EVAL_SIZE,
+                                        args.num_classes)
+            report["evaluate"] = {"images": args.eval_images,
+                                  "size": size_name(EVAL_SIZE)}
+            for name in DTYPES:
+                log.info("evaluate.py (%s) on %d images", name, args.eval_images)
+                report["evaluate"][name + "_s"], report["evaluate"][name + "_bare_s"] = \
+                    evaluate_against_bare(weights["npz"], data_dir, list_path, name,
+                                          config, args)
+        if "crf" in parts:
+            log.info("dense CRF")
+            report["crf_s"] = crf_seconds(EVAL_SIZE, args.num_classes, args.repeats)
+        if "train" in parts:
+            log.info("training steps (a process each)")
+            report["train"] = {"size": args.train_size,
+                               "runs": train_steps(args, threads)}
+    report["targets"] = check_targets(report)
     return report
 
 
-def machine_description():
+def peak_and_inference(parts, weights, config, args):
+    """The matmul peak and the network's s/image, per dtype.
+
+    Each dtype's peak is measured right before its network, so that a
+    fraction of the peak compares figures taken under the same load.
+    """
+    report = {}
+    for name, dtype in DTYPES.items():
+        if "peak" in parts:
+            log.info("%s matmul peak", name)
+            report.setdefault("peak_gflops", {})[name] = matmul_peak(dtype, config)
+        if "inference" not in parts:
+            continue
+        log.info("%s inference", name)
+        bare = BareNetwork(dtype, args.num_classes, config, weights["npz"])
+        try:
+            for size in args.sizes:
+                report.setdefault("inference_s", {}).setdefault(name, {})[
+                    size_name(size)] = statistics.median(bare.times(size, args.repeats))
+                path = None
+                if args.trace_dir:
+                    path = os.path.join(args.trace_dir, "inference_%s_%s.json"
+                                        % (name, size_name(size)))
+                report.setdefault("op_time_shares", {}).setdefault(name, {})[
+                    size_name(size)] = bare.trace(size, path)
+        finally:
+            bare.close()
+    return report
+
+
+def check_targets(report):
+    """[(description, measured text, met or None when not measured)]."""
+    targets = []
+    size = size_name(TARGET_SIZE)
+    inference = report.get("inference_s", {})
+    peak = report.get("peak_gflops")
+    gflop = report.get("model_gflop", {}).get(size)
+    fp32 = inference.get("fp32", {}).get(size)
+    bf16 = inference.get("bf16", {}).get(size)
+    if peak and gflop and fp32:
+        fraction = gflop / fp32 / peak["fp32"]
+        targets.append(("%s fp32 inference >= %.0f%% of the fp32 matmul peak"
+                        % (size, 100 * PEAK_FRACTION_TARGET),
+                        "%.0f%%" % (100 * fraction), fraction >= PEAK_FRACTION_TARGET))
+    if fp32 and bf16:
+        targets.append(("%s bf16 >= %.1fx faster than fp32" % (size, BF16_SPEEDUP_TARGET),
+                        "%.2fx" % (fp32 / bf16), fp32 / bf16 >= BF16_SPEEDUP_TARGET))
+    opencv = (report.get("opencv_s") or {}).get(size)
+    for name, seconds in (("fp32", fp32), ("bf16", bf16)):
+        if opencv and seconds:
+            targets.append(("%s %s >= %.0fx faster than OpenCV DNN"
+                            % (size, name, OPENCV_SPEEDUP_TARGET),
+                            "%.2fx" % (opencv / seconds),
+                            opencv / seconds >= OPENCV_SPEEDUP_TARGET))
+    train = report.get("train")
+    if train:
+        full = train["runs"][0]
+        fits = [r for r in train["runs"] if "error" not in r and r["grad_update_every"] == 1]
+        if "error" in full:
+            text = "batch %d failed (%s); largest that ran: %s" % (
+                full["batch"], full["error"], fits[0]["batch"] if fits else "none")
+        else:
+            text = "%.1f GiB" % (full["peak_bytes"] / GIB)
+        targets.append(("batch-%d %dx%d training step fits in %.0f GiB" % (
+            full["batch"], train["size"], train["size"], TRAIN_MEMORY_TARGET_GIB), text,
+            "error" not in full and full["peak_bytes"] / GIB <= TRAIN_MEMORY_TARGET_GIB))
+    evaluate = report.get("evaluate")
+    for name in DTYPES:
+        if evaluate:
+            fraction = evaluate[name + "_bare_s"] / evaluate[name + "_s"]
+            targets.append(("evaluate.py %s end to end >= %.0f%% of the bare network"
+                            % (name, 100 * EVALUATE_FRACTION_TARGET),
+                            "%.0f%%" % (100 * fraction),
+                            fraction >= EVALUATE_FRACTION_TARGET))
+    return targets
+
+
+def machine_description(cv_version=None):
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -107,47 +578,161 @@ def machine_description():
                     break
     except OSError:
         pass
-    return "%s, %d cores, TensorFlow %s" % (model, utils.available_cores(),
+    text = "%s, %d cores, TensorFlow %s" % (model, utils.available_cores(),
                                             tf.__version__)
+    return text + (", OpenCV %s" % cv_version if cv_version else "")
 
 
+# ---------------------------------------------------------------- report
 def format_table(report):
-    lines = ["machine: %s" % report["machine"],
-             "matmul peak: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s"
-             % (report["peak_gflops"]["fp32"], report["peak_gflops"]["bf16"]),
-             "",
-             "%-8s %-6s %10s %10s %12s %10s" % ("size", "dtype", "GFLOP",
-                                                 "s/image", "GFLOP/s", "of peak")]
-    for size in report["sizes"]:
-        gflop = report["model_gflop"][size]
+    lines = ["machine: %s" % report["machine"]]
+    peak = report.get("peak_gflops")
+    if peak:
+        lines.append("matmul peak (4096x4096): fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s"
+                     % (peak["fp32"], peak["bf16"]))
+    inference = report.get("inference_s")
+    gflops = report.get("model_gflop", {})
+    opencv = report.get("opencv_s") or {}
+    if inference:
+        lines += ["", "inference, bare network (batch 1, BatchNorm folded, median)",
+                  "%-9s %-7s %7s %9s %8s %8s %10s" % (
+                      "size", "engine", "GFLOP", "s/image", "GFLOP/s", "of peak",
+                      "vs OpenCV")]
+        for size in inference["fp32"]:
+            gflop = gflops.get(size)
+            for name in DTYPES:
+                seconds = inference[name][size]
+                rate = gflop / seconds if gflop else None
+                lines.append("%-9s %-7s %7s %9.3f %8s %8s %10s" % (
+                    size, "TF " + name, "%.1f" % gflop if gflop else "-", seconds,
+                    "%.0f" % rate if rate else "-",
+                    "%.0f%%" % (100 * rate / peak[name]) if rate and peak else "-",
+                    "%.2fx" % (opencv[size] / seconds) if size in opencv else "-"))
+            if size in opencv:
+                lines.append("%-9s %-7s %7s %9.3f %8s %8s %10s" % (
+                    size, "OpenCV", "", opencv[size],
+                    "%.0f" % (gflop / opencv[size]) if gflop else "-", "", ""))
+            lines.append("%-9s bf16 speed-up over fp32: %.2fx" % (
+                "", inference["fp32"][size] / inference["bf16"][size]))
+        shares = report.get("op_time_shares", {})
+        for name in shares:
+            for size, ops in shares[name].items():
+                lines.append("time by op, %s %s: %s" % (name, size, ", ".join(
+                    "%s %.1f%%" % (k, 100 * v) for k, v in ops.items())))
+    elif opencv:
+        lines.append("OpenCV DNN s/image: %s" % ", ".join(
+            "%s %.3f" % kv for kv in opencv.items()))
+    if "opencv_s" in report and report["opencv_s"] is None:
+        lines.append("OpenCV DNN: not measured (no cv2 with readNetFromCaffe)")
+    evaluate = report.get("evaluate")
+    if evaluate:
+        lines += ["", "evaluate.py end to end (%d generated %s JPEG/PNG pairs, median "
+                  "s/image)" % (evaluate["images"], evaluate["size"]),
+                  "%-7s %9s %13s %9s" % ("dtype", "s/image", "bare network", "of bare")]
         for name in DTYPES:
-            seconds = report["inference_s"][name][size]
-            rate = gflop / seconds
-            lines.append("%-8s %-6s %10.1f %10.3f %12.0f %9.0f%%" % (
-                "%dx%d" % (size, size), name, gflop, seconds, rate,
-                100 * rate / report["peak_gflops"][name]))
-        lines.append("%-8s bf16 speed-up over fp32: %.2fx" % (
-            "", report["inference_s"]["fp32"][size] / report["inference_s"]["bf16"][size]))
+            bare = evaluate[name + "_bare_s"]
+            lines.append("%-7s %9.3f %13.3f %8.0f%%" % (
+                name, evaluate[name + "_s"], bare, 100 * bare / evaluate[name + "_s"]))
+    if "crf_s" in report:
+        lines += ["", "dense CRF (%s, %d classes, %d iterations): %.3f s/image" % (
+            size_name(EVAL_SIZE), utils.NUM_CLASSES, crf.DEFAULTS.iterations,
+            report["crf_s"])]
+    train = report.get("train")
+    if train:
+        lines += ["", "training step (ResNet-101 %dx%d, frozen BatchNorm, fp32, "
+                  "median)" % (train["size"], train["size"]),
+                  "%-6s %18s %8s %9s %12s" % ("batch", "grad-update-every", "s/step",
+                                             "s/image", "peak memory")]
+        for run in train["runs"]:
+            if "error" in run:
+                lines.append("%-6d %18d  %s" % (run["batch"], run["grad_update_every"],
+                                                run["error"]))
+                continue
+            images = run["batch"] * run["grad_update_every"]
+            lines.append("%-6d %18d %8.2f %9.2f %8.1f GiB" % (
+                run["batch"], run["grad_update_every"], run["seconds"],
+                run["seconds"] / images, run["peak_bytes"] / GIB))
+    if report["targets"]:
+        lines += ["", "issue 6 targets"]
+        for description, measured, met in report["targets"]:
+            lines.append("%-8s %-62s %s" % ("[met]" if met else "[MISSED]",
+                                            description, measured))
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="321,513",
-                        help="Square input sizes to time (default: %(default)s).")
+def parse_sizes(text):
+    """'321,513' -> [(321, 321), (513, 513)]; '375x500' -> [(375, 500)]."""
+    sizes = []
+    for item in text.split(","):
+        height, _, width = item.partition("x")
+        try:
+            sizes.append((int(height), int(width or height)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                "expected sizes such as 321,513 or 375x500; got %r" % text)
+    return sizes
+
+
+def parse_parts(text):
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise argparse.ArgumentTypeError("unknown parts %s; choose from %s"
+                                         % (", ".join(unknown), ",".join(PARTS)))
+    return parts
+
+
+def get_arguments(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", type=parse_parts, default=",".join(PARTS),
+                        help="What to measure, comma-separated "
+                             "(default: %(default)s).")
+    parser.add_argument("--sizes", type=parse_sizes, default="321,513",
+                        help="Inference sizes: N for NxN or HxW, comma-separated "
+                             "(default: %(default)s).")
     parser.add_argument("--num-classes", type=int, default=utils.NUM_CLASSES,
                         help="Classifier width (default: %(default)s).")
     parser.add_argument("--repeats", type=int, default=5,
-                        help="Timed runs per figure; the median is reported "
+                        help="Timed runs per inference/CRF figure; the median is "
+                             "reported (default: %(default)s).")
+    parser.add_argument("--eval-images", type=int, default=10,
+                        help="Generated 500x375 images evaluate.py runs on "
                              "(default: %(default)s).")
+    parser.add_argument("--train-batch", type=int, default=10,
+                        help="Batch of the training step (default: %(default)s, "
+                             "train.py's).")
+    parser.add_argument("--train-size", type=int, default=321,
+                        help="Side of the training crops (default: %(default)s).")
+    parser.add_argument("--grad-update-every", type=int, default=2,
+                        help="Also time --train-batch split into this many "
+                             "accumulated batches; 1 to skip (default: %(default)s).")
+    parser.add_argument("--train-steps", type=int, default=2,
+                        help="Timed training steps after one warm-up step "
+                             "(default: %(default)s).")
+    parser.add_argument("--trace-dir", default=None,
+                        help="Write Chrome traces of one inference run per size "
+                             "and dtype here (default: none).")
     parser.add_argument("--json", action="store_true",
-                        help="Print JSON instead of the table.")
+                        help="Print JSON instead of the table (default: off).")
     utils.add_runtime_flags(parser)
-    args = parser.parse_args()
-    args.sizes = [int(s) for s in args.sizes.split(",")]
+    args = parser.parse_args(argv)
+    for flag in ("repeats", "eval_images", "train_batch", "train_size",
+                 "grad_update_every", "train_steps"):
+        if getattr(args, flag) < 1:
+            parser.error("--%s must be at least 1." % flag.replace("_", "-"))
+    if args.eval_images < 2 and "evaluate" in args.parts:
+        parser.error("--eval-images must be at least 2 (the first is warm-up).")
+    return args
+
+
+def main(argv=None):
+    args = get_arguments(argv)
+    if args.trace_dir:
+        os.makedirs(args.trace_dir, exist_ok=True)
     report = measure(args)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0
 
 
 if __name__ == "__main__":

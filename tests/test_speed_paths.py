@@ -15,6 +15,7 @@ meets, while a classifier scaled to pick one class everywhere would pass any.
 """
 import importlib.util
 import os
+import time
 
 import numpy as np
 import pytest
@@ -274,3 +275,27 @@ def test_scripts_run_bf16_with_the_flag(tmp_path):
                            "--bf16"]) == 0
     assert conv_dtypes() == {tf.bfloat16}
     assert Image.open(os.path.join(save_dir, "a_mask.png")).size == (53, 41)
+
+
+def test_evaluation_reader_decodes_ahead_of_the_network(voc_dataset):
+    """evaluate.py's reader fills its prefetch queue before anything is
+    fetched, so decoding overlaps the network instead of preceding it."""
+    data_dir, list_path, names = voc_dataset
+    coord = tf.train.Coordinator()
+    reader = image_reader.ImageReader(data_dir, list_path, None, False, False,
+                                      utils.IGNORE_LABEL, utils.IMG_MEAN, coord,
+                                      shuffle=False)
+    queue = tf.get_default_graph().get_operation_by_name("image_reader/prefetch")
+    size = tf.raw_ops.QueueSizeV2(handle=queue.outputs[0])
+    with tf.Session() as sess:
+        threads = reader.start(sess)
+        try:
+            deadline = time.time() + 30
+            while sess.run(size) < image_reader.EVAL_PREFETCH and time.time() < deadline:
+                time.sleep(0.05)
+            assert sess.run(size) == image_reader.EVAL_PREFETCH
+            paths = [sess.run(reader.image_path).decode() for _ in names]
+        finally:
+            coord.request_stop()
+            coord.join(threads, stop_grace_period_secs=5)
+    assert [os.path.basename(p) for p in paths] == [n + ".jpg" for n in names]
