@@ -2,6 +2,8 @@
 
 Nothing here downloads anything; every file is written to ``tmp_path``.
 """
+import collections
+import importlib.util
 import os
 
 import numpy as np
@@ -132,3 +134,27 @@ def save_tiny_model(directory, num_classes=utils.NUM_CLASSES, seed=0):
     npz = os.path.join(directory, "tiny.npz")
     np.savez(npz, **{k: np.asarray(v, np.float32) for k, v in values.items()})
     return prefix, npz
+
+
+def load_script(name):
+    """Import a top-level script (e.g. 'evaluate') to call its functions."""
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO_ROOT, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TinyModel = collections.namedtuple("TinyModel", ["directory", "prefix", "npz"])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A random 21-class TINY_CONFIG model (``save_tiny_model``), once per module.
+
+    Returns ``TinyModel(directory, prefix, npz)``: the checkpoint directory,
+    its checkpoint prefix and the same weights as a .npz.
+    """
+    directory = str(tmp_path_factory.mktemp("tiny_model"))
+    prefix, npz = save_tiny_model(directory)
+    return TinyModel(directory, prefix, npz)

@@ -2,7 +2,6 @@
 and failures named; evaluate.py and inference.py give identical outputs
 with and without workers."""
 import argparse
-import importlib.util
 import logging
 import multiprocessing
 import os
@@ -14,20 +13,12 @@ import pytest
 from PIL import Image
 
 from deeplab_resnet import crf, utils
-from conftest import REPO_ROOT, save_tiny_model, write_voc_pair
+from conftest import load_script, save_tiny_model, write_voc_pair
 from test_crf import synthetic_scene
 
 pytest.importorskip("pydensecrf.densecrf")
 
 FEW_ITERATIONS = crf.CrfParams(iterations=3)
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO_ROOT, name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def scenes():

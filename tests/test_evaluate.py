@@ -1,5 +1,4 @@
 """evaluate.py end to end on tiny generated VOC-layout data."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,23 +8,7 @@ import pytest
 from PIL import Image
 
 from deeplab_resnet import utils
-from conftest import REPO_ROOT, save_tiny_model, write_voc_pair
-
-
-def load_evaluate():
-    spec = importlib.util.spec_from_file_location(
-        "evaluate", os.path.join(REPO_ROOT, "evaluate.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """Checkpoint directory of a random 21-class TINY_CONFIG model."""
-    directory = str(tmp_path_factory.mktemp("tiny_model"))
-    save_tiny_model(directory)
-    return directory
+from conftest import REPO_ROOT, load_script, save_tiny_model, write_voc_pair
 
 
 def read_list(data_dir, list_path):
@@ -71,7 +54,7 @@ def test_cli_miou_equals_recomputing_from_saved_pngs(voc_dataset, tiny_model, tm
     result = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "evaluate.py"),
          "--data-dir", data_dir, "--data-list", list_path,
-         "--restore-from", tiny_model, "--save-dir", save_dir,
+         "--restore-from", tiny_model.directory, "--save-dir", save_dir,
          "--save-confusion", confusion_path, "--scales", "0.75,1.0", "--flip"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -112,7 +95,7 @@ def test_crf_class_names_and_npy_confusion(tmp_path, capsys):
         f.write("sky\nroad\ncar\n\ntree\nperson\n")
     save_dir = str(tmp_path / "pred")
     confusion_path = str(tmp_path / "c.npy")
-    status = load_evaluate().main([
+    status = load_script("evaluate").main([
         "--data-dir", data_dir, "--data-list", list_path, "--restore-from", model_dir,
         "--num-classes", "5", "--num-steps", "2", "--crf", "--crf-iters", "3",
         "--class-names", names_path, "--save-dir", save_dir,
@@ -133,7 +116,7 @@ def test_generic_class_names_without_a_names_file(tmp_path, capsys):
     save_tiny_model(model_dir, num_classes=5)
     data_dir = str(tmp_path / "data")
     list_path = five_class_dataset(data_dir, count=1)
-    status = load_evaluate().main(["--data-dir", data_dir, "--data-list", list_path,
+    status = load_script("evaluate").main(["--data-dir", data_dir, "--data-list", list_path,
                                    "--restore-from", model_dir, "--num-classes", "5"])
     assert status == 0
     out = capsys.readouterr().out
@@ -142,9 +125,9 @@ def test_generic_class_names_without_a_names_file(tmp_path, capsys):
 
 def test_user_errors_are_clear_and_touch_nothing(voc_dataset, tiny_model, tmp_path):
     data_dir, list_path, _ = voc_dataset
-    evaluate = load_evaluate()
+    evaluate = load_script("evaluate")
     base = ["--data-dir", data_dir, "--data-list", list_path,
-            "--restore-from", tiny_model]
+            "--restore-from", tiny_model.directory]
     with pytest.raises(ValueError, match="trained for 21 classes but --num-classes"):
         evaluate.main(base + ["--num-classes", "5"])
     with pytest.raises(ValueError, match=".csv or .npy"):

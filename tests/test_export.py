@@ -1,5 +1,4 @@
 """export.py: frozen graph and SavedModel, loaded back with TensorFlow alone."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from deeplab_resnet import export, predict, utils
-from conftest import REPO_ROOT, save_tiny_model
+from conftest import load_script
 
 # Odd, even and tiny sizes (H, W).
 SIZES = [(37, 29), (32, 48), (5, 7)]
@@ -47,22 +46,6 @@ np.savez(out_path, **results)
 """
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO_ROOT, name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """(checkpoint directory, npz, prefix) of a random 21-class TINY_CONFIG model."""
-    directory = str(tmp_path_factory.mktemp("tiny_model"))
-    prefix, npz = save_tiny_model(directory)
-    return directory, npz, prefix
-
-
 def random_images(seed=0):
     rng = np.random.RandomState(seed)
     return {"%dx%d" % size: rng.randint(0, 256, size + (3,)).astype(np.uint8)
@@ -94,7 +77,7 @@ def load_frozen(path):
 
 
 def test_export_loads_in_a_fresh_process_and_matches_inference(tiny_model, tmp_path):
-    directory = tiny_model[0]
+    directory = tiny_model.directory
     out = str(tmp_path / "exported")
     info = export.export(directory, out)
     assert sorted(os.listdir(out)) == ["export_info.json", "frozen_graph.pb",
@@ -143,7 +126,7 @@ def test_export_loads_in_a_fresh_process_and_matches_inference(tiny_model, tmp_p
 
 
 def test_exported_graphs_hold_constants_and_folded_batchnorm(tiny_model, tmp_path):
-    npz = tiny_model[1]
+    npz = tiny_model.npz
     out = str(tmp_path / "exported")
     export.export(npz, out)
     frozen = load_frozen(os.path.join(out, "frozen_graph.pb"))
@@ -172,7 +155,7 @@ def test_exported_graphs_hold_constants_and_folded_batchnorm(tiny_model, tmp_pat
 
 
 def test_cli_bakes_in_scales_and_flip(tiny_model, tmp_path, capsys):
-    directory, _, prefix = tiny_model
+    directory, prefix = tiny_model.directory, tiny_model.prefix
     out = str(tmp_path / "msc")
     assert load_script("export").main(
         ["--restore-from", prefix, "--output-dir", out, "--scales", "0.5,1.0",
@@ -200,7 +183,7 @@ def test_cli_bakes_in_scales_and_flip(tiny_model, tmp_path, capsys):
 
 
 def test_bf16_export_matches_bf16_prediction(tiny_model, tmp_path):
-    npz = tiny_model[1]
+    npz = tiny_model.npz
     out = str(tmp_path / "bf16")
     assert export.export(npz, out, bf16=True)["bf16"] is True
     graph_def = load_frozen(os.path.join(out, "frozen_graph.pb"))
@@ -225,7 +208,7 @@ def test_bf16_export_matches_bf16_prediction(tiny_model, tmp_path):
 
 def test_never_overwrites_without_overwrite_and_replaces_atomically(
         tiny_model, tmp_path, monkeypatch):
-    npz = tiny_model[1]
+    npz = tiny_model.npz
     out = tmp_path / "exported"
     out.mkdir()
     export.export(npz, str(out))  # an existing empty directory is taken

@@ -1,6 +1,5 @@
 """inference.py and the prediction graph it shares with evaluate.py."""
 import hashlib
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -12,23 +11,7 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from deeplab_resnet import predict, utils
-from conftest import REPO_ROOT, save_tiny_model
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO_ROOT, name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """(checkpoint directory, checkpoint prefix, npz) of a random 21-class model."""
-    directory = str(tmp_path_factory.mktemp("tiny_model"))
-    prefix, npz = save_tiny_model(directory)
-    return directory, prefix, npz
+from conftest import REPO_ROOT, load_script
 
 
 def digest(path):
@@ -70,7 +53,7 @@ def test_cli_segments_every_readable_input_and_reports_the_rest(tiny_model, tmp_
     result = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "inference.py"),
          str(photos / "rgba.png"), missing, str(photos / "notes.txt"),
-         str(photos / "*.jpg"), "--model-weights", tiny_model[0],
+         str(photos / "*.jpg"), "--model-weights", tiny_model.directory,
          "--save-dir", str(save_dir), "--save-raw", "--overlay", "jpg"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
@@ -89,7 +72,7 @@ def test_cli_segments_every_readable_input_and_reports_the_rest(tiny_model, tmp_
 def test_shared_sample_outputs_have_the_photo_size(tiny_model, shared_sample, tmp_path):
     inference = load_script("inference")
     save_dir = str(tmp_path / "out")
-    status = inference.main([shared_sample["image"], "--model-weights", tiny_model[2],
+    status = inference.main([shared_sample["image"], "--model-weights", tiny_model.npz,
                              "--save-dir", save_dir, "--save-raw", "--overlay",
                              "--overlay-alpha", "0.25", "--crf"])
     assert status == 0
@@ -114,7 +97,7 @@ def test_never_overwrites_inputs_or_earlier_outputs(tiny_model, tmp_path, caplog
     # x.png's mask would replace the input x_mask.png, and b/y.png's mask the
     # one just written for a/y.png: both are refused, the others written.
     status = inference.main([str(tmp_path / n) for n in sizes] + [
-        "--model-weights", tiny_model[0], "--save-dir", str(tmp_path)])
+        "--model-weights", tiny_model.directory, "--save-dir", str(tmp_path)])
     assert status == 1
     assert digest(str(tmp_path / "x_mask.png")) == before
     assert Image.open(str(tmp_path / "x_mask_mask.png")).size == (11, 9)
@@ -161,7 +144,7 @@ def test_multi_scale_and_flip_fuse_as_documented(tiny_model):
     """Outputs at the input size for odd and even sizes; MSC is the max of
     the single scales; flip is the mean with the mirrored run mirrored back."""
     images = tf.placeholder(tf.float32, [1, None, None, 3])
-    path, config = predict.resolve_model(tiny_model[0], utils.NUM_CLASSES)
+    path, config = predict.resolve_model(tiny_model.directory, utils.NUM_CLASSES)
     build = lambda scales, flip=False: predict.build_prediction(
         images, utils.NUM_CLASSES, config, scales, flip)
     net, full = build((1.0,))
@@ -192,7 +175,7 @@ def test_multi_scale_and_flip_fuse_as_documented(tiny_model):
 def test_folded_prediction_matches_the_unfolded_network(tiny_model):
     """The graph folds BatchNorm for speed; it must not change the logits."""
     images = tf.placeholder(tf.float32, [1, None, None, 3])
-    path, config = predict.resolve_model(tiny_model[2], utils.NUM_CLASSES)
+    path, config = predict.resolve_model(tiny_model.npz, utils.NUM_CLASSES)
     with tf.variable_scope("folded"):
         folded_net, folded = predict.build_prediction(images, utils.NUM_CLASSES,
                                                       config)

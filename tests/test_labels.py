@@ -1,6 +1,5 @@
 """Custom datasets: label maps, class names, label diagnosis, palettes and
 restoring weights trained for another number of classes."""
-import importlib.util
 import json
 import logging
 import os
@@ -11,7 +10,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 from PIL import Image
 
-from conftest import REPO_ROOT, TINY_CONFIG, save_tiny_model, write_voc_pair
+from conftest import TINY_CONFIG, load_script, save_tiny_model, write_voc_pair
 from deeplab_resnet import labels, utils
 from deeplab_resnet.image_reader import ImageReader, load_pair
 
@@ -183,20 +182,12 @@ def test_unmapped_values_are_errors_naming_the_file(city_dataset, tmp_path):
         reader.raise_if_failed()
 
 
-def load_evaluate():
-    spec = importlib.util.spec_from_file_location(
-        "evaluate", os.path.join(REPO_ROOT, "evaluate.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_evaluate_with_a_label_map_scores_as_on_premapped_labels(city_dataset, tmp_path,
                                                                  capsys):
     root, train_list, source_list, map_path = city_dataset
     model_dir = str(tmp_path / "model")
     save_tiny_model(model_dir, num_classes=5, seed=4)
-    evaluate = load_evaluate()
+    evaluate = load_script("evaluate")
     results = []
     for data_list, extra in ((train_list, []), (source_list, ["--label-map", map_path])):
         confusion = str(tmp_path / ("c%d.npy" % len(results)))
