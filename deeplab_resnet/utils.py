@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 from deeplab_resnet.model import DeepLabResNetModel, ModelConfig
+from deeplab_resnet.network import fold_batchnorm_weights
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,6 @@ def restore(sess, path, net, ignore_missing=False, skip_mismatched_classifier=Fa
                         ", ".join(left_out))
             skip = classifier_layers
     if net.fold_batchnorm:
-        from deeplab_resnet.network import fold_batchnorm_weights
         weights = fold_batchnorm_weights(weights, net.batchnorm_producers())
     net.assign_weights(weights, sess, ignore_missing=ignore_missing, skip=skip)
     return path
