@@ -188,8 +188,11 @@ class BareNetwork(object):
                 utils.restore(self.sess, weights, net)
 
     def feed(self, size):
-        rng = np.random.RandomState(0)
-        return {self.images: rng.randn(1, size[0], size[1], 3).astype(np.float32) * 50}
+        return {self.images: benchmark_input(size)}
+
+    def run(self, size):
+        """The logits [1, h, w, C] for ``benchmark_input(size)``."""
+        return self.sess.run(self.logits, self.feed(size))
 
     def times(self, size, repeats, warmup=1):
         """``repeats`` wall times of one image of ``size``, after warm-up."""
@@ -219,21 +222,28 @@ class BareNetwork(object):
         self.sess.close()
 
 
+def benchmark_input(size):
+    """The image every engine is timed on: [1, H, W, 3], BGR minus mean."""
+    rng = np.random.RandomState(0)
+    return rng.uniform(-120, 130, (1,) + tuple(size) + (3,)).astype(np.float32)
+
+
 def opencv_seconds(paths, sizes, threads, repeats):
-    """Median s/image of OpenCV DNN on the Caffe files, to the same logits."""
+    """OpenCV DNN on the Caffe files: median s/image, and its logits
+    [1, h, w, C] on ``benchmark_input``, per size."""
     import cv2
     cv2.setNumThreads(threads)
     net = cv2.dnn.readNetFromCaffe(paths["prototxt"], paths["caffemodel"])
-    rng = np.random.RandomState(0)
-    seconds = {}
+    seconds, logits = {}, {}
     for size in sizes:
-        blob = rng.randn(1, 3, size[0], size[1]).astype(np.float32) * 50
+        blob = np.ascontiguousarray(benchmark_input(size).transpose(0, 3, 1, 2))
 
         def run():
             net.setInput(blob)
-            net.forward(utils.CLASSIFIER_PREFIX)
+            return net.forward(utils.CLASSIFIER_PREFIX)
         seconds[size] = median_seconds(run, repeats)
-    return seconds
+        logits[size] = run().transpose(0, 2, 3, 1)
+    return seconds, logits
 
 
 def opencv_version():
@@ -465,10 +475,19 @@ def measure(args):
                 log.info("OpenCV with the Caffe importer is not installed; skipped")
             else:
                 log.info("OpenCV DNN inference")
-                seconds = opencv_seconds(weights, args.sizes,
-                                         args.intra_op_threads or utils.available_cores(),
-                                         args.repeats)
+                seconds, logits = opencv_seconds(
+                    weights, args.sizes, args.intra_op_threads or utils.available_cores(),
+                    args.repeats)
                 report["opencv_s"] = {size_name(s): v for s, v in seconds.items()}
+                # The same network, or the comparison means nothing.
+                reference = BareNetwork(tf.float32, args.num_classes, config,
+                                        weights["npz"])
+                try:
+                    report["opencv_vs_tf_error"] = max(
+                        float(np.abs(logits[s] - ours).max() / np.abs(ours).max())
+                        for s in args.sizes for ours in [reference.run(s)])
+                finally:
+                    reference.close()
         if "evaluate" in parts:
             data_dir = os.path.join(tmp, "data")
             list_path = write_eval_data(data_dir, args.eval_images, EVAL_SIZE,
@@ -624,6 +643,9 @@ def format_table(report):
             "%s %.3f" % kv for kv in opencv.items()))
     if "opencv_s" in report and report["opencv_s"] is None:
         lines.append("OpenCV DNN: not measured (no cv2 with readNetFromCaffe)")
+    elif "opencv_vs_tf_error" in report:
+        lines.append("OpenCV's logits differ from TF fp32's by %.1e of their largest "
+                     "value (same network and weights)" % report["opencv_vs_tf_error"])
     evaluate = report.get("evaluate")
     if evaluate:
         lines += ["", "evaluate.py end to end (%d generated %s JPEG/PNG pairs, median "
@@ -715,6 +737,9 @@ def get_arguments(argv=None):
                              "and dtype here (default: none).")
     parser.add_argument("--json", action="store_true",
                         help="Print JSON instead of the table (default: off).")
+    parser.add_argument("--save-json", default=None,
+                        help="Also write the JSON report to this file "
+                             "(default: not written).")
     utils.add_runtime_flags(parser)
     args = parser.parse_args(argv)
     for flag in ("repeats", "eval_images", "train_batch", "train_size",
@@ -731,7 +756,14 @@ def main(argv=None):
     if args.trace_dir:
         os.makedirs(args.trace_dir, exist_ok=True)
     report = measure(args)
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    # numpy scalars (np.float64, np.bool_) as their Python values.
+    text = json.dumps(report, indent=2, default=lambda value: value.item())
+    if args.save_json:
+        def write(tmp):
+            with open(tmp, "w") as f:
+                f.write(text + "\n")
+        dataset_files.atomic_write(write, args.save_json)
+    print(text if args.json else format_table(report))
     return 0
 
 
