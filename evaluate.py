@@ -129,9 +129,10 @@ def main(argv=None):
         fetches["image"] = reader.image
     sess = predict.open_session(net, weights, args.intra_op_threads,
                                 args.inter_op_threads)
-    log.info("Evaluating %s on %d images of %s (scales %s%s%s)", weights, num_steps,
+    log.info("Evaluating %s on %d images of %s (scales %s%s%s%s)", weights, num_steps,
              args.data_list, ",".join("%g" % s for s in scales),
-             ", flip" if args.flip else "", ", CRF" if crf_params else "")
+             ", flip" if args.flip else "", ", CRF" if crf_params else "",
+             ", bf16" if args.bf16 else "")
 
     confusion = np.zeros((args.num_classes, args.num_classes), np.int64)
     progress = utils.Progress(num_steps, unit="image")

@@ -71,11 +71,11 @@ def add_prediction_flags(parser):
                              "average its logits, mirrored back, with the "
                              "unmirrored ones at each scale (default: off).")
     parser.add_argument("--bf16", action="store_true",
-                        help="Run the network in bfloat16: about 1.8x faster "
-                             "on CPUs with native bfloat16 (AVX512_BF16, AMX), "
-                             "slower on others; logits differ from float32 by "
-                             "a few percent, which changes the label of well "
-                             "under 1%% of pixels (default: off, float32).")
+                        help="Run the network in bfloat16: about 1.9x faster "
+                             "on CPUs with native bfloat16 (AVX512_BF16 or "
+                             "AMX); logits move by a few percent of their "
+                             "range, which changes the label of under 0.5%% "
+                             "of pixels (default: off, float32).")
 
 
 # ------------------------------------------------------------------- model
