@@ -264,6 +264,7 @@ class ImageReader(object):
         self.image_list, self.label_list = read_labeled_image_list(data_dir, data_list)
         self.num_images = len(self.image_list)
 
+        first_runner = len(tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS))
         with tf.name_scope("image_reader"):
             self.image_path, label_path = tf.train.slice_input_producer(
                 [tf.convert_to_tensor(self.image_list, dtype=tf.string),
@@ -295,6 +296,7 @@ class ImageReader(object):
                 self.image_path, image, label = prefetch.dequeue()
                 image.set_shape([None, None, 3])
                 label.set_shape([None, None, 1])
+        self._runners = tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS)[first_runner:]
         self._example = (image, label)
         self.image = tf.expand_dims(image, axis=0)
         self.label = tf.expand_dims(label, axis=0)
@@ -351,14 +353,21 @@ class ImageReader(object):
                 raise ValueError("Images of different sizes cannot be batched; "
                                  "give the reader an input_size to crop them.")
             return self.image, self.label
-        return tf.train.batch(list(self._example), num_elements,
-                              num_threads=self.num_threads,
-                              capacity=max(32, 4 * num_elements),
-                              name="image_reader_batch")
+        first_runner = len(tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS))
+        batch = tf.train.batch(list(self._example), num_elements,
+                               num_threads=self.num_threads,
+                               capacity=max(32, 4 * num_elements),
+                               name="image_reader_batch")
+        self._runners += tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS)[first_runner:]
+        return batch
 
     def start(self, sess):
-        """Start the queue threads for ``sess``; returns them for ``coord.join``."""
-        return tf.train.start_queue_runners(sess=sess, coord=self.coord)
+        """Start this reader's queue threads for ``sess``; returns them for
+        ``coord.join``. Other readers' threads in the graph stay stopped: a
+        file error in one of them would stop this reader's queues too."""
+        return [thread for runner in self._runners
+                for thread in runner.create_threads(sess, coord=self.coord,
+                                                    daemon=True, start=True)]
 
     def raise_if_failed(self):
         """Raise the file error a reader thread met, if any (IOError/ValueError
