@@ -322,3 +322,27 @@ def test_evaluation_reader_decodes_ahead_of_the_network(voc_dataset):
             coord.request_stop()
             coord.join(threads, stop_grace_period_secs=5)
     assert [os.path.basename(p) for p in paths] == [n + ".jpg" for n in names]
+
+
+def test_a_stale_reader_in_the_graph_does_not_stop_the_live_one(voc_dataset):
+    """Prefetching decodes before anything is fetched, so an earlier reader
+    left in the graph (evaluate.main run twice) must not be started along:
+    its bad file would stop the live reader's queues."""
+    data_dir, list_path, names = voc_dataset
+    bad_list = os.path.join(data_dir, "bad.txt")
+    with open(bad_list, "w") as f:
+        f.write("/JPEGImages/img0.jpg /JPEGImages/img1.jpg\n")
+    make = lambda path, coord: image_reader.ImageReader(
+        data_dir, path, None, False, False, utils.IGNORE_LABEL, utils.IMG_MEAN,
+        coord, shuffle=False, num_classes=utils.NUM_CLASSES)
+    make(bad_list, tf.train.Coordinator())
+    coord = tf.train.Coordinator()
+    reader = make(list_path, coord)
+    with tf.Session() as sess:
+        threads = reader.start(sess)
+        try:
+            paths = [sess.run(reader.image_path).decode() for _ in names * 2]
+        finally:
+            coord.request_stop()
+            coord.join(threads, stop_grace_period_secs=5)
+    assert [os.path.basename(p) for p in paths] == [n + ".jpg" for n in names * 2]
