@@ -588,17 +588,20 @@ def check_targets(report):
 
 
 def machine_description(cv_version=None):
-    model = "unknown CPU"
+    """CPU model (with family/model numbers, which name e.g. Zen 4 where the
+    model name is just "AMD EPYC"), cores, and library versions."""
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    text = "%s, %d cores, TensorFlow %s" % (model, utils.available_cores(),
-                                            tf.__version__)
+    cpu = info.get("model name", "unknown CPU")
+    if "cpu family" in info and "model" in info:
+        cpu += " (family %s, model %s)" % (info["cpu family"], info["model"])
+    text = "%s, %d cores, TensorFlow %s" % (cpu, utils.available_cores(), tf.__version__)
     return text + (", OpenCV %s" % cv_version if cv_version else "")
 
 
