@@ -160,7 +160,9 @@ def add_model_flags(parser, restore_required=True,
                         required=restore_required, default=None,
                         help="Weights to load: a .npz written by convert.py, "
                              "a checkpoint prefix, or a directory (its latest "
-                             "checkpoint is used).")
+                             "checkpoint is used) (%s)." % (
+                                 "required" if restore_required else
+                                 "default: none, random initial weights"))
 
 
 def add_num_classes_flag(parser):
