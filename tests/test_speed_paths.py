@@ -14,7 +14,6 @@ classifier makes 21 near-tied classes (97.5% argmax agreement), so either
 fails tolerances a trained network meets, while a classifier that picks one
 class everywhere would pass any.
 """
-import importlib.util
 import os
 import time
 
@@ -26,7 +25,7 @@ from PIL import Image
 from deeplab_resnet import image_reader, predict, utils
 from deeplab_resnet.model import ModelConfig
 from deeplab_resnet.network import taps_conv2d
-from conftest import REPO_ROOT, save_tiny_model, write_voc_pair
+from conftest import load_script, write_voc_pair
 
 # Every stage and the full ASPP head, a tenth of a second per photo.
 SMALL_CONFIG = ModelConfig(blocks=(1, 1, 1, 1), base_depth=16)
@@ -43,14 +42,6 @@ BF16_AGREEMENT = 0.995
 RESNET101_RELATIVE_ERROR = 5e-2
 FORBIDDEN_OPS = ("SpaceToBatchND", "BatchToSpaceND", "FusedBatchNorm",
                  "FusedBatchNormV2", "FusedBatchNormV3")
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO_ROOT, name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def relative_error(got, want):
@@ -246,12 +237,10 @@ def test_taps_conv2d_is_the_convolution(kernel, pad, dilation):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_one_graph_segments_every_size(tmp_path, shared_sample):
+def test_one_graph_segments_every_size(tiny_model, shared_sample):
     """inference.py's Segmenter: after the first photo the graph is frozen,
     so photos of other sizes must run without adding a single op."""
-    directory = str(tmp_path / "model")
-    save_tiny_model(directory)
-    segmenter = predict.Segmenter(directory, utils.NUM_CLASSES)
+    segmenter = predict.Segmenter(tiny_model.directory, utils.NUM_CLASSES)
     try:
         photo = image_reader.load_image(shared_sample["image"])
         first = segmenter.segment(photo)
@@ -269,10 +258,9 @@ def test_one_graph_segments_every_size(tmp_path, shared_sample):
 
 
 # ---------------------------------------------------------------- scripts
-def test_scripts_run_bf16_with_the_flag(tmp_path):
+def test_scripts_run_bf16_with_the_flag(tiny_model, tmp_path):
     """--bf16 reaches the graph evaluate.py and inference.py run."""
-    directory = str(tmp_path / "model")
-    save_tiny_model(directory)
+    directory = tiny_model.directory
     data = str(tmp_path / "voc")
     write_voc_pair(data, "a", (41, 53))
     list_path = os.path.join(data, "val.txt")
