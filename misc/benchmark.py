@@ -716,8 +716,7 @@ def get_arguments(argv=None):
     parser.add_argument("--sizes", type=parse_sizes, default="321,513",
                         help="Inference sizes: N for NxN or HxW, comma-separated "
                              "(default: %(default)s).")
-    parser.add_argument("--num-classes", type=int, default=utils.NUM_CLASSES,
-                        help="Classifier width (default: %(default)s).")
+    utils.add_num_classes_flag(parser)
     parser.add_argument("--repeats", type=int, default=5,
                         help="Timed runs per inference/CRF figure; the median is "
                              "reported (default: %(default)s).")
