@@ -5,6 +5,8 @@ Nothing here downloads anything; every file is written to ``tmp_path``.
 import collections
 import importlib.util
 import os
+import runpy
+import sys
 
 import numpy as np
 import pytest
@@ -158,3 +160,16 @@ def tiny_model(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("tiny_model"))
     prefix, npz = save_tiny_model(directory)
     return TinyModel(directory, prefix, npz)
+
+
+def run_script(path, argv):
+    """Run a script in-process as `python path argv...`; return its exit code."""
+    old_argv = sys.argv
+    sys.argv = [path] + list(argv)
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as exit_:
+        return exit_.code
+    finally:
+        sys.argv = old_argv
+    raise AssertionError("%s returned without sys.exit" % path)

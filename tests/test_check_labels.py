@@ -1,9 +1,7 @@
 """dataset/check_labels.py, and the same check at the start of train.py."""
-import importlib.util
 import logging
 import os
 import re
-import runpy
 import subprocess
 import sys
 
@@ -12,7 +10,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 from PIL import Image
 
-from conftest import REPO_ROOT, TINY_CONFIG, write_voc_pair
+from conftest import REPO_ROOT, TINY_CONFIG, load_script, run_script, write_voc_pair
 from deeplab_resnet import utils
 
 SCRIPT = os.path.join(REPO_ROOT, "dataset", "check_labels.py")
@@ -22,16 +20,8 @@ TINY_FLAGS = ["--blocks", ",".join(map(str, TINY_CONFIG.blocks)),
 
 
 def run_check(argv):
-    """check_labels.py in this process: (exit status, stdout lines)."""
-    old_argv = sys.argv
-    sys.argv = [SCRIPT] + list(argv)
-    try:
-        runpy.run_path(SCRIPT, run_name="__main__")
-    except SystemExit as exit_:
-        return exit_.code
-    finally:
-        sys.argv = old_argv
-    raise AssertionError("check_labels.py returned without sys.exit")
+    """check_labels.py in this process: its exit status."""
+    return run_script(SCRIPT, argv)
 
 
 def write_list(root, names, name="train.txt"):
@@ -202,19 +192,11 @@ def test_cli_exit_status_and_one_line_errors(tmp_path):
 
 
 # ------------------------------------------------------------ in train.py
-def load_train_script():
-    spec = importlib.util.spec_from_file_location(
-        "train", os.path.join(REPO_ROOT, "train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_train(root, list_path, snapshot_dir, *extra):
     argv = (["--data-dir", root, "--data-list", list_path, "--snapshot-dir",
              snapshot_dir, "--input-size", "25,25", "--batch-size", "2",
              "--num-steps", "1", "--save-num-images", "0"] + TINY_FLAGS + list(extra))
-    train = load_train_script()
+    train = load_script("train")
     with pytest.raises(SystemExit) as exit_info:
         utils.run_main(lambda: train.main(argv))
     return exit_info.value.code

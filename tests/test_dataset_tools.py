@@ -1,8 +1,6 @@
 """The dataset tools: the VOC+SBD train_aug builder and the synthetic demo set."""
 import colorsys
 import os
-import runpy
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from PIL import Image
 
 from deeplab_resnet import dataset_files, demo_data, utils, voc_aug
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_script
 
 BUILD_SCRIPT = os.path.join(REPO_ROOT, "dataset", "build_voc_lists.py")
 DEMO_SCRIPT = os.path.join(REPO_ROOT, "dataset", "make_demo.py")
@@ -26,19 +24,6 @@ SBD_ONLY_PHOTO = "2008_000007"  # in SBD's img/ but not in VOC's JPEGImages/
 # (SBD train + SBD val + VOC train) - VOC val, sorted.
 EXPECTED_TRAIN = ["2007_000001", "2007_000002", "2008_000005", "2008_000006",
                   "2008_000007"]
-
-
-def run_script(path, argv):
-    """Run a script in-process as `python path argv...`; return its exit code."""
-    old_argv = sys.argv
-    sys.argv = [path] + list(argv)
-    try:
-        runpy.run_path(path, run_name="__main__")
-    except SystemExit as exit_:
-        return exit_.code
-    finally:
-        sys.argv = old_argv
-    raise AssertionError("%s returned without sys.exit" % path)
 
 
 def read_png(path):

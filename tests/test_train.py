@@ -1,5 +1,4 @@
 """Training: the solver against hand computations, the loop, resume and errors."""
-import importlib.util
 import json
 import logging
 import os
@@ -13,7 +12,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 from PIL import Image
 
-from conftest import REPO_ROOT, TINY_CONFIG, save_tiny_model, write_voc_pair
+from conftest import REPO_ROOT, TINY_CONFIG, load_script, save_tiny_model, write_voc_pair
 from deeplab_resnet import training, utils
 from deeplab_resnet.image_reader import ImageReader
 
@@ -22,15 +21,7 @@ TINY_FLAGS = ["--blocks", ",".join(map(str, TINY_CONFIG.blocks)),
               "--aspp-rates", ",".join(map(str, TINY_CONFIG.aspp_rates))]
 
 
-def load_train_script():
-    spec = importlib.util.spec_from_file_location(
-        "train", os.path.join(REPO_ROOT, "train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_script = load_train_script()
+train_script = load_script("train")
 
 
 def train_argv(data_dir, list_path, snapshot_dir, *extra):
