@@ -76,6 +76,23 @@ def load_frozen(path):
     return graph_def
 
 
+def frozen_outputs(graph_def, images):
+    """{key: (label, probs)} of an exported frozen graph, one image per run."""
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(graph_def, name="")
+        image, outputs = export.graph_tensors(graph)
+        with tf.Session() as sess:
+            return {key: [v[0] for v in sess.run(
+                [outputs["label"], outputs["probabilities"]], {image: photo[None]})]
+                for key, photo in images.items()}
+
+
+def assert_same_prediction(outputs, reference):
+    for key, (label, probs) in outputs.items():
+        np.testing.assert_array_equal(label, reference[key][0])
+        np.testing.assert_allclose(probs, reference[key][1], atol=1e-5, rtol=0)
+
+
 def test_export_loads_in_a_fresh_process_and_matches_inference(tiny_model, tmp_path):
     directory = tiny_model.directory
     out = str(tmp_path / "exported")
@@ -168,18 +185,11 @@ def test_cli_bakes_in_scales_and_flip(tiny_model, tmp_path, capsys):
     images = random_images(seed=1)
     reference = reference_prediction(directory, images, (0.5, 1.0), flip=True)
     single = reference_prediction(directory, images)
-    with tf.Graph().as_default() as graph:
-        tf.import_graph_def(load_frozen(os.path.join(out, "frozen_graph.pb")), name="")
-        image, outputs = export.graph_tensors(graph)
-        with tf.Session() as sess:
-            for key, photo in images.items():
-                label, probs = sess.run([outputs["label"], outputs["probabilities"]],
-                                        {image: photo[None]})
-                np.testing.assert_array_equal(label[0], reference[key][0])
-                np.testing.assert_allclose(probs[0], reference[key][1], atol=1e-5,
-                                           rtol=0)
-                # MSC + flip is baked in: it differs from the plain network.
-                assert np.abs(probs[0] - single[key][1]).max() > 1e-3
+    outputs = frozen_outputs(load_frozen(os.path.join(out, "frozen_graph.pb")), images)
+    assert_same_prediction(outputs, reference)
+    for key, (_, probs) in outputs.items():
+        # MSC + flip is baked in: it differs from the plain network.
+        assert np.abs(probs - single[key][1]).max() > 1e-3
 
 
 def test_bf16_export_matches_bf16_prediction(tiny_model, tmp_path):
@@ -193,17 +203,9 @@ def test_bf16_export_matches_bf16_prediction(tiny_model, tmp_path):
                            for n in weights)
     images = random_images(seed=2)
     reference = reference_prediction(npz, images, bf16=True)
-    with tf.Graph().as_default() as graph:
-        tf.import_graph_def(graph_def, name="")
-        image, outputs = export.graph_tensors(graph)
-        assert outputs["probabilities"].dtype == tf.float32
-        with tf.Session() as sess:
-            for key, photo in images.items():
-                label, probs = sess.run([outputs["label"], outputs["probabilities"]],
-                                        {image: photo[None]})
-                np.testing.assert_array_equal(label[0], reference[key][0])
-                np.testing.assert_allclose(probs[0], reference[key][1], atol=1e-5,
-                                           rtol=0)
+    outputs = frozen_outputs(graph_def, images)
+    assert all(probs.dtype == np.float32 for _, probs in outputs.values())
+    assert_same_prediction(outputs, reference)
 
 
 def test_never_overwrites_without_overwrite_and_replaces_atomically(
@@ -261,12 +263,6 @@ def test_resnet101_export_matches_prediction(tmp_path):
     rng = np.random.RandomState(0)
     images = {"97x130": rng.randint(0, 256, (97, 130, 3)).astype(np.uint8)}
     reference = reference_prediction(npz, images)
-    with tf.Graph().as_default() as graph:
-        tf.import_graph_def(load_frozen(os.path.join(out, "frozen_graph.pb")), name="")
-        image, outputs = export.graph_tensors(graph)
-        with tf.Session() as sess:
-            label, probs = sess.run([outputs["label"], outputs["probabilities"]],
-                                    {image: images["97x130"][None]})
-    assert label.shape == (1, 97, 130)
-    np.testing.assert_array_equal(label[0], reference["97x130"][0])
-    np.testing.assert_allclose(probs[0], reference["97x130"][1], atol=1e-5, rtol=0)
+    outputs = frozen_outputs(load_frozen(os.path.join(out, "frozen_graph.pb")), images)
+    assert outputs["97x130"][0].shape == (97, 130)
+    assert_same_prediction(outputs, reference)
