@@ -18,7 +18,9 @@ writes the Caffe deploy prototxt of the network as this project builds it.
 import argparse
 import logging
 
-from deeplab_resnet import caffe, utils
+from deeplab_resnet import checkpoints, cli
+from deeplab_resnet.caffe import convert
+from deeplab_resnet.constants import NUM_CLASSES
 
 log = logging.getLogger("convert")
 
@@ -39,7 +41,7 @@ def parse_args():
     parser.add_argument("--num-classes", type=int, default=None,
                         help="Classes the model must have; a different classifier "
                              "is an error (default: taken from the model's "
-                             "fc1_voc12_c0, %d without classifier)." % utils.NUM_CLASSES)
+                             "fc1_voc12_c0, %d without classifier)." % NUM_CLASSES)
     parser.add_argument("--drop-classifier", action="store_true",
                         help="Convert the body only, leaving out fc1_voc12_* (e.g. "
                              "to fine-tune for other classes; default: off).")
@@ -53,7 +55,7 @@ def parse_args():
     parser.add_argument("--write-prototxt", default=None, metavar="PATH",
                         help="Write the network's Caffe deploy prototxt to PATH "
                              "(for --num-classes, default %d) instead of "
-                             "converting." % utils.NUM_CLASSES)
+                             "converting." % NUM_CLASSES)
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace existing output files (default: refuse).")
     args = parser.parse_args()
@@ -64,19 +66,19 @@ def parse_args():
 
 def main():
     args = parse_args()
-    utils.setup_logging()
+    cli.setup_logging()
     config = None
     if args.model_config:
-        _, config = caffe.read_model_config(args.model_config)
+        _, config = checkpoints.read_model_config(args.model_config)
     if args.write_prototxt:
-        caffe.write_model_prototxt(args.write_prototxt, args.num_classes, config,
-                                   overwrite=args.overwrite)
+        convert.write_model_prototxt(args.write_prototxt, args.num_classes, config,
+                                     overwrite=args.overwrite)
         if args.caffemodel is None:
             return 0
     output = args.output
     if output is None:
         output = args.caffemodel.rsplit(".", 1)[0] + ".npz"
-    result = caffe.convert_caffemodel(
+    result = convert.convert_caffemodel(
         args.caffemodel, output, prototxt=args.prototxt, num_classes=args.num_classes,
         config=config, checkpoint=args.checkpoint,
         drop_classifier=args.drop_classifier, overwrite=args.overwrite)
@@ -87,4 +89,4 @@ def main():
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

@@ -23,7 +23,7 @@ Example:
 import argparse
 import logging
 
-from deeplab_resnet import export, predict, utils
+from deeplab_resnet import cli, serving
 
 log = logging.getLogger("export")
 
@@ -31,27 +31,28 @@ log = logging.getLogger("export")
 def get_arguments(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    utils.add_model_flags(parser)
+    cli.add_model_flags(parser)
     parser.add_argument("--output-dir", default="exported_model",
                         help="Directory to write; must not exist or be empty "
                              "unless --overwrite (default: %(default)s).")
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace an existing --output-dir once the new "
                              "export is complete (default: refuse).")
-    predict.add_prediction_flags(parser)
+    cli.add_prediction_flags(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = get_arguments(argv)
-    utils.setup_logging()
-    scales = predict.parse_scales(args.scales)
-    info = export.export(args.restore_from, args.output_dir, args.num_classes,
-                         scales, args.flip, args.bf16, overwrite=args.overwrite)
+    cli.setup_logging()
+    scales = cli.parse_scales(args.scales)
+    info = serving.export(args.restore_from, args.output_dir, args.num_classes,
+                          scales=scales, flip=args.flip, bf16=args.bf16,
+                          overwrite=args.overwrite)
     log.info("input %s uint8 [1, H, W, 3] RGB; outputs %s %s [1, H, W], %s "
-             "float32 [1, H, W, %d]; scales %s%s%s", export.INPUT_NAME,
-             export.LABEL_NAME, info["outputs"][export.LABEL_NAME]["dtype"],
-             export.PROBS_NAME, args.num_classes,
+             "float32 [1, H, W, %d]; scales %s%s%s", serving.INPUT_NAME,
+             serving.LABEL_NAME, info["outputs"][serving.LABEL_NAME]["dtype"],
+             serving.PROBS_NAME, args.num_classes,
              ",".join("%g" % s for s in scales), ", flip" if args.flip else "",
              ", bfloat16 network" if args.bf16 else "")
     print("exported %s" % args.output_dir)
@@ -59,4 +60,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

@@ -21,88 +21,58 @@ Example (fine-tune the ImageNet init model converted by convert.py):
       --restore-from init.npz --not-restore-last --random-scale --random-mirror
 """
 import argparse
+import dataclasses
 
-import deeplab_resnet  # noqa: F401  (graph mode)
-from deeplab_resnet import training, utils
-from deeplab_resnet.model import ASPP_RATES, RESNET101_BLOCKS
+from deeplab_resnet import cli, training
+from deeplab_resnet.model import ModelConfig
 
-BATCH_SIZE = 10
-DATA_LIST_PATH = "dataset/train.txt"
-INPUT_SIZE = "321,321"
-LEARNING_RATE = 2.5e-4
-MOMENTUM = 0.9
-NUM_STEPS = 20001
-POWER = 0.9
-RANDOM_SEED = 1234
-SAVE_NUM_IMAGES = 2
-SAVE_PRED_EVERY = 1000
-SNAPSHOT_DIR = "snapshots"
-WEIGHT_DECAY = 0.0005
-GRAD_UPDATE_EVERY = 1
-KEEP_CHECKPOINTS = 5
-LOG_EVERY = 1
-NUM_GPUS = 1
-TOWER_DEVICE = "gpu"
-BASE_DEPTH = 64
-
-
-def int_list(text):
-    """'3,4,23,3' -> (3, 4, 23, 3)."""
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected comma-separated integers such "
-                                         "as 3,4,23,3; got %r" % text)
-
-
-def size(text):
-    try:
-        return utils.parse_size(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err))
+# DeepLab-v2's recipe, as training.TrainConfig holds it.
+DEFAULTS = training.TrainConfig()
 
 
 def get_arguments(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    utils.add_data_flags(parser, data_list=DATA_LIST_PATH)
-    utils.add_model_flags(parser, restore_required=False)
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+    cli.add_data_flags(parser, data_list=DEFAULTS.data_list)
+    cli.add_model_flags(parser, restore_required=False)
+    parser.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS.batch_size,
                         help="Images per batch, all --num-gpus devices "
                              "together (default: %(default)s).")
-    parser.add_argument("--num-gpus", type=int, default=NUM_GPUS,
+    parser.add_argument("--num-gpus", type=cli.positive_int, default=DEFAULTS.num_gpus,
                         help="Devices to split each batch over, one tower each; "
                              "--batch-size must be a multiple (default: "
                              "%(default)s).")
     parser.add_argument("--tower-device", choices=("gpu", "cpu"),
-                        default=TOWER_DEVICE,
+                        default=DEFAULTS.tower_device,
                         help="Device type of the --num-gpus towers; 'cpu' "
                              "splits the CPU into logical devices, to try the "
                              "multi-device path without GPUs (no speed-up) "
                              "(default: %(default)s).")
-    parser.add_argument("--grad-update-every", type=int, default=GRAD_UPDATE_EVERY,
+    parser.add_argument("--grad-update-every", type=cli.positive_int,
+                        default=DEFAULTS.grad_update_every,
                         help="Batches whose gradients are accumulated into one "
                              "update, as Caffe's iter_size: the effective batch "
                              "is batch-size x this (default: %(default)s).")
-    parser.add_argument("--input-size", type=size, default=INPUT_SIZE,
+    parser.add_argument("--input-size", type=cli.size,
+                        default="%d,%d" % DEFAULTS.input_size,
                         help="HEIGHT,WIDTH of the random training crops "
                              "(default: %(default)s).")
-    parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
+    parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate,
                         help="Base learning rate of the poly schedule "
                              "(default: %(default)s).")
-    parser.add_argument("--momentum", type=float, default=MOMENTUM,
+    parser.add_argument("--momentum", type=float, default=DEFAULTS.momentum,
                         help="SGD momentum (default: %(default)s).")
-    parser.add_argument("--num-steps", type=int, default=NUM_STEPS,
+    parser.add_argument("--num-steps", type=cli.positive_int, default=DEFAULTS.num_steps,
                         help="Updates to train for, counted across resumes "
                              "(default: %(default)s).")
-    parser.add_argument("--power", type=float, default=POWER,
+    parser.add_argument("--power", type=float, default=DEFAULTS.power,
                         help="Exponent of the poly learning-rate decay "
                              "(default: %(default)s).")
     parser.add_argument("--random-mirror", action="store_true",
                         help="Randomly mirror inputs left-right (default: off).")
     parser.add_argument("--random-scale", action="store_true",
                         help="Randomly scale inputs by 0.5-1.5 (default: off).")
-    parser.add_argument("--random-seed", type=int, default=RANDOM_SEED,
+    parser.add_argument("--random-seed", type=int, default=DEFAULTS.random_seed,
                         help="Graph-level random seed (default: %(default)s).")
     parser.add_argument("--not-restore-last", action="store_true",
                         help="Do not restore the classifier (fc1_voc12*) from "
@@ -112,41 +82,39 @@ def get_arguments(argv=None):
                         help="Normalise with batch statistics and update "
                              "BatchNorm's moving averages; off, BatchNorm is "
                              "frozen as in DeepLab (default: off).")
-    parser.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY,
+    parser.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay,
                         help="L2 regularisation of convolution weights "
                              "(default: %(default)s).")
-    parser.add_argument("--snapshot-dir", default=SNAPSHOT_DIR,
+    parser.add_argument("--snapshot-dir", default=DEFAULTS.snapshot_dir,
                         help="Where snapshots, model_config.json and TensorBoard "
                              "logs go; a run resumes from the last snapshot here "
                              "(default: %(default)s).")
-    parser.add_argument("--save-pred-every", type=int, default=SAVE_PRED_EVERY,
+    parser.add_argument("--save-pred-every", type=cli.positive_int,
+                        default=DEFAULTS.save_pred_every,
                         help="Snapshot and image summaries every this many steps "
                              "(default: %(default)s).")
-    parser.add_argument("--save-num-images", type=int, default=SAVE_NUM_IMAGES,
+    parser.add_argument("--save-num-images", type=int, default=DEFAULTS.save_num_images,
                         help="Image/label/prediction triplets per TensorBoard "
                              "image summary, 0 for none (default: %(default)s).")
-    parser.add_argument("--keep-checkpoints", type=int, default=KEEP_CHECKPOINTS,
+    parser.add_argument("--keep-checkpoints", type=int, default=DEFAULTS.keep_checkpoints,
                         help="Snapshots kept, oldest deleted first; 0 keeps all "
                              "(default: %(default)s).")
-    parser.add_argument("--log-every", type=int, default=LOG_EVERY,
+    parser.add_argument("--log-every", type=cli.positive_int, default=DEFAULTS.log_every,
                         help="Progress line every this many steps "
                              "(default: %(default)s).")
-    parser.add_argument("--blocks", type=int_list,
-                        default=",".join(map(str, RESNET101_BLOCKS)),
+    parser.add_argument("--blocks", type=cli.int_list,
+                        default=",".join(map(str, DEFAULTS.model.blocks)),
                         help="Bottleneck blocks in res2..res5; smaller for demos "
                              "and tests (default: %(default)s, ResNet-101).")
-    parser.add_argument("--base-depth", type=int, default=BASE_DEPTH,
+    parser.add_argument("--base-depth", type=cli.positive_int,
+                        default=DEFAULTS.model.base_depth,
                         help="Inner width of res2's bottlenecks, doubled per "
                              "stage (default: %(default)s).")
-    parser.add_argument("--aspp-rates", type=int_list,
-                        default=",".join(map(str, ASPP_RATES)),
+    parser.add_argument("--aspp-rates", type=cli.int_list,
+                        default=",".join(map(str, DEFAULTS.model.aspp_rates)),
                         help="Dilation of each ASPP branch (default: %(default)s).")
-    utils.add_runtime_flags(parser)
+    cli.add_runtime_flags(parser)
     args = parser.parse_args(argv)
-    for flag in ("batch_size", "num_gpus", "grad_update_every", "num_steps",
-                 "save_pred_every", "log_every"):
-        if getattr(args, flag) < 1:
-            parser.error("--%s must be at least 1." % flag.replace("_", "-"))
     if args.batch_size % args.num_gpus:
         parser.error("--batch-size %d does not split evenly over --num-gpus %d; "
                      "use a multiple of %d, such as %d."
@@ -156,11 +124,19 @@ def get_arguments(argv=None):
     return args
 
 
+def train_config(args):
+    """The ``training.TrainConfig`` of the parsed flags."""
+    fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["model"] = ModelConfig(args.blocks, args.base_depth, args.aspp_rates)
+    return training.TrainConfig(**values)
+
+
 def main(argv=None):
     args = get_arguments(argv)
-    utils.setup_logging()
-    return training.train(args)
+    cli.setup_logging()
+    return training.train(train_config(args))
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

@@ -18,8 +18,8 @@ import sys
 # Run as `python dataset/build_voc_lists.py` without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deeplab_resnet import utils  # noqa: E402
-from deeplab_resnet import voc_aug  # noqa: E402
+from deeplab_resnet import cli  # noqa: E402
+from deeplab_resnet.data import voc_aug  # noqa: E402
 
 log = logging.getLogger("build_voc_lists")
 
@@ -48,7 +48,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    utils.setup_logging()
+    cli.setup_logging()
     output_dir = args.output_dir or args.voc_dir
     counts = voc_aug.build_voc_aug(args.voc_dir, args.sbd_dir, output_dir,
                                    force=args.force)
@@ -61,4 +61,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

@@ -32,9 +32,9 @@ import sys
 # Run as `python dataset/check_labels.py` without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deeplab_resnet import labels  # noqa: E402
-from deeplab_resnet import utils  # noqa: E402
-from deeplab_resnet.image_reader import read_labeled_image_list  # noqa: E402
+from deeplab_resnet import cli  # noqa: E402
+from deeplab_resnet.data import label_checks, label_maps  # noqa: E402
+from deeplab_resnet.data.lists import read_labeled_image_list  # noqa: E402
 
 # Seconds between progress lines.
 LOG_INTERVAL = 5.0
@@ -43,45 +43,39 @@ LOG_INTERVAL = 5.0
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    utils.add_data_flags(parser, data_list="dataset/train.txt")
-    utils.add_num_classes_flag(parser)
-    labels.add_class_names_flag(parser)
-    parser.add_argument("--sample", type=int, default=None, metavar="N",
+    cli.add_data_flags(parser, data_list="dataset/train.txt")
+    cli.add_num_classes_flag(parser)
+    cli.add_class_names_flag(parser)
+    parser.add_argument("--sample", type=cli.positive_int, default=None, metavar="N",
                         help="Check N labels drawn at random (default: all).")
     parser.add_argument("--seed", type=int, default=0,
                         help="Random seed of --sample (default: %(default)s).")
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=cli.positive_int, default=1,
                         help="Processes reading labels in parallel "
                              "(default: %(default)s).")
     parser.add_argument("--max-listed", type=int, default=10,
                         help="Files listed per kind of problem "
                              "(default: %(default)s).")
-    args = parser.parse_args(argv)
-    for flag in ("num_classes", "workers"):
-        if getattr(args, flag) < 1:
-            parser.error("--%s must be at least 1." % flag.replace("_", "-"))
-    if args.sample is not None and args.sample < 1:
-        parser.error("--sample must be at least 1.")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    utils.setup_logging()
-    label_map = labels.read_label_map(args.label_map, args.num_classes,
-                                      args.ignore_label)
-    names = labels.class_names(args.num_classes, args.class_names)
+    cli.setup_logging()
+    label_map = label_maps.read_label_map(args.label_map, args.num_classes,
+                                          args.ignore_label)
+    names = label_maps.class_names(args.num_classes, args.class_names)
     images, label_paths = read_labeled_image_list(args.data_dir, args.data_list,
                                                   check_exists=False)
-    indices = labels.sample_indices(len(images), args.sample, args.seed)
-    result = labels.scan_labels([(images[i], label_paths[i]) for i in indices],
-                                args.num_classes, args.ignore_label, label_map,
-                                workers=args.workers, log_interval=LOG_INTERVAL)
+    indices = label_checks.sample_indices(len(images), args.sample, args.seed)
+    result = label_checks.scan_labels([(images[i], label_paths[i]) for i in indices],
+                                      args.num_classes, args.ignore_label, label_map,
+                                      workers=args.workers, log_interval=LOG_INTERVAL)
     if label_map is not None:
         print("label map %s" % label_map.describe())
-    print(labels.format_report(result, names, args.ignore_label, args.max_listed))
+    print(label_checks.format_report(result, names, args.ignore_label, args.max_listed))
     return 1 if result.problems else 0
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

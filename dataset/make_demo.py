@@ -19,8 +19,8 @@ import time
 # Run as `python dataset/make_demo.py` without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deeplab_resnet import demo_data  # noqa: E402
-from deeplab_resnet import utils  # noqa: E402
+from deeplab_resnet import cli  # noqa: E402
+from deeplab_resnet.data import demo  # noqa: E402
 
 log = logging.getLogger("make_demo")
 
@@ -39,7 +39,7 @@ def parse_args(argv=None):
                              "(default: %(default)s).")
     parser.add_argument("--min-size", type=int, default=60,
                         help="Smallest image height or width in pixels, at least %d "
-                             "(default: %%(default)s)." % demo_data.MIN_SIDE)
+                             "(default: %%(default)s)." % demo.MIN_SIDE)
     parser.add_argument("--max-size", type=int, default=160,
                         help="Largest image height or width in pixels "
                              "(default: %(default)s).")
@@ -51,16 +51,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    utils.setup_logging()
-    config = demo_data.DemoConfig(args.num_train, args.num_val, args.seed,
-                                  args.min_size, args.max_size)
+    cli.setup_logging()
+    config = demo.DemoConfig(args.num_train, args.num_val, args.seed,
+                             args.min_size, args.max_size)
     start = time.time()
-    written = demo_data.write_demo_dataset(args.output_dir, config, force=args.force)
+    written = demo.write_demo_dataset(args.output_dir, config, force=args.force)
     if written:
         log.info("wrote %d train + %d val images (%d classes) to %s in %s",
-                 args.num_train, args.num_val, len(demo_data.DEMO_CLASSES),
-                 args.output_dir, utils.format_duration(time.time() - start))
+                 args.num_train, args.num_val, len(demo.DEMO_CLASSES),
+                 args.output_dir, cli.format_duration(time.time() - start))
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

@@ -1,17 +1,10 @@
 """DeepLab-v2 (ResNet-101 + ASPP) for semantic segmentation, in TF1-style graph mode.
 
-Importing the package switches TensorFlow to graph mode once, here, so that
-every script and test shares the same tf.compat.v1 behaviour.
+The package has one module per job; the first line of each module's
+docstring names it. Importing the package imports nothing: modules that need
+only numpy (``constants``, ``cli``, ``metrics``, ``files``, ``images``,
+``crf``, the label tools in ``data``) load without TensorFlow, and every
+module that builds graphs takes TensorFlow from ``runtime``, which switches
+it to graph mode once.
 """
-import os
-
-# TensorFlow's C++ start-up chatter (oneDNN notices, CPU feature lines) hides
-# the progress lines users care about; they can still opt back in.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow.compat.v1 as tf  # noqa: E402
-
-tf.disable_v2_behavior()
-
-from deeplab_resnet.model import DeepLabResNetModel, ModelConfig  # noqa: E402,F401
-from deeplab_resnet.network import Network  # noqa: E402,F401
+__version__ = "2.0.0"

@@ -20,6 +20,7 @@ blocks or narrower layers; the defaults are DeepLab-v2's.
 """
 import collections
 
+from deeplab_resnet.constants import CLASSIFIER_PREFIX
 from deeplab_resnet.network import Network
 
 RESNET101_BLOCKS = (3, 4, 23, 3)
@@ -118,3 +119,16 @@ class DeepLabResNetModel(Network):
              .add(name="res%s" % block)
              .relu(name="res%s_relu" % block))
         return "res%s_relu" % block
+
+
+def build_model(images, num_classes, is_training=False, config=None, **kwargs):
+    """The DeepLab network on ``images`` (BGR, mean subtracted), and its logits.
+
+    ``kwargs`` go to ``Network`` (``fold_batchnorm``, ``compute_dtype``, ...).
+
+    Returns:
+      (net, logits): the ``DeepLabResNetModel`` and its ``fc1_voc12`` output.
+    """
+    net = DeepLabResNetModel({"data": images}, num_classes, is_training=is_training,
+                             config=config, **kwargs)
+    return net, net.layers[CLASSIFIER_PREFIX]

@@ -11,7 +11,7 @@ top to bottom like its prototxt::
 Every layer keeps its Caffe name: its output is recorded in ``self.layers``,
 its variables live under ``tf.variable_scope(name)``, and a description of it
 is appended to ``self.layer_specs`` (enough to write the matching Caffe
-prototxt, see ``deeplab_resnet.caffe``). Weight conversion is therefore a name
+prototxt, see ``deeplab_resnet.caffe.prototxt``). Weight conversion is therefore a name
 lookup: the weight file maps ``'<layer>/<param>'`` to arrays.
 
 Numerics follow Caffe, not TensorFlow's 'SAME' rule: convolutions and pooling
@@ -22,10 +22,14 @@ Caffe's shapes and values (tests/test_network.py pins both).
 import logging
 
 import numpy as np
-import tensorflow.compat.v1 as tf
+
+from deeplab_resnet.cli import abbreviate
+from deeplab_resnet.runtime import tf
 
 log = logging.getLogger(__name__)
 
+# Op types that hold variables (ref, resource and their handles).
+VARIABLE_OPS = ("Variable", "VariableV2", "VarHandleOp")
 # Caffe's BatchNorm default; DeepLab's prototxts do not override it.
 BN_EPSILON = 1e-5
 # Caffe's BatchNorm moving_average_fraction default.
@@ -76,7 +80,7 @@ class Network(object):
         Caffe's Scale) is folded into the preceding convolution: the
         convolution's weights are pre-scaled and the BN layer is a bias add.
         Weights must then be folded with ``fold_batchnorm_weights`` before
-        ``assign_weights``; ``utils.restore`` does this.
+        ``assign_weights``; ``checkpoints.restore`` does this.
       compute_dtype: dtype of the activations (tf.float32 or tf.bfloat16).
       variable_dtype: dtype the weights are stored in, float32 by default so
         that training keeps full precision; they are cast to
@@ -125,10 +129,6 @@ class Network(object):
                 self._terminal_names.append(fed_layer.op.name)
             self.terminals.append(tensor)
         return self
-
-    def get_output(self):
-        """The output of the last layer built."""
-        return self.terminals[-1]
 
     def get_unique_name(self, prefix):
         ident = sum(t.startswith(prefix) for t in self.layers) + 1
@@ -217,18 +217,6 @@ class Network(object):
     def add(self, inputs, name):
         self._record(name, "Eltwise")
         return tf.add_n(inputs, name=name)
-
-    @layer
-    def concat(self, inputs, axis, name):
-        self._record(name, "Concat", axis=axis)
-        return tf.concat(values=inputs, axis=axis, name=name)
-
-    @layer
-    def dropout(self, input, keep_prob, name):
-        self._record(name, "Dropout", keep_prob=keep_prob)
-        if not self.is_training:
-            return tf.identity(input, name=name)
-        return tf.nn.dropout(input, rate=1.0 - keep_prob, name=name)
 
     @layer
     def batch_normalization(self, input, name, relu=False):
@@ -323,14 +311,6 @@ class Network(object):
         if missing:
             log.info("Left %d variables at their initial values: %s",
                      len(missing), abbreviate(missing))
-
-    def load(self, data_path, session, ignore_missing=False):
-        """Assign a weight file written by convert.py (``.npz``)."""
-        with np.load(data_path, allow_pickle=False) as data:
-            weights = {k: data[k] for k in data.files}
-        if self.fold_batchnorm:
-            weights = fold_batchnorm_weights(weights, self.batchnorm_producers())
-        self.assign_weights(weights, session, ignore_missing=ignore_missing)
 
 
 def taps_conv2d(input, weights, pad, dilation):
@@ -433,11 +413,3 @@ def compare_shapes(given, expected):
                         for k in set(given) & set(expected)
                         if given[k] != expected[k])
     return unexpected, missing, mismatched
-
-
-def abbreviate(names, limit=8):
-    names = list(names)
-    shown = ", ".join(names[:limit])
-    if len(names) > limit:
-        shown += ", ... (%d in all)" % len(names)
-    return shown

@@ -20,7 +20,7 @@ Prints a table (or JSON with --json) of:
     its own process, with that process's peak memory (ru_maxrss);
   * crf: the dense CRF's time per 500x375 image (21 classes, DeepLab's
     parameters).
-and checks issue 6's targets against the figures.
+and checks the project's speed and memory targets against the figures.
 
 Weights are random (He-initialised): speed does not depend on their values.
 Ratios are only meaningful within one run: machines are shared, so compare
@@ -32,9 +32,6 @@ Example (quick): python misc/benchmark.py --parts peak,inference --sizes 321
 """
 import argparse
 import collections
-import contextlib
-import importlib.util
-import io
 import json
 import logging
 import multiprocessing
@@ -48,21 +45,26 @@ import time
 
 import numpy as np
 import scipy.ndimage
-from PIL import Image
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+# Run as `python misc/benchmark.py` without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import deeplab_resnet  # noqa: E402,F401  (graph mode)
-import tensorflow.compat.v1 as tf  # noqa: E402
-from deeplab_resnet import caffe, crf, dataset_files, utils  # noqa: E402
+from deeplab_resnet import cli, crf, files, testing  # noqa: E402
+from deeplab_resnet.caffe import convert, prototxt  # noqa: E402
+from deeplab_resnet.checkpoints import restore  # noqa: E402
+from deeplab_resnet.constants import CLASSIFIER_PREFIX, IGNORE_LABEL, NUM_CLASSES  # noqa: E402
+from deeplab_resnet.data import lists  # noqa: E402
+from deeplab_resnet.evaluation.evaluate import evaluate  # noqa: E402
+from deeplab_resnet.model import build_model  # noqa: E402
+from deeplab_resnet.runtime import session_config, tf  # noqa: E402
+from deeplab_resnet.training import Trainer  # noqa: E402
 
 log = logging.getLogger("benchmark")
 
 DTYPES = collections.OrderedDict([("fp32", tf.float32), ("bf16", tf.bfloat16)])
 PARTS = ("peak", "flops", "inference", "opencv", "evaluate", "train", "crf")
 GIB = 2.0 ** 30
-# Issue 6's targets.
+# The project's speed and memory targets.
 PEAK_FRACTION_TARGET = 0.85
 BF16_SPEEDUP_TARGET = 1.7
 OPENCV_SPEEDUP_TARGET = 2.0
@@ -110,31 +112,13 @@ def model_gflops(size, num_classes):
     """Floating point operations of one forward pass, from the graph."""
     with tf.Graph().as_default() as graph:
         images = tf.placeholder(tf.float32, (1,) + size + (3,))
-        utils.build_model(images, num_classes, fold_batchnorm=True)
+        build_model(images, num_classes, fold_batchnorm=True)
         options = tf.profiler.ProfileOptionBuilder.float_operation()
         options["output"] = "none"
         return tf.profiler.profile(graph, options=options).total_float_ops / 1e9
 
 
 # -------------------------------------------------------------- weights
-def random_weights(net, seed=0):
-    """He-initialised convolutions and near-identity BatchNorm (unfolded
-    layout), so activations stay finite and the Caffe files get real data."""
-    rng = np.random.RandomState(seed)
-    weights = {}
-    for name in sorted(net.variables):
-        shape = net.variables[name].get_shape().as_list()
-        param = name.rsplit("/", 1)[1]
-        if param == "weights":
-            value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:3])), shape)
-        elif param in ("scale", "variance"):
-            value = rng.uniform(0.8, 1.2, shape)
-        else:
-            value = rng.normal(0.0, 0.1, shape)
-        weights[name] = value.astype(np.float32)
-    return weights
-
-
 def write_weights(directory, num_classes, with_caffe):
     """Random ResNet-101 weights as a .npz (for the scripts) and, with
     ``with_caffe``, as a .caffemodel + deploy .prototxt.
@@ -142,16 +126,18 @@ def write_weights(directory, num_classes, with_caffe):
     Returns:
       dict with ``npz`` and, with ``with_caffe``, ``caffemodel`` and ``prototxt``.
     """
-    _, net = caffe.build_network(num_classes)
-    weights = random_weights(net)
+    _, net = convert.build_network(num_classes)
+    # Near-identity BatchNorm keeps ResNet-101's activations finite.
+    weights = testing.random_weights(net, spread=0.1, variance_range=(0.8, 1.2),
+                                     scale_range=(0.8, 1.2))
     paths = {"npz": os.path.join(directory, "random.npz")}
-    np.savez(paths["npz"], **weights)
+    files.save_npz(paths["npz"], weights)
     if with_caffe:
         paths["caffemodel"] = os.path.join(directory, "random.caffemodel")
         paths["prototxt"] = os.path.join(directory, "random.prototxt")
-        caffe.write_caffemodel(paths["caffemodel"], net.layer_specs, weights)
-        with open(paths["prototxt"], "w") as f:
-            f.write(caffe.deploy_prototxt(net.layer_specs))
+        convert.write_caffemodel(paths["caffemodel"], net.layer_specs, weights)
+        files.write_bytes(paths["prototxt"], prototxt.deploy_prototxt(net.layer_specs),
+                          mode="w")
     return paths
 
 
@@ -178,14 +164,14 @@ class BareNetwork(object):
         self.graph = tf.Graph()
         with self.graph.as_default():
             self.images = tf.placeholder(tf.float32, [1, None, None, 3])
-            net, logits = utils.build_model(tf.cast(self.images, dtype), num_classes,
-                                            fold_batchnorm=True, compute_dtype=dtype,
-                                            variable_dtype=dtype)
+            net, logits = build_model(tf.cast(self.images, dtype), num_classes,
+                                      fold_batchnorm=True, compute_dtype=dtype,
+                                      variable_dtype=dtype)
             self.logits = tf.cast(logits, tf.float32)
             self.sess = tf.Session(config=config)
             self.sess.run(tf.global_variables_initializer())
             if weights:
-                utils.restore(self.sess, weights, net)
+                restore(self.sess, weights, net)
 
     def feed(self, size):
         return {self.images: benchmark_input(size)}
@@ -240,7 +226,7 @@ def opencv_seconds(paths, sizes, threads, repeats):
 
         def run():
             net.setInput(blob)
-            return net.forward(utils.CLASSIFIER_PREFIX)
+            return net.forward(CLASSIFIER_PREFIX)
         seconds[size] = median_seconds(run, repeats)
         logits[size] = run().transpose(0, 2, 3, 1)
     return seconds, logits
@@ -277,7 +263,7 @@ def synthetic_pair(rng, size, num_classes):
         h, w = rng.randint(20, height // 2), rng.randint(20, width // 2)
         label[y:y + h, x:x + w] = rng.randint(1, num_classes)
         image[y:y + h, x:x + w] += rng.uniform(-90, 90, 3)
-    label[0, :] = label[-1, :] = utils.IGNORE_LABEL
+    label[0, :] = label[-1, :] = IGNORE_LABEL
     image += rng.normal(0, 2, (height, width, 1))
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
 
@@ -286,67 +272,33 @@ def write_eval_data(directory, num_images, size, num_classes, seed=0):
     """``num_images`` JPEG/PNG pairs in VOC layout and their list file."""
     rng = np.random.RandomState(seed)
     names = ["bench_%03d" % i for i in range(num_images)]
-    for sub in (dataset_files.IMAGE_DIR, dataset_files.LABEL_DIR):
+    for sub in (lists.IMAGE_DIR, lists.LABEL_DIR):
         os.makedirs(os.path.join(directory, sub), exist_ok=True)
     for name in names:
         image, label = synthetic_pair(rng, size, num_classes)
-        dataset_files.save_image(Image.fromarray(image), os.path.join(
-            directory, dataset_files.IMAGE_DIR, name + ".jpg"), quality=90)
-        dataset_files.save_label(label, os.path.join(
-            directory, dataset_files.LABEL_DIR, name + ".png"))
+        files.save_image(image, os.path.join(directory, lists.IMAGE_DIR, name + ".jpg"),
+                         quality=90)
+        files.save_label(label, os.path.join(directory, lists.LABEL_DIR, name + ".png"))
     list_path = os.path.join(directory, "bench.txt")
-    with open(list_path, "w") as f:
-        f.writelines(dataset_files.list_line(n) for n in names)
+    files.write_bytes(list_path, lists.list_text(names), mode="w")
     return list_path
 
 
-class _StepTimes(logging.Handler):
-    """Records when evaluate.py logs each 'step i/N' progress line."""
-
-    def __init__(self):
-        super(_StepTimes, self).__init__()
-        self.times = []
-
-    def emit(self, record):
-        if str(record.msg).startswith("step "):
-            self.times.append(time.perf_counter())
-
-
-def load_evaluate():
-    spec = importlib.util.spec_from_file_location(
-        "evaluate", os.path.join(REPO_ROOT, "evaluate.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def evaluate_seconds(weights, data_dir, list_path, bf16, args):
-    """evaluate.py's median time per image, run in this process.
+    """The evaluation loop's (evaluate.py's) median time per image, in this process.
 
-    evaluate.py logs a progress line after every image here (its LOG_EVERY
-    is set to 1); the intervals between those lines are whole iterations of
-    its loop: reading, network, prediction and confusion matrix. The first
-    image (warm-up) has no interval.
+    ``evaluation.evaluate`` calls back after every image; the intervals
+    between callbacks are whole iterations of its loop: reading, network,
+    prediction and confusion matrix. The first image (warm-up) has no
+    interval.
     """
-    evaluate = load_evaluate()
-    evaluate.LOG_EVERY = 1
-    logger = logging.getLogger(evaluate.__name__)
-    handler = _StepTimes()
-    logger.addHandler(handler)
-    logger.propagate = False
-    argv = ["--data-dir", data_dir, "--data-list", list_path,
-            "--restore-from", weights,
-            "--intra-op-threads", str(args.intra_op_threads),
-            "--inter-op-threads", str(args.inter_op_threads)]
-    try:
-        with tf.Graph().as_default(), contextlib.redirect_stdout(io.StringIO()):
-            status = evaluate.main(argv + (["--bf16"] if bf16 else []))
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = True
-    if status:
-        raise RuntimeError("evaluate.py exited with status %s" % status)
-    return statistics.median(np.diff(handler.times))
+    times = []
+    with tf.Graph().as_default():
+        evaluate(data_dir, list_path, weights, num_classes=args.num_classes, bf16=bf16,
+                 intra_op_threads=args.intra_op_threads,
+                 inter_op_threads=args.inter_op_threads,
+                 on_image=lambda *_: times.append(time.perf_counter()))
+    return statistics.median(np.diff(times))
 
 
 def evaluate_against_bare(weights, data_dir, list_path, dtype_name, config, args):
@@ -372,19 +324,18 @@ def train_worker(batch, grad_update_every, size, num_classes, steps, threads,
                  results):
     """One training configuration, in its own process: median s/step and
     the process's peak resident memory, put on ``results``."""
-    from deeplab_resnet import training
-    tf.logging.set_verbosity(tf.logging.ERROR)
+    cli.setup_logging()
     try:
         with tf.Graph().as_default():
             tf.set_random_seed(0)
             images = tf.random_uniform((batch,) + size + (3,), -120.0, 130.0)
             labels = tf.cast(tf.random_uniform((batch,) + size + (1,), 0, num_classes,
                                                dtype=tf.int32), tf.uint8)
-            trainer = training.Trainer(images, labels, num_classes,
-                                       grad_update_every=grad_update_every)
+            trainer = Trainer(images, labels, num_classes,
+                              grad_update_every=grad_update_every)
             init = tf.group(tf.global_variables_initializer(),
                             tf.local_variables_initializer())
-            with tf.Session(config=utils.session_config(*threads)) as sess:
+            with tf.Session(config=session_config(*threads)) as sess:
                 sess.run(init)
                 seconds = median_seconds(lambda: trainer.step(sess), steps)
         results.put({"seconds": seconds, "peak_bytes": 1024 * resource.getrusage(
@@ -452,7 +403,7 @@ def crf_seconds(size, num_classes, repeats):
 # ----------------------------------------------------------------- run
 def measure(args):
     threads = (args.intra_op_threads, args.inter_op_threads)
-    config = utils.session_config(*threads)
+    config = session_config(*threads)
     parts = args.parts
     cv_version = opencv_version()
     report = collections.OrderedDict(machine=machine_description(cv_version),
@@ -476,7 +427,7 @@ def measure(args):
             else:
                 log.info("OpenCV DNN inference")
                 seconds, logits = opencv_seconds(
-                    weights, args.sizes, args.intra_op_threads or utils.available_cores(),
+                    weights, args.sizes, args.intra_op_threads or cli.available_cores(),
                     args.repeats)
                 report["opencv_s"] = {size_name(s): v for s, v in seconds.items()}
                 # The same network, or the comparison means nothing.
@@ -601,7 +552,7 @@ def machine_description(cv_version=None):
     cpu = info.get("model name", "unknown CPU")
     if "cpu family" in info and "model" in info:
         cpu += " (family %s, model %s)" % (info["cpu family"], info["model"])
-    text = "%s, %d cores, TensorFlow %s" % (cpu, utils.available_cores(), tf.__version__)
+    text = "%s, %d cores, TensorFlow %s" % (cpu, cli.available_cores(), tf.__version__)
     return text + (", OpenCV %s" % cv_version if cv_version else "")
 
 
@@ -660,14 +611,14 @@ def format_table(report):
                 name, evaluate[name + "_s"], bare, 100 * bare / evaluate[name + "_s"]))
     if "crf_s" in report:
         lines += ["", "dense CRF (%s, %d classes, %d iterations): %.3f s/image" % (
-            size_name(EVAL_SIZE), utils.NUM_CLASSES, crf.DEFAULTS.iterations,
+            size_name(EVAL_SIZE), NUM_CLASSES, crf.DEFAULTS.iterations,
             report["crf_s"])]
     train = report.get("train")
     if train:
         lines += ["", "training step (ResNet-101 %dx%d, frozen BatchNorm, fp32, "
                   "median)" % (train["size"], train["size"]),
                   "%-6s %18s %8s %9s %12s" % ("batch", "grad-update-every", "s/step",
-                                             "s/image", "peak memory")]
+                                              "s/image", "peak memory")]
         for run in train["runs"]:
             if "error" in run:
                 lines.append("%-6d %18d  %s" % (run["batch"], run["grad_update_every"],
@@ -678,7 +629,7 @@ def format_table(report):
                 run["batch"], run["grad_update_every"], run["seconds"],
                 run["seconds"] / images, run["peak_bytes"] / GIB))
     if report["targets"]:
-        lines += ["", "issue 6 targets"]
+        lines += ["", "speed and memory targets"]
         for description, measured, met in report["targets"]:
             lines.append("%-8s %-62s %s" % ("[met]" if met else "[MISSED]",
                                             description, measured))
@@ -716,22 +667,22 @@ def get_arguments(argv=None):
     parser.add_argument("--sizes", type=parse_sizes, default="321,513",
                         help="Inference sizes: N for NxN or HxW, comma-separated "
                              "(default: %(default)s).")
-    utils.add_num_classes_flag(parser)
-    parser.add_argument("--repeats", type=int, default=5,
+    cli.add_num_classes_flag(parser)
+    parser.add_argument("--repeats", type=cli.positive_int, default=5,
                         help="Timed runs per inference/CRF figure; the median is "
                              "reported (default: %(default)s).")
-    parser.add_argument("--eval-images", type=int, default=10,
+    parser.add_argument("--eval-images", type=cli.positive_int, default=10,
                         help="Generated 500x375 images evaluate.py runs on "
                              "(default: %(default)s).")
-    parser.add_argument("--train-batch", type=int, default=10,
+    parser.add_argument("--train-batch", type=cli.positive_int, default=10,
                         help="Batch of the training step (default: %(default)s, "
                              "train.py's).")
-    parser.add_argument("--train-size", type=int, default=321,
+    parser.add_argument("--train-size", type=cli.positive_int, default=321,
                         help="Side of the training crops (default: %(default)s).")
-    parser.add_argument("--grad-update-every", type=int, default=2,
+    parser.add_argument("--grad-update-every", type=cli.positive_int, default=2,
                         help="Also time --train-batch split into this many "
                              "accumulated batches; 1 to skip (default: %(default)s).")
-    parser.add_argument("--train-steps", type=int, default=2,
+    parser.add_argument("--train-steps", type=cli.positive_int, default=2,
                         help="Timed training steps after one warm-up step "
                              "(default: %(default)s).")
     parser.add_argument("--trace-dir", default=None,
@@ -742,12 +693,8 @@ def get_arguments(argv=None):
     parser.add_argument("--save-json", default=None,
                         help="Also write the JSON report to this file "
                              "(default: not written).")
-    utils.add_runtime_flags(parser)
+    cli.add_runtime_flags(parser)
     args = parser.parse_args(argv)
-    for flag in ("repeats", "eval_images", "train_batch", "train_size",
-                 "grad_update_every", "train_steps"):
-        if getattr(args, flag) < 1:
-            parser.error("--%s must be at least 1." % flag.replace("_", "-"))
     if args.eval_images < 2 and "evaluate" in args.parts:
         parser.error("--eval-images must be at least 2 (the first is warm-up).")
     return args
@@ -761,14 +708,11 @@ def main(argv=None):
     # numpy scalars (np.float64, np.bool_) as their Python values.
     text = json.dumps(report, indent=2, default=lambda value: value.item())
     if args.save_json:
-        def write(tmp):
-            with open(tmp, "w") as f:
-                f.write(text + "\n")
-        dataset_files.atomic_write(write, args.save_json)
+        files.write_bytes(args.save_json, text + "\n", mode="w")
     print(text if args.json else format_table(report))
     return 0
 
 
 if __name__ == "__main__":
-    utils.setup_logging()
-    utils.run_main(main)
+    cli.setup_logging()
+    cli.run_main(main)

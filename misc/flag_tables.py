@@ -6,10 +6,14 @@ tests/test_readme.py fails when one no longer matches its script, so the
 README cannot drift from ``--help``.
 """
 import argparse
-import importlib.util
 import os
 import re
 import sys
+
+# Run as `python misc/flag_tables.py` without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from deeplab_resnet.testing import load_script  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -35,12 +39,7 @@ class _Captured(Exception):
 
 def script_parser(script, function):
     """The ArgumentParser ``script.function`` builds, caught at parse time."""
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
-    name = "_flags_" + re.sub(r"\W", "_", script)
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, script))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(os.path.join(ROOT, script))
 
     def capture(parser, *args, **kwargs):
         raise _Captured(parser)

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 import tensorflow.compat.v1 as tf
-from deeplab_resnet import caffe, utils
 from deeplab_resnet.model import ModelConfig
+from deeplab_resnet import checkpoints
+from deeplab_resnet import constants
+from deeplab_resnet.caffe import convert as caffe_convert
 from test_convert import make_caffe_model
 
 cv2 = pytest.importorskip(
@@ -36,7 +38,7 @@ def relative_error(got, want):
 def random_input(height, width, seed=0):
     """BGR minus mean, as the network sees a photo."""
     rng = np.random.RandomState(seed)
-    return (rng.uniform(0, 255, (1, height, width, 3)) - utils.IMG_MEAN).astype(np.float32)
+    return (rng.uniform(0, 255, (1, height, width, 3)) - constants.IMG_MEAN).astype(np.float32)
 
 
 class Models(object):
@@ -50,20 +52,20 @@ class Models(object):
                 directory, config=config, num_classes=num_classes, legacy=True,
                 packed=False, name="model_v1")
         npz = str(directory / "converted.npz")
-        caffe.convert_caffemodel(self.model, npz, prototxt=self.prototxt, config=config)
-        self.graph, self.net = caffe.build_network(num_classes, config)
+        caffe_convert.convert_caffemodel(self.model, npz, prototxt=self.prototxt, config=config)
+        self.graph, self.net = caffe_convert.build_network(num_classes, config)
         self.session = tf.Session(graph=self.graph)
         with self.graph.as_default():
-            utils.restore(self.session, npz, self.net)
+            checkpoints.restore(self.session, npz, self.net)
 
     def tf_logits(self, images):
-        return self.session.run(self.net.layers[utils.CLASSIFIER_PREFIX],
+        return self.session.run(self.net.layers[constants.CLASSIFIER_PREFIX],
                                 {self.net.inputs["data"]: images})
 
     def opencv_logits(self, images, model=None):
         net = cv2.dnn.readNetFromCaffe(self.prototxt, model or self.model)
         net.setInput(images.transpose(0, 3, 1, 2))
-        return net.forward(utils.CLASSIFIER_PREFIX).transpose(0, 2, 3, 1)
+        return net.forward(constants.CLASSIFIER_PREFIX).transpose(0, 2, 3, 1)
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +96,12 @@ def test_v1_caffemodel_matches_opencv(models):
 
 @pytest.mark.slow
 def test_full_resnet101_matches_opencv(tmp_path):
-    models = Models(tmp_path, ModelConfig(), utils.NUM_CLASSES, with_v1=False)
+    models = Models(tmp_path, ModelConfig(), constants.NUM_CLASSES, with_v1=False)
     try:
         images = random_input(321, 321)
         ours = models.tf_logits(images)
         reference = models.opencv_logits(images)
     finally:
         models.session.close()
-    assert ours.shape == (1, 41, 41, utils.NUM_CLASSES)
+    assert ours.shape == (1, 41, 41, constants.NUM_CLASSES)
     assert relative_error(ours, reference) < TOLERANCE

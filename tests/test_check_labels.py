@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 from PIL import Image
+from deeplab_resnet import cli
+from deeplab_resnet import constants
 
 from conftest import REPO_ROOT, TINY_CONFIG, load_script, run_script, write_voc_pair
-from deeplab_resnet import utils
 
 SCRIPT = os.path.join(REPO_ROOT, "dataset", "check_labels.py")
 TINY_FLAGS = ["--blocks", ",".join(map(str, TINY_CONFIG.blocks)),
@@ -54,10 +55,10 @@ def test_clean_dataset_histogram_matches_the_files(voc_dataset, capsys, caplog):
     out = capsys.readouterr().out
     rows = histogram_rows(out)
     arrays = [np.array(Image.open(label_path(data_dir, n))) for n in names]
-    for value in list(range(utils.NUM_CLASSES)) + [255]:
+    for value in list(range(constants.NUM_CLASSES)) + [255]:
         pixels = sum(int((a == value).sum()) for a in arrays)
         in_labels = sum(int((a == value).any()) for a in arrays)
-        name = utils.VOC_CLASSES[value] if value < 21 else "(ignore)"
+        name = constants.VOC_CLASSES[value] if value < 21 else "(ignore)"
         assert rows[value] == (name, pixels, in_labels)
     assert set(rows) == set(range(21)) | {255}
     assert out.strip().splitlines()[-1] == ("summary: 4 labels checked, 0 with "
@@ -198,7 +199,7 @@ def run_train(root, list_path, snapshot_dir, *extra):
              "--num-steps", "1", "--save-num-images", "0"] + TINY_FLAGS + list(extra))
     train = load_script("train")
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_main(lambda: train.main(argv))
+        cli.run_main(lambda: train.main(argv))
     return exit_info.value.code
 
 

@@ -4,7 +4,7 @@ Small DeepLab-style .caffemodels with random weights are written in tmp_path
 (new ``layer`` and legacy V1 ``layers`` format, BatchNorm scale factor != 1)
 and converted back; the .npz must equal the source weights. Wire-format
 details are checked against bytes encoded by hand here, independently of
-``caffe.py``'s writer.
+``caffe.wire``'s writer.
 """
 import json
 import logging
@@ -17,33 +17,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab_resnet import caffe, utils
+from deeplab_resnet import checkpoints, constants
+from deeplab_resnet.caffe import convert as caffe_convert
+from deeplab_resnet.caffe import prototxt as caffe_prototxt
+from deeplab_resnet.caffe import wire as caffe_wire
 from deeplab_resnet.model import ModelConfig
+from deeplab_resnet.testing import random_weights
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Trained Caffe BatchNorm layers store statistics times ~1/(1 - 0.999).
 SCALE_FACTOR = 999.982
 SMALL_CONFIG = ModelConfig(blocks=(1, 1, 2, 1), base_depth=4, aspp_rates=(1, 2))
 SMALL_CLASSES = 3
-
-
-def random_weights(net, seed=0):
-    """He-initialised convolutions and plausible BatchNorm statistics."""
-    rng = np.random.RandomState(seed)
-    weights = {}
-    for name in sorted(net.variables):
-        shape = net.variables[name].get_shape().as_list()
-        param = name.split("/")[-1]
-        if param == "weights":
-            value = rng.randn(*shape) * np.sqrt(2.0 / np.prod(shape[:3]))
-        elif param == "variance":
-            value = rng.uniform(0.3, 3.0, shape)
-        elif param == "scale":
-            value = rng.uniform(0.5, 1.5, shape)
-        else:  # biases, offset, mean
-            value = rng.randn(*shape) * 0.3
-        weights[name] = value.astype(np.float32)
-    return weights
 
 
 def make_caffe_model(directory, config=SMALL_CONFIG, num_classes=SMALL_CLASSES,
@@ -53,19 +38,19 @@ def make_caffe_model(directory, config=SMALL_CONFIG, num_classes=SMALL_CLASSES,
 
     Returns (caffemodel path, prototxt path, weights in TF layout).
     """
-    _, net = caffe.build_network(num_classes, config)
+    _, net = caffe_convert.build_network(num_classes, config)
     weights = random_weights(net, seed)
     specs = net.layer_specs
     if not with_classifier:
-        specs = [s for s in specs if not s["name"].startswith(utils.CLASSIFIER_PREFIX)]
+        specs = [s for s in specs if not s["name"].startswith(constants.CLASSIFIER_PREFIX)]
         weights = {k: v for k, v in weights.items()
-                   if not k.startswith(utils.CLASSIFIER_PREFIX)}
+                   if not k.startswith(constants.CLASSIFIER_PREFIX)}
     model = os.path.join(str(directory), name + ".caffemodel")
     prototxt = os.path.join(str(directory), name + ".prototxt")
-    caffe.write_caffemodel(model, specs, weights, legacy=legacy, packed=packed,
-                           bn_scale_factor=SCALE_FACTOR)
+    caffe_convert.write_caffemodel(model, specs, weights, legacy=legacy, packed=packed,
+                                   bn_scale_factor=SCALE_FACTOR)
     with open(prototxt, "w") as f:
-        f.write(caffe.deploy_prototxt(specs))
+        f.write(caffe_prototxt.deploy_prototxt(specs))
     return model, prototxt, weights
 
 
@@ -83,7 +68,7 @@ def assert_same_weights(got, want):
 
 
 def convert(model, output, config=SMALL_CONFIG, **kwargs):
-    return caffe.convert_caffemodel(model, output, config=config, **kwargs)
+    return caffe_convert.convert_caffemodel(model, output, config=config, **kwargs)
 
 
 def assert_nothing_written(directory, keep):
@@ -122,7 +107,7 @@ def test_blob_packed_unpacked_legacy_and_double_data():
                         (packed_shape + doubles, (2, 3)),
                         (legacy + unpacked, (1, 1, 2, 3)),
                         (packed, (6,))):
-        array = caffe._parse_blob(blob, 0, len(blob))
+        array = caffe_wire._parse_blob(blob, 0, len(blob))
         assert array.shape == shape
         np.testing.assert_array_equal(array.ravel(), values)
 
@@ -137,8 +122,8 @@ def test_reader_skips_unknown_fields_and_reads_v1_types():
              + field(3, 2, b"data") + field(4, 2, b"conv1") + field(7, 2, blob))
     v1_layer = (field(4, 2, b"relu1") + field(5, 0, varint(18))
                 + field(2, 2, b"conv1") + field(3, 2, b"conv1"))
-    net = caffe.parse_net(field(1, 2, b"net") + field(3, 2, b"data")
-                          + field(100, 2, layer) + field(2, 2, v1_layer))
+    net = caffe_wire.parse_net(field(1, 2, b"net") + field(3, 2, b"data")
+                               + field(100, 2, layer) + field(2, 2, v1_layer))
     assert net.name == "net" and net.legacy
     conv, relu = net.layers
     assert (conv.name, conv.type, conv.bottoms, conv.tops) == (
@@ -154,8 +139,8 @@ def test_reader_skips_unknown_fields_and_reads_v1_types():
     (b"\x0a\x80", "ends inside a number"),
 ])
 def test_parse_errors(data, message):
-    with pytest.raises(caffe.CaffeFormatError, match=message):
-        caffe.parse_net(data)
+    with pytest.raises(caffe_wire.CaffeFormatError, match=message):
+        caffe_wire.parse_net(data)
 
 
 def test_prototxt_parser_reads_new_and_v1_layers(tmp_path):
@@ -174,20 +159,20 @@ layer {
 """
     path = tmp_path / "net.prototxt"
     path.write_text(text)
-    layers = caffe.read_prototxt_layers(str(path))
+    layers = caffe_prototxt.read_prototxt_layers(str(path))
     assert [(l["name"], l["type"], l["num_output"]) for l in layers] == [
         ("conv1", "Convolution", 64), ("fc8", "InnerProduct", 1000)]
     assert layers[0]["bottoms"] == ["data"] and layers[0]["tops"] == ["conv1"]
     path.write_text("layer { name: 'a' ")
-    with pytest.raises(caffe.CaffeFormatError, match="line 1"):
-        caffe.read_prototxt_layers(str(path))
+    with pytest.raises(caffe_wire.CaffeFormatError, match="line 1"):
+        caffe_prototxt.read_prototxt_layers(str(path))
 
 
 def test_deploy_prototxt_is_deeplab_style_and_parses(tmp_path, tiny_config):
-    _, net = caffe.build_network(2, tiny_config)
+    _, net = caffe_convert.build_network(2, tiny_config)
     path = tmp_path / "deploy.prototxt"
-    path.write_text(caffe.deploy_prototxt(net.layer_specs))
-    layers = {l["name"]: l for l in caffe.read_prototxt_layers(str(path))}
+    path.write_text(caffe_prototxt.deploy_prototxt(net.layer_specs))
+    layers = {l["name"]: l for l in caffe_prototxt.read_prototxt_layers(str(path))}
     assert layers["bn_conv1"]["type"] == "BatchNorm"
     assert layers["scale_conv1"]["type"] == "Scale"
     assert layers["scale2a_branch1"]["bottoms"] == ["res2a_branch1"]
@@ -204,13 +189,13 @@ def test_deploy_prototxt_is_deeplab_style_and_parses(tmp_path, tiny_config):
 def test_committed_deploy_prototxt_is_what_the_emitter_writes():
     with open(os.path.join(REPO_ROOT, "misc", "deploy.prototxt")) as f:
         committed = f.read()
-    assert committed == caffe.model_prototxt(utils.NUM_CLASSES, ModelConfig())
+    assert committed == caffe_convert.model_prototxt(constants.NUM_CLASSES, ModelConfig())
 
 
 # ------------------------------------------------------------- conversion
 def test_convert_new_format_equals_source_weights(tmp_path, caplog):
     model, prototxt, weights = make_caffe_model(tmp_path)
-    raw = {l.name: l for l in caffe.read_caffemodel(model).layers}
+    raw = {l.name: l for l in caffe_wire.read_caffemodel(model).layers}
     # The file really holds Caffe's layouts: OIHW weights, scaled statistics.
     assert raw["res2a_branch2b"].blobs[0].shape == (4, 4, 3, 3)
     np.testing.assert_allclose(raw["bn_conv1"].blobs[0],
@@ -224,7 +209,7 @@ def test_convert_new_format_equals_source_weights(tmp_path, caplog):
     assert result.ignored_layers == []
     converted = load_npz(output)
     assert_same_weights(converted, weights)
-    _, net = caffe.build_network(SMALL_CLASSES, SMALL_CONFIG)
+    _, net = caffe_convert.build_network(SMALL_CLASSES, SMALL_CONFIG)
     assert sorted(converted) == sorted(net.variables)
     assert "parsed 100%" in caplog.text
 
@@ -234,10 +219,10 @@ def test_v1_format_gives_identical_npz(tmp_path):
     (tmp_path / "v1").mkdir()
     model, _, weights = make_caffe_model(tmp_path / "new")
     v1_model, _, _ = make_caffe_model(tmp_path / "v1", legacy=True, packed=False)
-    net = caffe.read_caffemodel(v1_model)
+    net = caffe_wire.read_caffemodel(v1_model)
     assert net.legacy
     # V1 has no BatchNorm/Scale types: those layers are recognised by blobs.
-    kinds = {l.name: (l.type, caffe.layer_kind(l)) for l in net.layers}
+    kinds = {l.name: (l.type, caffe_wire.layer_kind(l)) for l in net.layers}
     assert kinds["bn_conv1"] == ("", "BatchNorm")
     assert kinds["scale_conv1"] == ("", "Scale")
     assert kinds["conv1"] == ("Convolution", "Convolution")
@@ -283,7 +268,7 @@ def test_training_model_extras_are_ignored(tmp_path, caplog):
 def test_drop_classifier(tmp_path):
     model, _, weights = make_caffe_model(tmp_path)
     result = convert(model, str(tmp_path / "body.npz"),
-                                      num_classes=7, drop_classifier=True)
+                     num_classes=7, drop_classifier=True)
     assert not result.has_classifier and result.num_classes == 7
     body = {k: v for k, v in weights.items() if not k.startswith("fc1_voc12")}
     assert_same_weights(load_npz(str(tmp_path / "body.npz")), body)
@@ -296,7 +281,7 @@ def test_truncated_model_is_an_error_and_writes_nothing(tmp_path):
         data = f.read()
     with open(model, "wb") as f:
         f.write(data[:int(len(data) * 0.6)])
-    with pytest.raises(caffe.CaffeFormatError, match="truncated"):
+    with pytest.raises(caffe_wire.CaffeFormatError, match="truncated"):
         convert(model, str(tmp_path / "out.npz"))
     assert_nothing_written(tmp_path, ["model.caffemodel", "model.prototxt"])
 
@@ -311,7 +296,7 @@ def test_non_protobuf_file_is_an_error(tmp_path, kind):
     else:
         with open(path, "wb") as f:
             f.write(np.random.RandomState(1).bytes(4096) if kind == "random" else b"")
-    with pytest.raises(caffe.CaffeFormatError, match="not .*a .caffemodel"):
+    with pytest.raises(caffe_wire.CaffeFormatError, match="not .*a .caffemodel"):
         convert(path, str(tmp_path / "out.npz"))
     assert_nothing_written(tmp_path, ["model.caffemodel"])
 
@@ -333,7 +318,7 @@ def test_prototxt_mismatch_is_an_error(tmp_path):
                               (other_net, "res4c_branch2a is not in the model")):
         with pytest.raises(ValueError, match=message):
             convert(model, str(tmp_path / "out.npz"),
-                                     prototxt=prototxt)
+                    prototxt=prototxt)
     assert_nothing_written(tmp_path, ["model.caffemodel", "model.prototxt", "other"])
 
 
@@ -359,29 +344,29 @@ def test_convert_script(tmp_path):
     model, prototxt, weights = make_caffe_model(tmp_path)
     config_dir = tmp_path / "config"
     config_dir.mkdir()
-    (config_dir / utils.MODEL_CONFIG_FILE).write_text(json.dumps(SMALL_CONFIG.to_dict()))
+    (config_dir / constants.MODEL_CONFIG_FILE).write_text(json.dumps(SMALL_CONFIG.to_dict()))
     output = str(tmp_path / "out.npz")
     checkpoint = str(tmp_path / "ckpt" / "model.ckpt")
     command = [sys.executable, os.path.join(REPO_ROOT, "convert.py"), model,
                "--prototxt", prototxt, "--output", output, "--checkpoint", checkpoint,
-               "--model-config", str(config_dir / utils.MODEL_CONFIG_FILE)]
+               "--model-config", str(config_dir / constants.MODEL_CONFIG_FILE)]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "converted %d variables (3 classes)" % len(weights) in done.stderr
     assert_same_weights(load_npz(output), weights)
-    assert_same_weights(utils.read_weights(checkpoint), weights)
-    assert utils.load_model_config(checkpoint) == (SMALL_CLASSES, SMALL_CONFIG)
+    assert_same_weights(checkpoints.read_weights(checkpoint), weights)
+    assert checkpoints.load_model_config(checkpoint) == (SMALL_CLASSES, SMALL_CONFIG)
 
 
 @pytest.mark.slow
 def test_full_resnet101_conversion_covers_every_variable(tmp_path):
     model, prototxt, weights = make_caffe_model(tmp_path, config=ModelConfig(),
-                                                num_classes=utils.NUM_CLASSES)
+                                                num_classes=constants.NUM_CLASSES)
     output = str(tmp_path / "weights.npz")
     convert(model, output, prototxt=prototxt, config=ModelConfig())
     converted = load_npz(output)
-    _, net = caffe.build_network(utils.NUM_CLASSES, ModelConfig())
+    _, net = caffe_convert.build_network(constants.NUM_CLASSES, ModelConfig())
     assert sorted(converted) == sorted(net.variables)
     assert len(converted) == 528
     assert_same_weights(converted, weights)

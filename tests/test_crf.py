@@ -5,8 +5,9 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-
+from deeplab_resnet import cli
 from deeplab_resnet import crf
+
 
 pytest.importorskip("pydensecrf.densecrf")
 
@@ -70,17 +71,17 @@ def test_crf_rejects_mismatched_sizes():
 
 def test_flags_default_to_deeplab_values_and_build_params():
     parser = argparse.ArgumentParser()
-    crf.add_crf_flags(parser)
-    assert crf.params_from_flags(parser.parse_args([])) is None
-    params = crf.params_from_flags(parser.parse_args(["--crf"]))
+    cli.add_crf_flags(parser)
+    assert cli.crf_params(parser.parse_args([])) is None
+    params = cli.crf_params(parser.parse_args(["--crf"]))
     assert params == crf.CrfParams(iterations=10, pos_w=3, pos_xy_std=3, bi_w=4,
                                    bi_xy_std=67, bi_rgb_std=3)
-    params = crf.params_from_flags(parser.parse_args(
+    params = cli.crf_params(parser.parse_args(
         ["--crf", "--crf-iters", "5", "--crf-bi-xy-std", "121",
          "--crf-bi-rgb-std", "5"]))
     assert (params.iterations, params.bi_xy_std, params.bi_rgb_std) == (5, 121, 5)
     with pytest.raises(ValueError, match="--crf-bi-rgb-std"):
-        crf.params_from_flags(parser.parse_args(["--crf", "--crf-bi-rgb-std", "0"]))
+        cli.crf_params(parser.parse_args(["--crf", "--crf-bi-rgb-std", "0"]))
 
 
 def test_missing_pydensecrf_is_a_clear_error(monkeypatch):
@@ -91,7 +92,7 @@ def test_missing_pydensecrf_is_a_clear_error(monkeypatch):
     with pytest.raises(ImportError, match="pip install pydensecrf2"):
         crf.dense_crf(image, probs)
     parser = argparse.ArgumentParser()
-    crf.add_crf_flags(parser)
-    assert crf.params_from_flags(parser.parse_args([])) is None
+    cli.add_crf_flags(parser)
+    assert cli.crf_params(parser.parse_args([])) is None
     with pytest.raises(ValueError, match="pip install pydensecrf2"):
-        crf.params_from_flags(parser.parse_args(["--crf"]))
+        cli.crf_params(parser.parse_args(["--crf"]))

@@ -11,8 +11,10 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+from deeplab_resnet import cli
+from deeplab_resnet import crf
+from deeplab_resnet.crf import pool as crf_pool
 
-from deeplab_resnet import crf, utils
 from conftest import load_script, save_tiny_model, write_voc_pair
 from test_crf import synthetic_scene
 
@@ -42,7 +44,7 @@ def test_pool_matches_the_serial_crf_in_submission_order():
     expected = [crf.dense_crf(image, probs, FEW_ITERATIONS).argmax(axis=2)
                 for image, probs in jobs]
     results, pending = [], []
-    with crf.CrfPool(FEW_ITERATIONS, workers=2, max_pending=3) as pool:
+    with crf_pool.CrfPool(FEW_ITERATIONS, workers=2, max_pending=3) as pool:
         assert pool.start_method in ("forkserver", "spawn")
         for i, (image, probs) in enumerate(jobs):
             results += pool.submit(image, probs, "scene%d" % i, tag=i)
@@ -55,7 +57,7 @@ def test_pool_matches_the_serial_crf_in_submission_order():
         assert label.dtype == np.int32
         np.testing.assert_array_equal(label, want)
 
-    with crf.CrfPool(FEW_ITERATIONS, workers=0) as serial:
+    with crf_pool.CrfPool(FEW_ITERATIONS, workers=0) as serial:
         image, probs = jobs[1]
         [(tag, label)] = serial.submit(image, probs, "scene1", tag="here")
         assert serial.pending == 0 and serial.start_method is None
@@ -69,10 +71,10 @@ def test_worker_exception_names_the_image(workers):
     jobs = [(image, probs, "good.jpg"), (image, small_probs, "photos/bad.jpg"),
             (small, small_probs, "after.jpg")]
     done = []
-    with crf.CrfPool(FEW_ITERATIONS, workers=workers) as pool:
+    with crf_pool.CrfPool(FEW_ITERATIONS, workers=workers) as pool:
         # The bad job fails at once, so the error may come from any later
         # call; the good job before it is handed back first either way.
-        with pytest.raises(crf.CrfError) as caught:
+        with pytest.raises(crf_pool.CrfError) as caught:
             for tag, (job_image, job_probs, name) in enumerate(jobs):
                 done += pool.submit(job_image, job_probs, name, tag=tag)
             for result in pool.drain():
@@ -87,7 +89,7 @@ def test_worker_exception_names_the_image(workers):
 def test_a_killed_worker_is_reported_with_the_image():
     image, _, probs = synthetic_scene(seed=3, height=400, width=400)
     before = set(multiprocessing.active_children())
-    with crf.CrfPool(crf.DEFAULTS, workers=1) as pool:
+    with crf_pool.CrfPool(crf.DEFAULTS, workers=1) as pool:
         pool.submit(image, probs, "huge.png")
         deadline = time.time() + 30
         workers = set(multiprocessing.active_children()) - before
@@ -96,24 +98,26 @@ def test_a_killed_worker_is_reported_with_the_image():
             workers = set(multiprocessing.active_children()) - before
         for worker in workers:
             os.kill(worker.pid, signal.SIGKILL)
-        with pytest.raises(crf.CrfError, match="huge.png.*worker process died"):
+        with pytest.raises(crf_pool.CrfError, match="huge.png.*worker process died"):
             list(pool.drain())
 
 
 def test_crf_workers_flag():
     parser = argparse.ArgumentParser()
-    crf.add_crf_flags(parser)
-    params = crf.params_from_flags(parser.parse_args(["--crf"]))
-    assert crf.pool_from_flags(parser.parse_args(["--crf-workers", "3"]), None) is None
-    pool = crf.pool_from_flags(parser.parse_args(["--crf"]), params)
-    assert pool.workers == utils.available_cores()
+    cli.add_crf_flags(parser)
+    params = cli.crf_params(parser.parse_args(["--crf"]))
+    assert cli.crf_params(parser.parse_args(["--crf-workers", "3"])) is None
+    assert cli.crf_workers(parser.parse_args(["--crf-workers", "3"])) == 3
+    workers = cli.crf_workers(parser.parse_args(["--crf"]))
+    assert workers == cli.available_cores()
+    pool = crf_pool.CrfPool(params, workers)
+    assert pool.workers == workers
     pool.close()
-    pool = crf.pool_from_flags(parser.parse_args(["--crf", "--crf-workers", "0"]),
-                               params)
+    pool = crf_pool.CrfPool(params, cli.crf_workers(
+        parser.parse_args(["--crf", "--crf-workers", "0"])))
     assert pool.workers == 0
     with pytest.raises(ValueError, match="--crf-workers must be 0"):
-        crf.pool_from_flags(parser.parse_args(["--crf", "--crf-workers", "-1"]),
-                            params)
+        cli.crf_workers(parser.parse_args(["--crf", "--crf-workers", "-1"]))
 
 
 def test_evaluate_with_workers_equals_without(five_class_model, tmp_path, capsys):

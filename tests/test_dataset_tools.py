@@ -7,8 +7,12 @@ import pytest
 import scipy.io
 import scipy.sparse
 from PIL import Image
+from deeplab_resnet import constants
+from deeplab_resnet import files
+from deeplab_resnet import metrics
+from deeplab_resnet.data import demo as demo_data
+from deeplab_resnet.data import voc_aug
 
-from deeplab_resnet import dataset_files, demo_data, utils, voc_aug
 
 from conftest import REPO_ROOT, run_script
 
@@ -48,7 +52,7 @@ def fake_label(rng, size, cls, border):
     label = np.zeros(size, np.uint8)
     label[size[0] // 4:size[0] // 2, size[1] // 3:] = cls
     if border:
-        label[size[0] // 4 - 1, :] = utils.IGNORE_LABEL
+        label[size[0] // 4 - 1, :] = constants.IGNORE_LABEL
     return label
 
 
@@ -79,8 +83,8 @@ def fake_download(tmp_path):
         if name in VOC_TRAIN + VOC_VAL:
             # Another class than SBD's, so the test can tell whose label won.
             voc_labels[name] = fake_label(rng, sizes[name], 11 + i, border=True)
-            dataset_files.save_label(voc_labels[name],
-                                     str(voc_dir / "SegmentationClass" / (name + ".png")))
+            files.save_label(voc_labels[name],
+                             str(voc_dir / "SegmentationClass" / (name + ".png")))
     splits = {voc_dir / "ImageSets/Segmentation/train.txt": VOC_TRAIN,
               voc_dir / "ImageSets/Segmentation/val.txt": VOC_VAL,
               sbd_dir / "train.txt": SBD_TRAIN, sbd_dir / "val.txt": SBD_VAL}
@@ -127,11 +131,11 @@ def test_build_writes_lists_labels_and_photos(fake_download):
         mode, palette, label = read_png(
             os.path.join(voc_dir, "SegmentationClassAug", name + ".png"))
         assert mode == "P"
-        assert palette == utils.PALETTE.ravel().tolist()
+        assert palette == constants.PALETTE.ravel().tolist()
         # VOC's label (with its 255 border) wins over SBD's.
         expected = voc_labels[name] if name in voc_labels else sbd_labels[name]
         np.testing.assert_array_equal(label, expected)
-    assert (utils.IGNORE_LABEL == np.array(Image.open(os.path.join(
+    assert (constants.IGNORE_LABEL == np.array(Image.open(os.path.join(
         voc_dir, "SegmentationClassAug", "2007_000003.png")))).any()
     linked = os.path.join(voc_dir, "JPEGImages", SBD_ONLY_PHOTO + ".jpg")
     original = os.path.join(sbd_dir, "img", SBD_ONLY_PHOTO + ".jpg")
@@ -146,7 +150,7 @@ def test_build_keeps_existing_labels_unless_forced(fake_download):
     voc_aug.build_voc_aug(voc_dir, sbd_dir)
     path = os.path.join(voc_dir, "SegmentationClassAug", "2007_000001.png")
     mine = np.full(voc_labels["2007_000001"].shape, 3, np.uint8)
-    dataset_files.save_label(mine, path)
+    files.save_label(mine, path)
 
     counts = voc_aug.build_voc_aug(voc_dir, sbd_dir)
     assert counts["labels_kept"] == 7 and counts["lists_written"] == 0
@@ -254,8 +258,8 @@ def read_pairs(root, list_name):
 
 def all_files(root):
     found = {}
-    for directory, _, files in os.walk(root):
-        for name in files:
+    for directory, _, names in os.walk(root):
+        for name in names:
             with open(os.path.join(directory, name), "rb") as f:
                 found[os.path.relpath(os.path.join(directory, name), root)] = f.read()
     return found
@@ -272,7 +276,7 @@ def test_demo_dataset_layout_and_labels(demo_dir):
                          % (split, i, split, i) for i in range(count)]
         for image, mode, palette, label in pairs:
             assert mode == "P"
-            assert palette == utils.PALETTE.ravel().tolist()
+            assert palette == constants.PALETTE.ravel().tolist()
             assert image.shape[:2] == label.shape
             assert 60 <= min(label.shape) and max(label.shape) <= 160
             assert set(np.unique(label)) <= set(range(NUM_DEMO_CLASSES)) | {255}
@@ -313,8 +317,8 @@ def test_demo_classes_are_told_apart_by_colour(demo_dir):
         distance = np.stack([np.abs(np.angle(np.exp(1j * (hue - centres[c]))))
                              for c in sorted(centres)], 1)
         pred = np.where(hsv[:, 1] < 0.3, 0, 1 + distance.argmin(1))
-        confusion += utils.confusion_matrix(label.ravel(), pred, NUM_DEMO_CLASSES)
-    scores = utils.segmentation_scores(confusion)
+        confusion += metrics.confusion_matrix(label.ravel(), pred, NUM_DEMO_CLASSES)
+    scores = metrics.segmentation_scores(confusion)
     assert scores["pixel_accuracy"] > 0.98
     assert np.nanmin(scores["iou"]) > 0.9
 

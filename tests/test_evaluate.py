@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from deeplab_resnet import constants
 
-from deeplab_resnet import utils
 from conftest import REPO_ROOT, load_script, save_tiny_model, write_voc_pair
 
 
@@ -27,11 +27,11 @@ def scores_from_pngs(pairs, save_dir, num_classes):
         name = os.path.splitext(os.path.basename(image_path))[0]
         saved = Image.open(os.path.join(save_dir, name + ".png"))
         assert saved.mode == "P"
-        assert saved.getpalette()[:768] == utils.PALETTE.ravel().tolist()
+        assert saved.getpalette()[:768] == constants.PALETTE.ravel().tolist()
         pred = np.array(saved)
         label = np.array(Image.open(label_path))
         assert pred.shape == label.shape
-        valid = label != utils.IGNORE_LABEL
+        valid = label != constants.IGNORE_LABEL
         for c in range(num_classes):
             inter[c] += np.sum((label == c) & (pred == c) & valid)
             union[c] += np.sum(((label == c) | (pred == c)) & valid)
@@ -62,12 +62,12 @@ def test_cli_miou_equals_recomputing_from_saved_pngs(voc_dataset, tiny_model, tm
     miou = printed_miou(result.stdout)
     assert sorted(os.listdir(save_dir)) == sorted(n + ".png" for n in names)
     expected, confusion = scores_from_pngs(read_list(data_dir, list_path), save_dir,
-                                           utils.NUM_CLASSES)
+                                           constants.NUM_CLASSES)
     assert miou == pytest.approx(expected, abs=5e-5)
     assert 0 < miou < 1
     np.testing.assert_array_equal(np.loadtxt(confusion_path, delimiter=",",
                                              dtype=np.int64), confusion)
-    for name in utils.VOC_CLASSES:
+    for name in constants.VOC_CLASSES:
         assert "\n%s " % name in result.stdout
     assert "pixel accuracy" in result.stdout
     assert "mean class accuracy" in result.stdout
@@ -117,7 +117,7 @@ def test_generic_class_names_without_a_names_file(tmp_path, capsys):
     data_dir = str(tmp_path / "data")
     list_path = five_class_dataset(data_dir, count=1)
     status = load_script("evaluate").main(["--data-dir", data_dir, "--data-list", list_path,
-                                   "--restore-from", model_dir, "--num-classes", "5"])
+                                           "--restore-from", model_dir, "--num-classes", "5"])
     assert status == 0
     out = capsys.readouterr().out
     assert "\nclass_4 " in out and "background" not in out

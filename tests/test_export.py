@@ -9,8 +9,11 @@ import pytest
 import tensorflow.compat.v1 as tf
 from PIL import Image
 
-from deeplab_resnet import export, predict, utils
 from conftest import load_script
+from deeplab_resnet import checkpoints, constants, serving
+from deeplab_resnet.evaluation import predict
+from deeplab_resnet.images import preprocess
+from deeplab_resnet.model import build_model
 
 # Odd, even and tiny sizes (H, W).
 SIZES = [(37, 29), (32, 48), (5, 7)]
@@ -55,15 +58,16 @@ def random_images(seed=0):
 def reference_prediction(weights, images, scales=(1.0,), flip=False, bf16=False):
     """{key: (pred, probs)} from predict's graph, fed as inference.py feeds it."""
     with tf.Graph().as_default():
-        path, config = predict.resolve_model(weights, utils.NUM_CLASSES)
+        path, config = checkpoints.resolve_model(weights, constants.NUM_CLASSES)
         placeholder = tf.placeholder(tf.float32, [1, None, None, 3])
         net, prediction = predict.build_prediction(
-            placeholder, utils.NUM_CLASSES, config, scales, flip, bf16=bf16)
-        sess = predict.open_session(net, path)
+            placeholder, constants.NUM_CLASSES, config, scales=scales, flip=flip,
+            bf16=bf16)
+        sess = checkpoints.open_session(net, path)
         try:
             return {key: [v[0] for v in sess.run(
                 [prediction.pred, prediction.probs],
-                {placeholder: predict.preprocess(image)})]
+                {placeholder: preprocess(image)})]
                 for key, image in images.items()}
         finally:
             sess.close()
@@ -80,7 +84,7 @@ def frozen_outputs(graph_def, images):
     """{key: (label, probs)} of an exported frozen graph, one image per run."""
     with tf.Graph().as_default() as graph:
         tf.import_graph_def(graph_def, name="")
-        image, outputs = export.graph_tensors(graph)
+        image, outputs = serving.graph_tensors(graph)
         with tf.Session() as sess:
             return {key: [v[0] for v in sess.run(
                 [outputs["label"], outputs["probabilities"]], {image: photo[None]})]
@@ -96,7 +100,7 @@ def assert_same_prediction(outputs, reference):
 def test_export_loads_in_a_fresh_process_and_matches_inference(tiny_model, tmp_path):
     directory = tiny_model.directory
     out = str(tmp_path / "exported")
-    info = export.export(directory, out)
+    info = serving.export(directory, out)
     assert sorted(os.listdir(out)) == ["export_info.json", "frozen_graph.pb",
                                        "saved_model"]
     assert sorted(os.listdir(str(tmp_path))) == ["exported"]  # no leftovers
@@ -133,11 +137,11 @@ def test_export_loads_in_a_fresh_process_and_matches_inference(tiny_model, tmp_p
             probs = served["%s_probs_%s" % (form, key)]
             assert label.dtype == np.uint8 and label.shape == (1,) + image.shape[:2]
             assert probs.dtype == np.float32
-            assert probs.shape == (1,) + image.shape[:2] + (utils.NUM_CLASSES,)
+            assert probs.shape == (1,) + image.shape[:2] + (constants.NUM_CLASSES,)
             np.testing.assert_array_equal(label[0], expected_label)
             np.testing.assert_allclose(probs[0], reference[key][1], atol=1e-5, rtol=0)
     assert len(classes) > 1  # mixed labels, so that a mismatch would show
-    assert info["num_classes"] == utils.NUM_CLASSES
+    assert info["num_classes"] == constants.NUM_CLASSES
     with open(os.path.join(out, "export_info.json")) as f:
         assert json.load(f)["outputs"]["label"]["dtype"] == "uint8"
 
@@ -145,13 +149,13 @@ def test_export_loads_in_a_fresh_process_and_matches_inference(tiny_model, tmp_p
 def test_exported_graphs_hold_constants_and_folded_batchnorm(tiny_model, tmp_path):
     npz = tiny_model.npz
     out = str(tmp_path / "exported")
-    export.export(npz, out)
+    serving.export(npz, out)
     frozen = load_frozen(os.path.join(out, "frozen_graph.pb"))
     with tf.Session(graph=tf.Graph()) as sess:
-        meta = tf.saved_model.loader.load(sess, [export.SERVING_TAG],
+        meta = tf.saved_model.loader.load(sess, [serving.SERVING_TAG],
                                           os.path.join(out, "saved_model"))
         assert not tf.global_variables()
-    signature = meta.signature_def[export.SIGNATURE_KEY]
+    signature = meta.signature_def[serving.SIGNATURE_KEY]
     assert sorted(signature.inputs) == ["image"]
     assert sorted(signature.outputs) == ["label", "probabilities"]
     assert signature.inputs["image"].dtype == tf.uint8.as_datatype_enum
@@ -164,7 +168,7 @@ def test_exported_graphs_hold_constants_and_folded_batchnorm(tiny_model, tmp_pat
     assert batchnorms > 0 and biased > 0
     for graph_def in (frozen, meta.graph_def):
         ops = [node.op for node in graph_def.node]
-        assert not set(ops) & set(export.VARIABLE_OPS)
+        assert not set(ops) & set(serving.STATE_OPS)
         assert not [op for op in ops if "BatchNorm" in op]
         assert ops.count("Conv2D") == convolutions
         # One bias per folded BatchNorm, one per biased (ASPP) convolution.
@@ -195,7 +199,7 @@ def test_cli_bakes_in_scales_and_flip(tiny_model, tmp_path, capsys):
 def test_bf16_export_matches_bf16_prediction(tiny_model, tmp_path):
     npz = tiny_model.npz
     out = str(tmp_path / "bf16")
-    assert export.export(npz, out, bf16=True)["bf16"] is True
+    assert serving.export(npz, out, bf16=True)["bf16"] is True
     graph_def = load_frozen(os.path.join(out, "frozen_graph.pb"))
     weights = [n for n in graph_def.node if n.op == "Const"
                and n.name.endswith("/weights")]
@@ -213,7 +217,7 @@ def test_never_overwrites_without_overwrite_and_replaces_atomically(
     npz = tiny_model.npz
     out = tmp_path / "exported"
     out.mkdir()
-    export.export(npz, str(out))  # an existing empty directory is taken
+    serving.export(npz, str(out))  # an existing empty directory is taken
     stale = out / "stale.txt"
     stale.write_text("from an older export")
     before = sorted(os.listdir(str(out)))
@@ -226,9 +230,9 @@ def test_never_overwrites_without_overwrite_and_replaces_atomically(
     def broken(graph_def, path):
         os.makedirs(path)
         raise IOError("disk full")
-    monkeypatch.setattr(export, "write_saved_model", broken)
+    monkeypatch.setattr(serving, "write_saved_model", broken)
     with pytest.raises(IOError, match="disk full"):
-        export.export(npz, str(out), overwrite=True)
+        serving.export(npz, str(out), overwrite=True)
     assert sorted(os.listdir(str(out))) == before
     assert sorted(os.listdir(str(tmp_path))) == ["exported"]
     monkeypatch.undo()
@@ -240,11 +244,11 @@ def test_never_overwrites_without_overwrite_and_replaces_atomically(
     assert sorted(os.listdir(str(tmp_path))) == ["exported"]
 
     with pytest.raises(IOError, match="is a file"):
-        export.export(npz, str(stale.parent / "export_info.json"), overwrite=True)
+        serving.export(npz, str(stale.parent / "export_info.json"), overwrite=True)
     with pytest.raises(ValueError, match="trained for 21 classes"):
-        export.export(npz, str(tmp_path / "five"), num_classes=5)
+        serving.export(npz, str(tmp_path / "five"), num_classes=5)
     with pytest.raises(IOError, match="does not exist"):
-        export.export(str(tmp_path / "missing.npz"), str(tmp_path / "none"))
+        serving.export(str(tmp_path / "missing.npz"), str(tmp_path / "none"))
     assert sorted(os.listdir(str(tmp_path))) == ["exported"]
 
 
@@ -253,13 +257,13 @@ def test_resnet101_export_matches_prediction(tmp_path):
     """The published architecture (random weights) exports and serves at any size."""
     npz = str(tmp_path / "resnet101.npz")
     with tf.Graph().as_default():
-        net, _ = utils.build_model(tf.placeholder(tf.float32, [1, None, None, 3]),
-                                   utils.NUM_CLASSES)
+        net, _ = build_model(tf.placeholder(tf.float32, [1, None, None, 3]),
+                             constants.NUM_CLASSES)
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             np.savez(npz, **sess.run(net.variables))
     out = str(tmp_path / "exported")
-    export.export(npz, out)
+    serving.export(npz, out)
     rng = np.random.RandomState(0)
     images = {"97x130": rng.randint(0, 256, (97, 130, 3)).astype(np.uint8)}
     reference = reference_prediction(npz, images)

@@ -7,10 +7,11 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from conftest import write_voc_pair
-from deeplab_resnet import labels, utils
-from deeplab_resnet.image_reader import (
+from deeplab_resnet.data.reader import (
     ImageReader, image_mirroring, image_scaling, load_image, load_label,
     read_labeled_image_list)
+from deeplab_resnet import constants
+from deeplab_resnet.data import label_checks
 
 # A sess.run that waits longer than this on a queue is a hang, not slowness.
 RUN_TIMEOUT_MS = 20000
@@ -100,11 +101,11 @@ def test_palette_and_grayscale_labels_read_as_the_same_ids(tmp_path):
     gray = str(tmp_path / "gray.png")
     Image.fromarray(ids, mode="L").save(gray)
     palette = Image.fromarray(ids, mode="L").convert("P")
-    palette.putpalette(utils.PALETTE.ravel().tolist())
+    palette.putpalette(constants.PALETTE.ravel().tolist())
     palette.save(str(tmp_path / "palette.png"))
     # The palette file stores colours for display; decode_png would return them.
     assert np.array_equal(np.asarray(Image.open(str(tmp_path / "palette.png"))
-                                     .convert("RGB")), utils.PALETTE[ids])
+                                     .convert("RGB")), constants.PALETTE[ids])
     np.testing.assert_array_equal(load_label(gray), ids)
     np.testing.assert_array_equal(load_label(str(tmp_path / "palette.png")), ids)
     assert load_label(gray).dtype == np.uint8
@@ -121,7 +122,7 @@ def test_shared_voc_label_in_both_forms(shared_sample):
 def test_colour_and_wide_labels_are_rejected(tmp_path):
     ids = np.array([[0, 1], [2, 255]], np.uint8)
     colour = str(tmp_path / "colour.png")
-    Image.fromarray(utils.PALETTE[ids]).save(colour)
+    Image.fromarray(constants.PALETTE[ids]).save(colour)
     with pytest.raises(ValueError, match="colour.png is a colour image.*Convert it"):
         load_label(colour)
     wide = str(tmp_path / "wide.png")
@@ -170,8 +171,8 @@ def test_unreadable_image_names_the_file(tmp_path):
 def test_evaluation_reader_is_bgr_minus_mean_in_list_order(voc_dataset, session):
     data_dir, list_path, names = voc_dataset
     coord, start = session
-    reader = ImageReader(data_dir, list_path, None, False, False, 255,
-                         utils.IMG_MEAN, coord, shuffle=False)
+    reader = ImageReader(data_dir, list_path, ignore_label=255, coord=coord,
+                         shuffle=False)
     assert reader.num_images == 4
     assert reader.image.get_shape().as_list() == [1, None, None, 3]
     sess = start(reader)
@@ -181,7 +182,7 @@ def test_evaluation_reader_is_bgr_minus_mean_in_list_order(voc_dataset, session)
         assert path.decode() == image_file
         assert image.dtype == np.float32 and image.shape == (1, 33, 33, 3)
         expected = (rgb_from_file(image_file)[..., ::-1].astype(np.float32)
-                    - utils.IMG_MEAN)
+                    - constants.IMG_MEAN)
         np.testing.assert_allclose(image[0], expected, atol=1e-4)
         expected_label = label_from_file(
             os.path.join(data_dir, "SegmentationClassAug", name + ".png"))
@@ -197,8 +198,8 @@ def test_shared_palette_and_gray_labels_through_the_reader(shared_sample, tmp_pa
                 "/" + os.path.basename(shared_sample[key]))
                for key in ("label", "label_gray")]
     list_path = write_list(str(tmp_path / "list.txt"), entries)
-    reader = ImageReader(data_dir, list_path, None, False, False, 255,
-                         utils.IMG_MEAN, coord, shuffle=False)
+    reader = ImageReader(data_dir, list_path, ignore_label=255, coord=coord,
+                         shuffle=False)
     sess = start(reader)
     first, second = (run(sess, reader.label)[0, ..., 0] for _ in range(2))
     np.testing.assert_array_equal(first, second)
@@ -209,8 +210,8 @@ def test_training_batches_pad_with_mean_and_ignore(voc_dataset, session):
     """A 41x41 crop of a 33x33 pair: the pair sits top-left, the rest is padding."""
     data_dir, list_path, names = voc_dataset
     coord, start = session
-    reader = ImageReader(data_dir, list_path, (41, 41), False, False, 255,
-                         utils.IMG_MEAN, coord, shuffle=False)
+    reader = ImageReader(data_dir, list_path, input_size=(41, 41), ignore_label=255,
+                         coord=coord, shuffle=False)
     image_batch, label_batch = reader.dequeue(2)
     assert image_batch.get_shape().as_list() == [2, 41, 41, 3]
     assert label_batch.get_shape().as_list() == [2, 41, 41, 1]
@@ -219,7 +220,7 @@ def test_training_batches_pad_with_mean_and_ignore(voc_dataset, session):
     assert images.dtype == np.float32 and labels.dtype == np.uint8
     for i, name in enumerate(names[:2]):
         rgb = rgb_from_file(os.path.join(data_dir, "JPEGImages", name + ".jpg"))
-        expected = rgb[..., ::-1].astype(np.float32) - utils.IMG_MEAN
+        expected = rgb[..., ::-1].astype(np.float32) - constants.IMG_MEAN
         np.testing.assert_allclose(images[i, :33, :33], expected, atol=1e-4)
         assert np.all(images[i, 33:] == 0) and np.all(images[i, :, 33:] == 0)
         label = label_from_file(os.path.join(data_dir, "SegmentationClassAug",
@@ -235,8 +236,9 @@ def test_augmented_labels_stay_in_the_label_set(voc_dataset, session):
     for name in names:
         label_set |= set(np.unique(label_from_file(
             os.path.join(data_dir, "SegmentationClassAug", name + ".png"))).tolist())
-    reader = ImageReader(data_dir, list_path, (21, 25), True, True, 255,
-                         utils.IMG_MEAN, coord, num_threads=2)
+    reader = ImageReader(data_dir, list_path, input_size=(21, 25), random_scale=True,
+                         random_mirror=True, ignore_label=255, coord=coord,
+                         num_threads=2)
     image_batch, label_batch = reader.dequeue(4)
     sess = start(reader)
     for _ in range(5):
@@ -278,8 +280,8 @@ def test_bad_label_met_by_reader_threads_fails_instead_of_hanging(voc_dataset, s
     entries = pair_entries(names) + [("/JPEGImages/%s.jpg" % names[0],
                                       "/SegmentationClassAug/wrong.png")]
     write_list(list_path, entries)
-    reader = ImageReader(data_dir, list_path, (17, 17), False, False, 255,
-                         utils.IMG_MEAN, coord, shuffle=False)
+    reader = ImageReader(data_dir, list_path, input_size=(17, 17), ignore_label=255,
+                         coord=coord, shuffle=False)
     image_batch, _ = reader.dequeue(5)
     sess = start(reader)
     with pytest.raises(tf.errors.OpError):
@@ -292,8 +294,8 @@ def test_bad_label_met_by_reader_threads_fails_instead_of_hanging(voc_dataset, s
 def test_label_values_checked_against_num_classes(voc_dataset, session):
     data_dir, list_path, names = voc_dataset
     coord, start = session
-    reader = ImageReader(data_dir, list_path, None, False, False, 255,
-                         utils.IMG_MEAN, coord, shuffle=False, num_classes=2)
+    reader = ImageReader(data_dir, list_path, ignore_label=255, coord=coord,
+                         shuffle=False, num_classes=2)
     sess = start(reader)
     with pytest.raises(tf.errors.OpError):
         run(sess, reader.label)
@@ -305,12 +307,12 @@ def test_label_values_checked_against_num_classes(voc_dataset, session):
 def test_check_reads_a_sample_of_pairs_and_names_a_bad_one(voc_dataset, monkeypatch):
     data_dir, list_path, names = voc_dataset
     coord = tf.train.Coordinator()
-    reader = ImageReader(data_dir, list_path, (33, 33), False, False, 255,
-                         utils.IMG_MEAN, coord, num_classes=utils.NUM_CLASSES)
+    reader = ImageReader(data_dir, list_path, input_size=(33, 33), ignore_label=255,
+                         coord=coord, num_classes=constants.NUM_CLASSES)
     reader.check()
     read = []
-    original = labels.inspect_pair
-    monkeypatch.setattr(labels, "inspect_pair",
+    original = label_checks.inspect_pair
+    monkeypatch.setattr(label_checks, "inspect_pair",
                         lambda pair, **kw: read.append(pair[1]) or original(pair, **kw))
     reader.check(sample_size=2)
     assert len(read) == 2 and len(set(read)) == 2

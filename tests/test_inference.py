@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 from PIL import Image
+from deeplab_resnet import checkpoints
+from deeplab_resnet import cli
+from deeplab_resnet import constants
+from deeplab_resnet.evaluation import inference as inference_loop
+from deeplab_resnet.evaluation import predict
+from deeplab_resnet.images import overlay
+from deeplab_resnet.images import preprocess
 
-from deeplab_resnet import predict, utils
 from conftest import REPO_ROOT, load_script
 
 
@@ -25,10 +31,10 @@ def check_outputs(save_dir, name, size, overlay_ext=None):
     raw = Image.open(os.path.join(save_dir, name + "_label.png"))
     assert mask.mode == "RGB" and raw.mode == "P"
     assert mask.size[::-1] == size and raw.size[::-1] == size
-    assert raw.getpalette()[:768] == utils.PALETTE.ravel().tolist()
+    assert raw.getpalette()[:768] == constants.PALETTE.ravel().tolist()
     label = np.array(raw)
-    assert label.max() < utils.NUM_CLASSES
-    np.testing.assert_array_equal(np.array(mask), utils.PALETTE[label])
+    assert label.max() < constants.NUM_CLASSES
+    np.testing.assert_array_equal(np.array(mask), constants.PALETTE[label])
     if overlay_ext:
         blend = Image.open(os.path.join(save_dir, name + "_overlay." + overlay_ext))
         assert blend.size[::-1] == size
@@ -79,7 +85,9 @@ def test_shared_sample_outputs_have_the_photo_size(tiny_model, shared_sample, tm
     photo = np.asarray(Image.open(shared_sample["image"]).convert("RGB"), np.float64)
     assert photo.shape[:2] == (500, 334)  # a portrait photo: H x W
     label = check_outputs(save_dir, "2007_000129", photo.shape[:2], overlay_ext="png")
-    expected = np.rint(0.75 * photo + 0.25 * utils.PALETTE[label])
+    # Background (class 0) is left as the photo; every other class is blended.
+    expected = np.where((label == 0)[..., None], photo,
+                        np.rint(0.75 * photo + 0.25 * constants.PALETTE[label]))
     blend = np.asarray(Image.open(os.path.join(save_dir, "2007_000129_overlay.png")))
     assert np.abs(blend - expected).max() <= 1
 
@@ -110,7 +118,7 @@ def test_expand_inputs_lists_directories_and_globs(tmp_path):
     for name in ("b.jpg", "a.PNG", "a_mask.png", "a_overlay.jpg", "readme.txt"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "empty").mkdir()
-    paths, problems = predict.expand_inputs(
+    paths, problems = inference_loop.expand_inputs(
         [str(tmp_path), str(tmp_path / "*.jpg"), str(tmp_path / "readme.txt"),
          str(tmp_path / "empty"), str(tmp_path / "nothing*.png"),
          str(tmp_path / "gone.jpg")])
@@ -129,9 +137,9 @@ def test_weights_for_another_class_count_are_a_clear_error(tiny_model, tmp_path)
     for weights in (directory, prefix, npz, lone_npz):
         with pytest.raises(ValueError, match="trained for 21 classes but "
                                              "--num-classes is 5"):
-            predict.resolve_model(weights, 5)
+            checkpoints.resolve_model(weights, 5)
     with pytest.raises(IOError, match="does not exist"):
-        predict.resolve_model(str(tmp_path / "nope.npz"), 21)
+        checkpoints.resolve_model(str(tmp_path / "nope.npz"), 21)
     inference = load_script("inference")
     photo = str(tmp_path / "p.png")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
@@ -144,26 +152,26 @@ def test_multi_scale_and_flip_fuse_as_documented(tiny_model):
     """Outputs at the input size for odd and even sizes; MSC is the max of
     the single scales; flip is the mean with the mirrored run mirrored back."""
     images = tf.placeholder(tf.float32, [1, None, None, 3])
-    path, config = predict.resolve_model(tiny_model.directory, utils.NUM_CLASSES)
+    path, config = checkpoints.resolve_model(tiny_model.directory, constants.NUM_CLASSES)
     build = lambda scales, flip=False: predict.build_prediction(
-        images, utils.NUM_CLASSES, config, scales, flip)
+        images, constants.NUM_CLASSES, config, scales=scales, flip=flip)
     net, full = build((1.0,))
     half = build((0.5,))[1]
     fused = build((0.5, 1.0))[1]
     flipped = build((1.0,), flip=True)[1]
     everything = build((0.5, 0.75, 1.0), flip=True)[1]
-    sess = predict.open_session(net, path)
+    sess = checkpoints.open_session(net, path)
     rng = np.random.RandomState(0)
     for height, width in [(37, 51), (32, 48), (5, 7)]:
         image = rng.randint(0, 256, (height, width, 3)).astype(np.uint8)
-        feed = {images: predict.preprocess(image)}
+        feed = {images: preprocess(image)}
         values = sess.run([full.logits, half.logits, fused.logits, flipped.logits,
                            everything.logits, everything.pred, everything.probs],
                           feed)
         one, small, msc, flip, both, pred, probs = (v[0] for v in values)
         mirrored = sess.run(full.logits,
-                            {images: predict.preprocess(image[:, ::-1])})[0]
-        assert one.shape == (height, width, utils.NUM_CLASSES)
+                            {images: preprocess(image[:, ::-1])})[0]
+        assert one.shape == (height, width, constants.NUM_CLASSES)
         assert both.shape == one.shape and pred.shape == (height, width)
         np.testing.assert_allclose(msc, np.maximum(small, one), atol=1e-5)
         np.testing.assert_allclose(flip, (one + mirrored[:, ::-1]) / 2, atol=1e-5)
@@ -175,48 +183,48 @@ def test_multi_scale_and_flip_fuse_as_documented(tiny_model):
 def test_folded_prediction_matches_the_unfolded_network(tiny_model):
     """The graph folds BatchNorm for speed; it must not change the logits."""
     images = tf.placeholder(tf.float32, [1, None, None, 3])
-    path, config = predict.resolve_model(tiny_model.npz, utils.NUM_CLASSES)
+    path, config = checkpoints.resolve_model(tiny_model.npz, constants.NUM_CLASSES)
     with tf.variable_scope("folded"):
-        folded_net, folded = predict.build_prediction(images, utils.NUM_CLASSES,
+        folded_net, folded = predict.build_prediction(images, constants.NUM_CLASSES,
                                                       config)
     with tf.variable_scope("plain"):
-        plain_net, plain = predict.build_prediction(images, utils.NUM_CLASSES, config,
+        plain_net, plain = predict.build_prediction(images, constants.NUM_CLASSES, config,
                                                     fold_batchnorm=False)
     image = np.random.RandomState(2).randint(0, 256, (23, 30, 3)).astype(np.uint8)
     with tf.Session() as sess:
         for net in (folded_net, plain_net):
             # Variables live under a scope here; restore by layer name.
             net.variables = {k.split("/", 1)[1]: v for k, v in net.variables.items()}
-            utils.restore(sess, path, net)
+            checkpoints.restore(sess, path, net)
         a, b = sess.run([folded.logits, plain.logits],
-                        {images: predict.preprocess(image)})
+                        {images: preprocess(image)})
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_parse_scales():
-    assert predict.parse_scales("0.5,0.75,1.0") == (0.5, 0.75, 1.0)
+    assert cli.parse_scales("0.5,0.75,1.0") == (0.5, 0.75, 1.0)
     for bad in ("", "a,1", "0,1", "-1"):
         with pytest.raises(ValueError, match="--scales"):
-            predict.parse_scales(bad)
+            cli.parse_scales(bad)
 
 
 @pytest.mark.slow
 def test_resnet101_multi_scale_flip_output_has_the_input_size():
     images = tf.placeholder(tf.float32, [1, None, None, 3])
-    _, prediction = predict.build_prediction(images, utils.NUM_CLASSES,
+    _, prediction = predict.build_prediction(images, constants.NUM_CLASSES,
                                              scales=(0.5, 0.75, 1.0), flip=True)
     image = np.random.RandomState(0).randint(0, 256, (97, 130, 3)).astype(np.uint8)
     with tf.Session() as sess:
         sess.run(tf.global_variables_initializer())
-        pred = sess.run(prediction.pred, {images: predict.preprocess(image)})
+        pred = sess.run(prediction.pred, {images: preprocess(image)})
     assert pred.shape == (1, 97, 130)
 
 
 def test_overlay_blends_classes_and_leaves_background_as_the_photo():
     image = np.full((2, 3, 3), 200, np.uint8)
     label = np.array([[0, 1, 15], [0, 0, 255]])
-    blended = predict.overlay(image, label, alpha=0.25)
+    blended = overlay(image, label, alpha=0.25)
     np.testing.assert_array_equal(blended[label == 0], image[label == 0])
     for class_id in (1, 15, 255):
-        expected = np.rint(0.75 * 200 + 0.25 * utils.PALETTE[class_id].astype(float))
+        expected = np.rint(0.75 * 200 + 0.25 * constants.PALETTE[class_id].astype(float))
         np.testing.assert_array_equal(blended[label == class_id][0], expected)

@@ -11,8 +11,14 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from conftest import TINY_CONFIG, load_script, save_tiny_model, write_voc_pair
-from deeplab_resnet import labels, utils
-from deeplab_resnet.image_reader import ImageReader, load_pair
+from deeplab_resnet.data.reader import ImageReader, load_pair
+from deeplab_resnet import checkpoints
+from deeplab_resnet import constants
+from deeplab_resnet.data import label_checks
+from deeplab_resnet.data import label_files
+from deeplab_resnet.data import label_maps
+from deeplab_resnet.images import decode_labels
+from deeplab_resnet.model import build_model
 
 # A sess.run that waits longer than this on a queue is a hang, not slowness.
 RUN_TIMEOUT_MS = 20000
@@ -39,15 +45,15 @@ def to_source_ids(train_ids, seed=0):
     source = np.zeros_like(train_ids)
     for train_id, value in CITY_TRAIN_TO_SOURCE.items():
         source[train_ids == train_id] = value
-    void = train_ids == utils.IGNORE_LABEL
+    void = train_ids == constants.IGNORE_LABEL
     source[void] = rng.choice([0, 3, 6, 255], size=int(void.sum()))
     return source
 
 
 # --------------------------------------------------------------- label maps
 def test_text_label_map_with_ranges_comments_and_pass_through(tmp_path):
-    label_map = labels.read_label_map(write(tmp_path / "map.txt", CITY_MAP_TEXT),
-                                      num_classes=5)
+    label_map = label_maps.read_label_map(write(tmp_path / "map.txt", CITY_MAP_TEXT),
+                                          num_classes=5)
     expected = np.full(256, -1)
     expected[[7, 8, 11, 12, 13]] = [0, 1, 2, 3, 4]
     expected[0:7] = 255
@@ -57,11 +63,11 @@ def test_text_label_map_with_ranges_comments_and_pass_through(tmp_path):
 
 
 def test_json_label_map_with_default_equals_its_text_form(tmp_path):
-    json_map = labels.read_label_map(write(tmp_path / "map.json", json.dumps(
+    json_map = label_maps.read_label_map(write(tmp_path / "map.json", json.dumps(
         {"7": 0, "8": 1, "11-13": "2-4", "255": 3, "*": 255})), num_classes=5)
-    text_map = labels.read_label_map(write(tmp_path / "map.txt",
-                                           "7 0\n8 1\n11-13 2-4\n255 3\n* 255\n"),
-                                     num_classes=5)
+    text_map = label_maps.read_label_map(write(tmp_path / "map.txt",
+                                               "7 0\n8 1\n11-13 2-4\n255 3\n* 255\n"),
+                                         num_classes=5)
     np.testing.assert_array_equal(json_map.table, text_map.table)
     # An explicit entry for the ignore label wins over passing it through.
     assert json_map.table[255] == 3
@@ -90,12 +96,12 @@ def test_json_label_map_with_default_equals_its_text_form(tmp_path):
 def test_bad_label_maps_say_where(tmp_path, text, message):
     name = "map.json" if text.startswith(("{", "[")) else "map.txt"
     with pytest.raises(ValueError, match=message):
-        labels.read_label_map(write(tmp_path / name, text), num_classes=5)
+        label_maps.read_label_map(write(tmp_path / name, text), num_classes=5)
 
 
 def test_missing_label_map_is_an_io_error(tmp_path):
     with pytest.raises(IOError, match="--label-map .*nope.txt.* cannot be read"):
-        labels.read_label_map(str(tmp_path / "nope.txt"), num_classes=5)
+        label_maps.read_label_map(str(tmp_path / "nope.txt"), num_classes=5)
 
 
 @pytest.fixture
@@ -139,8 +145,8 @@ def fetch_labels(reader, count, fetch):
 
 def test_reader_maps_labels_as_it_reads_them(city_dataset):
     root, train_list, source_list, map_path = city_dataset
-    reader = ImageReader(root, source_list, None, False, False, 255, utils.IMG_MEAN,
-                         tf.train.Coordinator(), shuffle=False, num_classes=5,
+    reader = ImageReader(root, source_list, ignore_label=255,
+                         coord=tf.train.Coordinator(), shuffle=False, num_classes=5,
                          label_map=map_path)
     reader.check()
     fetched = fetch_labels(reader, 3, reader.label)
@@ -155,8 +161,8 @@ def test_reader_maps_labels_as_it_reads_them(city_dataset):
 
 def test_training_reader_maps_and_pads_with_ignore(city_dataset):
     root, _, source_list, map_path = city_dataset
-    reader = ImageReader(root, source_list, (40, 40), False, True, 255,
-                         utils.IMG_MEAN, tf.train.Coordinator(), num_classes=5,
+    reader = ImageReader(root, source_list, input_size=(40, 40), random_mirror=True,
+                         ignore_label=255, coord=tf.train.Coordinator(), num_classes=5,
                          label_map=map_path)
     _, label_batch = reader.dequeue(3)
     for batch in fetch_labels(reader, 2, label_batch):
@@ -169,8 +175,8 @@ def test_training_reader_maps_and_pads_with_ignore(city_dataset):
 def test_unmapped_values_are_errors_naming_the_file(city_dataset, tmp_path):
     root, _, source_list, _ = city_dataset
     partial = write(tmp_path / "partial.txt", "7 0\n8 1\n11 2\n12 3\n13 4\n")
-    reader = ImageReader(root, source_list, None, False, False, 255, utils.IMG_MEAN,
-                         tf.train.Coordinator(), shuffle=False, num_classes=5,
+    reader = ImageReader(root, source_list, ignore_label=255,
+                         coord=tf.train.Coordinator(), shuffle=False, num_classes=5,
                          label_map=partial)
     with pytest.raises(ValueError, match=r"im0.png has values \[.*\] that "
                                          r"--label-map .*partial.txt does not list"
@@ -209,13 +215,13 @@ def test_evaluate_with_a_label_map_scores_as_on_premapped_labels(city_dataset, t
 # -------------------------------------------------------------- class names
 def test_class_names_from_file_voc_or_generic(tmp_path):
     path = write(tmp_path / "names.txt", "sky\n\nroad\ncar\n")
-    assert labels.class_names(3, path) == ["sky", "road", "car"]
-    assert labels.class_names(21) == list(utils.VOC_CLASSES)
-    assert labels.class_names(3) == ["class_0", "class_1", "class_2"]
+    assert label_maps.class_names(3, path) == ["sky", "road", "car"]
+    assert label_maps.class_names(21) == list(constants.VOC_CLASSES)
+    assert label_maps.class_names(3) == ["class_0", "class_1", "class_2"]
     with pytest.raises(ValueError, match="has 3 names but --num-classes is 4"):
-        labels.class_names(4, path)
+        label_maps.class_names(4, path)
     with pytest.raises(IOError, match="--class-names .*nope.txt.* cannot be read"):
-        labels.class_names(3, str(tmp_path / "nope.txt"))
+        label_maps.class_names(3, str(tmp_path / "nope.txt"))
 
 
 # ------------------------------------------------------------------ palette
@@ -224,10 +230,10 @@ def test_palette_follows_the_voc_bit_rule_for_all_256_values():
     for value in range(256):
         expected = [sum(((value >> (3 * k + c)) & 1) << (7 - k) for k in range(3))
                     for c in range(3)]
-        assert list(utils.PALETTE[value]) == expected
-    assert len({tuple(c) for c in utils.PALETTE}) == 256
+        assert list(constants.PALETTE[value]) == expected
+    assert len({tuple(c) for c in constants.PALETTE}) == 256
     ids = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
-    np.testing.assert_array_equal(labels.colour_to_ids(utils.decode_labels(ids)[0]),
+    np.testing.assert_array_equal(label_files.colour_to_ids(decode_labels(ids)[0]),
                                   ids[0])
 
 
@@ -252,13 +258,13 @@ def histogram_of(*value_counts):
      r"--num-classes must be at least 32"),
 ])
 def test_value_problems_explain_the_likely_cause(histogram, message, fix):
-    problem = labels.value_problem("x.png", histogram, 21, 255)
-    assert problem.kind == labels.VALUES
+    problem = label_checks.value_problem("x.png", histogram, 21, 255)
+    assert problem.kind == label_files.VALUES
     assert "neither class ids 0..20 nor the ignore label 255" in problem.message
     assert re.search(message, problem.message), problem.message
     assert re.search(fix, problem.fix), problem.fix
-    assert labels.value_problem("x.png", histogram_of((0, 5), (20, 5), (255, 1)),
-                                21, 255) is None
+    assert label_checks.value_problem("x.png", histogram_of((0, 5), (20, 5), (255, 1)),
+                                      21, 255) is None
 
 
 @pytest.mark.parametrize("label_shape, fix", [
@@ -267,52 +273,52 @@ def test_value_problems_explain_the_likely_cause(histogram, message, fix):
     ((30, 30), "check that the list pairs the right files"),
 ])
 def test_size_problems(label_shape, fix):
-    problem = labels.size_problem("l.png", label_shape, "i.jpg", (30, 40))
+    problem = label_checks.size_problem("l.png", label_shape, "i.jpg", (30, 40))
     assert problem.message == ("Label l.png is %dx%d but its image i.jpg is 30x40 "
                                "(HxW)." % label_shape)
     assert fix in problem.fix
-    assert labels.size_problem("l.png", (30, 40), "i.jpg", (30, 40, 3)) is None
+    assert label_checks.size_problem("l.png", (30, 40), "i.jpg", (30, 40, 3)) is None
 
 
 def test_colour_labels_are_diagnosed_and_voc_colours_convert_back(tmp_path):
     ids = np.array([[0, 1, 15], [20, 255, 7]], np.uint8)
     rendered = str(tmp_path / "rendered.png")
-    Image.fromarray(utils.PALETTE[ids]).save(rendered)
+    Image.fromarray(constants.PALETTE[ids]).save(rendered)
     with pytest.raises(ValueError, match=r"rendered.png is a colour image \(mode RGB\)"
                                          r".*VOC palette colours \(ids \[0, 1, 7, 15, "
                                          r"20, 255\]\).*convert_colour_label"):
-        labels.load_label(rendered)
+        label_files.load_label(rendered)
     converted = str(tmp_path / "ids.png")
-    labels.convert_colour_label(rendered, converted)
-    np.testing.assert_array_equal(labels.load_label(converted), ids)
+    label_files.convert_colour_label(rendered, converted)
+    np.testing.assert_array_equal(label_files.load_label(converted), ids)
     with pytest.raises(FileExistsError):
-        labels.convert_colour_label(rendered, converted)
+        label_files.convert_colour_label(rendered, converted)
 
     gray_rgb = str(tmp_path / "gray_rgb.png")
     Image.fromarray(np.stack([ids] * 3, axis=-1)).save(gray_rgb)
     with pytest.raises(ValueError, match=r"channels are equal.*convert\('L'\)"):
-        labels.load_label(gray_rgb)
+        label_files.load_label(gray_rgb)
     Image.open(gray_rgb).convert("L").save(gray_rgb)
-    np.testing.assert_array_equal(labels.load_label(gray_rgb), ids)
+    np.testing.assert_array_equal(label_files.load_label(gray_rgb), ids)
 
     own = str(tmp_path / "own.png")
     Image.fromarray(np.array([[[10, 20, 30], [0, 0, 0]]], np.uint8)).save(own)
     with pytest.raises(ValueError, match=r"its 2 colours \(e.g. \(0, 0, 0\), "
                                          r"\(10, 20, 30\)\).*colour table"):
-        labels.load_label(own)
+        label_files.load_label(own)
     with pytest.raises(ValueError, match=r"1 colours are not in the palette"):
-        labels.convert_colour_label(own, str(tmp_path / "own_ids.png"))
+        label_files.convert_colour_label(own, str(tmp_path / "own_ids.png"))
 
 
 def test_wide_labels_say_whether_values_fit_8_bits(tmp_path):
     small = str(tmp_path / "small.png")
     Image.fromarray(np.array([[0, 3], [255, 1]], np.uint16)).save(small)
     with pytest.raises(ValueError, match=r"mode I;16.*fits 8 bits \(largest 255\)"):
-        labels.load_label(small)
+        label_files.load_label(small)
     big = str(tmp_path / "big.png")
     Image.fromarray(np.array([[0, 3], [1000, 1]], np.uint16)).save(big)
     with pytest.raises(ValueError, match=r"reach 1000, beyond 8 bits"):
-        labels.load_label(big)
+        label_files.load_label(big)
 
 
 def test_load_pair_checks_size_values_and_maps(tmp_path):
@@ -321,7 +327,7 @@ def test_load_pair_checks_size_values_and_maps(tmp_path):
     label_path = str(tmp_path / "SegmentationClassAug" / "a.png")
     table = np.arange(256)
     table[1] = 4
-    label_map = labels.LabelMap(table)
+    label_map = label_maps.LabelMap(table)
     _, mapped = load_pair(image_path, label_path, 5, 255, label_map)
     np.testing.assert_array_equal(mapped, np.where(label == 1, 4, label))
     with pytest.raises(ValueError, match="a.png has values"):
@@ -330,22 +336,22 @@ def test_load_pair_checks_size_values_and_maps(tmp_path):
 
 def test_dataset_of_background_and_ignore_only_is_a_problem():
     binary = histogram_of((0, 900), (255, 100))
-    problems, warnings = labels.dataset_problems(binary, 3, 21, 255)
+    problems, warnings = label_checks.dataset_problems(binary, 3, 21, 255)
     assert len(problems) == 1 and not warnings
     assert "10.0% are the ignore label 255" in problems[0].message
     assert "binary masks saved as 0/255" in problems[0].fix
-    problems, warnings = labels.dataset_problems(histogram_of((0, 900)), 3, 21, 255)
+    problems, warnings = label_checks.dataset_problems(histogram_of((0, 900)), 3, 21, 255)
     assert not problems and "Only class 0 occurs" in warnings[0].message
-    assert labels.dataset_problems(histogram_of((0, 9), (4, 1), (255, 1)),
-                                   3, 21, 255) == ([], [])
+    assert label_checks.dataset_problems(histogram_of((0, 9), (4, 1), (255, 1)),
+                                         3, 21, 255) == ([], [])
 
 
 def test_sample_indices_are_a_sorted_reproducible_subset():
-    first = labels.sample_indices(50, 10, seed=3)
+    first = label_checks.sample_indices(50, 10, seed=3)
     assert len(set(first)) == 10 and list(first) == sorted(first)
-    np.testing.assert_array_equal(first, labels.sample_indices(50, 10, seed=3))
-    np.testing.assert_array_equal(labels.sample_indices(5, 10), np.arange(5))
-    np.testing.assert_array_equal(labels.sample_indices(5, None), np.arange(5))
+    np.testing.assert_array_equal(first, label_checks.sample_indices(50, 10, seed=3))
+    np.testing.assert_array_equal(label_checks.sample_indices(5, 10), np.arange(5))
+    np.testing.assert_array_equal(label_checks.sample_indices(5, None), np.arange(5))
 
 
 # ----------------------------------------- restoring another class count
@@ -361,10 +367,10 @@ def restore_into_new_net(path, num_classes=5, **kwargs):
     """Restore ``path`` into a fresh TINY_CONFIG net; its variables' values."""
     with tf.Graph().as_default():
         images = tf.placeholder(tf.float32, [1, 33, 33, 3])
-        net, _ = utils.build_model(images, num_classes, config=TINY_CONFIG)
+        net, _ = build_model(images, num_classes, config=TINY_CONFIG)
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
-            utils.restore(sess, path, net, **kwargs)
+            checkpoints.restore(sess, path, net, **kwargs)
             return sess.run(net.variables)
 
 

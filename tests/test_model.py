@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 import tensorflow.compat.v1 as tf
-from deeplab_resnet import caffe, utils
 from deeplab_resnet.model import ModelConfig
+from deeplab_resnet import constants
+from deeplab_resnet.caffe import convert as caffe_convert
+from deeplab_resnet.model import build_model
 
 
 def caffe_logit_size(size):
@@ -31,7 +33,7 @@ def test_caffe_logit_size_formula_hand_computed():
 
 def test_logit_sizes_odd_and_even(tiny_config):
     images = tf.placeholder(tf.float32, [1, None, None, 3])
-    _, logits = utils.build_model(images, 2, config=tiny_config)
+    _, logits = build_model(images, 2, config=tiny_config)
     with tf.Session() as sess:
         sess.run(tf.global_variables_initializer())
         # (height, width): 321x321, a 500x375 (W x H) VOC photo, 320x480.
@@ -74,12 +76,12 @@ def expected_size(config, num_classes):
 @pytest.fixture(scope="module")
 def resnet101():
     """The full graph, built once (about 4 s), never run."""
-    return caffe.build_network(utils.NUM_CLASSES, ModelConfig())
+    return caffe_convert.build_network(constants.NUM_CLASSES, ModelConfig())
 
 
 def test_resnet101_variable_and_parameter_counts(resnet101):
     graph, net = resnet101
-    variables, params = expected_size(ModelConfig(), utils.NUM_CLASSES)
+    variables, params = expected_size(ModelConfig(), constants.NUM_CLASSES)
     trainable = graph.get_collection(tf.GraphKeys.TRAINABLE_VARIABLES)
     assert len(net.variables) == len(graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES))
     assert len(net.variables) == variables == 528

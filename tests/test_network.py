@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 import tensorflow.compat.v1 as tf
-from deeplab_resnet import utils
 from deeplab_resnet.network import BN_EPSILON, Network, caffe_pool_output_size
-from test_convert import random_weights
+from deeplab_resnet import checkpoints
+from deeplab_resnet import constants
+from deeplab_resnet.model import build_model
+from deeplab_resnet.testing import random_weights
 
 
 class OneLayer(Network):
@@ -128,19 +130,19 @@ def test_batch_norm_inference_matches_numpy():
 
 def test_folded_batchnorm_gives_the_same_logits(tmp_path, tiny_config):
     rng = np.random.RandomState(3)
-    x = (rng.uniform(0, 255, (1, 41, 38, 3)) - utils.IMG_MEAN).astype(np.float32)
+    x = (rng.uniform(0, 255, (1, 41, 38, 3)) - constants.IMG_MEAN).astype(np.float32)
     path = str(tmp_path / "weights.npz")
     logits = {}
     for fold in (False, True):
         graph = tf.Graph()
         with graph.as_default():
             images = tf.placeholder(tf.float32, [1, None, None, 3])
-            net, output = utils.build_model(images, 4, config=tiny_config,
-                                            fold_batchnorm=fold)
+            net, output = build_model(images, 4, config=tiny_config,
+                                      fold_batchnorm=fold)
             with tf.Session() as sess:
                 if not fold:
                     np.savez(path, **random_weights(net, seed=3))
-                utils.restore(sess, path, net)
+                checkpoints.restore(sess, path, net)
                 logits[fold] = sess.run(output, {images: x})
     assert "bn_conv1/bias" in net.variables and "bn_conv1/mean" not in net.variables
     error = np.abs(logits[True] - logits[False]).max() / np.abs(logits[False]).max()
@@ -149,7 +151,7 @@ def test_folded_batchnorm_gives_the_same_logits(tmp_path, tiny_config):
 
 def test_assign_weights_lists_missing_extra_and_mismatched(tiny_config):
     images = tf.placeholder(tf.float32, [1, None, None, 3])
-    net, _ = utils.build_model(images, 3, config=tiny_config)
+    net, _ = build_model(images, 3, config=tiny_config)
     weights = random_weights(net)
     del weights["bn2a_branch2b/variance"]
     weights["res9z_branch2a/weights"] = np.zeros((1, 1, 2, 2), np.float32)

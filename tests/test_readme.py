@@ -1,11 +1,10 @@
 """The README says what the code does: flag tables and the quick-start commands."""
 import os
-import sys
 
 from conftest import REPO_ROOT
+from deeplab_resnet.testing import load_script
 
-sys.path.insert(0, os.path.join(REPO_ROOT, "misc"))
-import flag_tables  # noqa: E402
+flag_tables = load_script(os.path.join(REPO_ROOT, "misc", "flag_tables.py"))
 
 
 def read(path):

@@ -13,8 +13,13 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from conftest import REPO_ROOT, TINY_CONFIG, load_script, save_tiny_model, write_voc_pair
-from deeplab_resnet import training, utils
-from deeplab_resnet.image_reader import ImageReader
+from deeplab_resnet.data.reader import ImageReader
+from deeplab_resnet import cli
+from deeplab_resnet import constants
+from deeplab_resnet import training
+from deeplab_resnet.training import gradients
+from deeplab_resnet.training import loop as training_loop
+from deeplab_resnet.training.loss import prepare_label
 
 TINY_FLAGS = ["--blocks", ",".join(map(str, TINY_CONFIG.blocks)),
               "--base-depth", str(TINY_CONFIG.base_depth),
@@ -34,11 +39,11 @@ def train_argv(data_dir, list_path, snapshot_dir, *extra):
 def run_train(argv):
     """train.py's main in this process, through run_main: its exit status."""
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_main(lambda: train_script.main(argv))
+        cli.run_main(lambda: train_script.main(argv))
     return exit_info.value.code
 
 
-def write_dataset(root, num_classes=utils.NUM_CLASSES, count=4):
+def write_dataset(root, num_classes=constants.NUM_CLASSES, count=4):
     names = ["img%d" % i for i in range(count)]
     for i, name in enumerate(names):
         write_voc_pair(root, name, (33, 33), num_classes=num_classes, seed=i,
@@ -67,7 +72,7 @@ def test_dilated_convolution_gradient_matches_zero_inserted_kernel():
     w = tf.constant(rng.normal(size=(3, 3, 3, 4)).astype(np.float32))
     pads = [[0, 0], [rate, rate], [rate, rate], [0, 0]]
     graph = tf.get_default_graph()
-    with graph.gradient_override_map({"Conv2D": training.CONV2D_GRADIENT}):
+    with graph.gradient_override_map({"Conv2D": gradients.CONV2D_GRADIENT}):
         dilated = tf.nn.conv2d(x, w, [1, 1, 1, 1], pads, dilations=[1, rate, rate, 1])
         plain = tf.nn.conv2d(x, w, [1, 1, 1, 1], [[0, 0], [1, 1], [1, 1], [0, 0]])
     taps = [[i * rate, j * rate] for i in range(3) for j in range(3)]
@@ -95,7 +100,7 @@ def test_one_step_applies_lr_multipliers_weight_decay_and_poly_rate():
                                num_steps=num_steps, weight_decay=decay)
     # The loss written out independently: mean -log softmax over labelled pixels.
     logits = trainer.tower.logits
-    label = utils.prepare_label(labels, tf.unstack(tf.shape(logits)[1:3]))
+    label = prepare_label(labels, tf.unstack(tf.shape(logits)[1:3]))
     valid = tf.cast(tf.not_equal(label, 255), tf.float32)
     log_probs = tf.nn.log_softmax(logits)
     picked = tf.reduce_sum(tf.one_hot(label, num_classes) * log_probs, axis=3)
@@ -181,10 +186,11 @@ def test_short_training_run_lowers_the_loss(voc_dataset):
     data_dir, list_path, _ = voc_dataset
     tf.set_random_seed(0)
     coord = tf.train.Coordinator()
-    reader = ImageReader(data_dir, list_path, (33, 33), False, True, 255,
-                         utils.IMG_MEAN, coord, num_classes=utils.NUM_CLASSES)
+    reader = ImageReader(data_dir, list_path, input_size=(33, 33), random_mirror=True,
+                         ignore_label=255, coord=coord,
+                         num_classes=constants.NUM_CLASSES)
     image_batch, label_batch = reader.dequeue(4)
-    trainer = training.Trainer(image_batch, label_batch, utils.NUM_CLASSES,
+    trainer = training.Trainer(image_batch, label_batch, constants.NUM_CLASSES,
                                is_training=True, config=TINY_CONFIG,
                                learning_rate=1e-3, num_steps=30)
     with tf.Session() as sess:
@@ -208,7 +214,7 @@ def read_events(snapshot_dir):
 
 def test_restoring_weights_for_other_classes_skips_the_classifier(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    _, npz = save_tiny_model(str(tmp_path / "init"), num_classes=utils.NUM_CLASSES)
+    _, npz = save_tiny_model(str(tmp_path / "init"), num_classes=constants.NUM_CLASSES)
     data_dir = str(tmp_path / "data")
     list_path = write_dataset(data_dir, num_classes=5)
     snapshot_dir = str(tmp_path / "snap")
@@ -217,7 +223,7 @@ def test_restoring_weights_for_other_classes_skips_the_classifier(tmp_path, capl
                                   "--save-pred-every", "1", "--learning-rate", "0"))
     assert status == 0
     assert "has a classifier for another number of classes" in caplog.text
-    with open(os.path.join(snapshot_dir, utils.MODEL_CONFIG_FILE)) as f:
+    with open(os.path.join(snapshot_dir, constants.MODEL_CONFIG_FILE)) as f:
         assert json.load(f) == dict(TINY_CONFIG.to_dict(), num_classes=5)
     assert tf.train.latest_checkpoint(snapshot_dir).endswith("model.ckpt-2")
     saved = tf.train.load_checkpoint(os.path.join(snapshot_dir, "model.ckpt-2"))
@@ -280,7 +286,7 @@ def test_bad_data_fails_before_training_and_keeps_snapshots(tmp_path, caplog, br
     snapshot_dir = str(tmp_path / "snap")
     os.makedirs(snapshot_dir)
     previous = {"checkpoint": 'model_checkpoint_path: "model.ckpt-7"\n',
-                "model.ckpt-7.index": "index", utils.MODEL_CONFIG_FILE: "{}",
+                "model.ckpt-7.index": "index", constants.MODEL_CONFIG_FILE: "{}",
                 "model.ckpt-7.data-00000-of-00001": "data"}
     for name, text in previous.items():
         with open(os.path.join(snapshot_dir, name), "w") as f:
@@ -299,7 +305,7 @@ def test_bad_data_fails_before_training_and_keeps_snapshots(tmp_path, caplog, br
 def test_bad_label_met_by_the_reader_during_training_stops_the_run(
         tmp_path, caplog, monkeypatch):
     """Labels beyond the checked sample are checked by the reader threads."""
-    monkeypatch.setattr(training, "CHECKED_LABELS", 0)
+    monkeypatch.setattr(training_loop, "CHECKED_LABELS", 0)
     data_dir = str(tmp_path / "data")
     list_path = write_dataset(data_dir)
     message = break_label_size(data_dir, list_path)
@@ -361,7 +367,7 @@ def test_ctrl_c_snapshots_and_rerun_resumes_at_the_saved_step(tmp_path):
             break
     # The run holds its snapshot directory.
     with pytest.raises(IOError, match="Another train.py is writing to"):
-        with training.SnapshotLock(snapshot_dir):
+        with training_loop.SnapshotLock(snapshot_dir):
             pass
     first.send_signal(signal.SIGINT)
     output = "".join(lines) + first.communicate(timeout=60)[0]

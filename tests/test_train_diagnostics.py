@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 from PIL import Image
+from deeplab_resnet import training
+from deeplab_resnet.training import loop as training_loop
+from deeplab_resnet.data.reader import ImageReader
+from deeplab_resnet.training import solver
 
 from conftest import TINY_CONFIG
-from deeplab_resnet import training
 from test_train import random_batch, read_events, run_train, train_argv, write_dataset
 
 BN_WARNING = "--is-training updates BatchNorm statistics from"
@@ -71,7 +74,7 @@ def test_progress_line_and_tensorboard_report_loss_and_l2_apart(tmp_path, caplog
     (False, 2, 1, None)])
 def test_batchnorm_warning_only_for_updated_statistics_on_small_batches(
         is_training, batch_size, num_devices, per_device):
-    warning = training.batchnorm_batch_warning(is_training, batch_size, num_devices)
+    warning = solver.batchnorm_batch_warning(is_training, batch_size, num_devices)
     if per_device is None:
         assert warning is None
     else:
@@ -140,10 +143,10 @@ def test_label_values_that_reach_the_loss_are_counted_not_trained_on():
 def test_bad_labels_that_slip_past_the_reader_stop_the_run(tmp_path, caplog,
                                                            monkeypatch):
     """E.g. a wrong label map: the reader is told nothing of the classes."""
-    reader = training.ImageReader
-    monkeypatch.setattr(training, "ImageReader",
+    reader = ImageReader
+    monkeypatch.setattr(training_loop, "ImageReader",
                         lambda *a, **k: reader(*a, **dict(k, num_classes=None)))
-    monkeypatch.setattr(training, "CHECKED_LABELS", 0)
+    monkeypatch.setattr(training_loop, "CHECKED_LABELS", 0)
     data_dir = str(tmp_path / "data")
     list_path = write_dataset(data_dir, num_classes=5)
     for name in ("img0", "img1", "img2", "img3"):

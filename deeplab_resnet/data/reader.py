@@ -1,9 +1,8 @@
 """List files in, batches of preprocessed images and labels out, queue style.
 
-A list file names image/label pairs relative to a data root, one pair a line
-(``/JPEGImages/x.jpg /SegmentationClassAug/x.png``), as DeepLab's Caffe
-``ImageSegData`` layer reads them. A ``tf.compat.v1`` producer queue walks the
-list and reader threads (queue runners) decode, augment and batch it.
+A list file (``data.lists``) names image/label pairs. A ``tf.compat.v1``
+producer queue walks the list and reader threads (queue runners) decode,
+augment and batch it.
 
 Decoding runs in Python (PIL, through ``tf.numpy_function``) rather than
 ``tf.io.decode_*`` because VOC labels are palette PNGs whose pixel values *are*
@@ -11,7 +10,8 @@ the class ids: ``decode_png`` returns the palette's colours instead, and
 training on those fails silently. PIL also reads the photos TF's decoders
 reject or misread (CMYK JPEGs, 16-bit PNGs, palette images).
 
-Preprocessing is Caffe's: BGR channel order minus ``utils.IMG_MEAN``. Training
+Preprocessing is Caffe's: BGR channel order minus ``IMG_MEAN``
+(``images.bgr_minus_mean``). Training
 adds a random scale in [0.5, 1.5] (bilinear with half-pixel centres for the
 image, as OpenCV's INTER_LINEAR; nearest for the label, which must never mix
 class ids), a random left-right mirror, and a random crop to ``input_size``;
@@ -19,7 +19,7 @@ images smaller than the crop are first padded at the bottom and right with the
 mean (0 after subtraction) and their labels with the ignore label, so padding
 adds neither signal nor loss.
 
-Labels are checked as they are read (``labels.check_label``: mode, size,
+Labels are checked as they are read (``label_checks.check_label``: mode, size,
 values; a ``--label-map`` turns stored values into training ids first), and
 ``ImageReader.check`` scans a sample up front with the scan
 ``dataset/check_labels.py`` runs.
@@ -30,83 +30,24 @@ exception, whose message names the file, is kept and raised by
 ``ImageReader.raise_if_failed()``.
 """
 import logging
-import os
 import threading
 import time
 
 import numpy as np
-import tensorflow.compat.v1 as tf
 from PIL import Image
 
-from deeplab_resnet import labels, utils
-from deeplab_resnet.labels import DECODE_ERRORS, WIDE_MODES, load_label
+from deeplab_resnet.constants import IGNORE_LABEL
+from deeplab_resnet.data import label_checks, label_maps
+from deeplab_resnet.data.label_files import (DECODE_ERRORS, WIDE_MODES, UnreadableError,
+                                             load_label)
+from deeplab_resnet.data.lists import read_labeled_image_list
+from deeplab_resnet.images import bgr_minus_mean
+from deeplab_resnet.runtime import tf
 
 log = logging.getLogger(__name__)
 
-# How many problems an error message lists before abbreviating.
-MAX_LISTED = 10
 # Decoded evaluation images waiting for the network.
 EVAL_PREFETCH = 2
-
-
-def _listed(items):
-    shown = "; ".join(items[:MAX_LISTED])
-    if len(items) > MAX_LISTED:
-        shown += "; ... (%d in all)" % len(items)
-    return shown
-
-
-def _join(data_dir, path):
-    """``data_dir`` + a list entry. Entries start with '/' but are relative."""
-    return os.path.join(data_dir, path.lstrip("/")) if data_dir else path
-
-
-def read_labeled_image_list(data_dir, data_list, check_exists=True):
-    """Image and label paths from a list file, every file checked to exist.
-
-    Args:
-      data_dir: root the list's paths are relative to (e.g. VOCdevkit/VOC2012).
-      data_list: text file, one ``IMAGE LABEL`` pair per line; blank lines
-        are skipped.
-      check_exists: False leaves missing files to the caller (check_labels.py
-        reports them with the other problems).
-    Returns:
-      (image_paths, label_paths): two lists of equal length, in list order.
-    Raises:
-      IOError: the list file or listed files do not exist (each missing file
-        is named with its line number).
-      ValueError: the list is empty or a line is not two paths.
-    """
-    if not os.path.isfile(data_list):
-        raise IOError("List file %r does not exist. Point --data-list at a text "
-                      "file of '/JPEGImages/x.jpg /SegmentationClassAug/x.png' "
-                      "lines." % data_list)
-    images, labels, missing = [], [], []
-    with open(data_list) as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise ValueError(
-                    "%s line %d is not an 'IMAGE LABEL' pair of paths: %r. Each "
-                    "line must be e.g. '/JPEGImages/x.jpg "
-                    "/SegmentationClassAug/x.png' (paths without spaces)."
-                    % (data_list, number, line.strip()))
-            image, label = (_join(data_dir, p) for p in fields)
-            missing.extend("line %d: %s" % (number, p)
-                           for p in (image, label) if not os.path.isfile(p))
-            images.append(image)
-            labels.append(label)
-    if not images:
-        raise ValueError("List file %r lists no image/label pairs. Fill it with "
-                         "'/JPEGImages/x.jpg /SegmentationClassAug/x.png' lines."
-                         % data_list)
-    if missing and check_exists:
-        raise IOError("%d file(s) listed in %s do not exist: %s. Check --data-dir "
-                      "(%r), which the listed paths are relative to."
-                      % (len(missing), data_list, _listed(missing), data_dir))
-    return images, labels
 
 
 def load_image(path):
@@ -135,17 +76,17 @@ def load_image(path):
                     np.clip(np.round(wide), 0, 255).astype(np.uint8))
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except DECODE_ERRORS as err:
-        raise labels.UnreadableError("image", path, err)
+        raise UnreadableError("image", path, err)
 
 
 def load_pair(image_path, label_path, num_classes=None,
-              ignore_label=utils.IGNORE_LABEL, label_map=None):
+              ignore_label=IGNORE_LABEL, label_map=None):
     """An image and its label in training ids, checked to fit each other.
 
     Args:
       num_classes: when given, every label value (after ``label_map``) must
         be a class id below ``num_classes`` or ``ignore_label``.
-      label_map: ``labels.LabelMap`` from stored values to training ids, or None.
+      label_map: ``label_maps.LabelMap`` from stored values to training ids, or None.
     Returns:
       (image uint8 [H, W, 3] RGB, label uint8 [H, W]).
     Raises:
@@ -153,8 +94,8 @@ def load_pair(image_path, label_path, num_classes=None,
         (the message says the likely cause and the fix).
     """
     image = load_image(image_path)
-    label = labels.check_label(load_label(label_path), label_path, num_classes,
-                               ignore_label, label_map, image.shape[:2], image_path)
+    label = label_checks.check_label(load_label(label_path), label_path, num_classes,
+                                     ignore_label, label_map, image.shape[:2], image_path)
     return image, label
 
 
@@ -233,32 +174,32 @@ class ImageReader(object):
       input_size: (height, width) crop for training, or None for evaluation.
       random_scale, random_mirror: augmentations (training only).
       ignore_label: label value that pads crops (and is left out of the loss).
-      img_mean: BGR mean subtracted from images, ``utils.IMG_MEAN``.
-      coord: the ``tf.train.Coordinator`` the reader threads report to.
+      coord: the ``tf.train.Coordinator`` the reader threads report to (a new
+        one by default).
       shuffle: shuffle the list every pass. With False the list order is
         kept, batches included (one reader thread is used for that).
       num_threads: reader threads filling the batch queue.
       num_classes: when given, a label value that is neither a class id below
         it nor ``ignore_label`` is an error naming the file.
-      label_map: --label-map: a file (see ``labels.read_label_map``), a
-        ``labels.LabelMap`` or None; applied to every label as it is read.
+      label_map: --label-map: a file (see ``label_maps.read_label_map``), a
+        ``label_maps.LabelMap`` or None; applied to every label as it is read.
     Raises:
       IOError, ValueError: from ``read_labeled_image_list`` and
-        ``labels.read_label_map``.
+        ``label_maps.read_label_map``.
     """
 
-    def __init__(self, data_dir, data_list, input_size, random_scale, random_mirror,
-                 ignore_label, img_mean, coord, shuffle=True, num_threads=4,
-                 num_classes=None, label_map=None):
+    def __init__(self, data_dir, data_list, *, input_size=None, random_scale=False,
+                 random_mirror=False, ignore_label=IGNORE_LABEL, coord=None,
+                 shuffle=True, num_threads=4, num_classes=None, label_map=None):
         self.data_dir = data_dir
         self.data_list = data_list
         self.input_size = tuple(input_size) if input_size is not None else None
         self.ignore_label = ignore_label
-        self.coord = coord
+        self.coord = coord if coord is not None else tf.train.Coordinator()
         self.shuffle = shuffle
         self.num_threads = num_threads if shuffle else 1
         self.num_classes = num_classes
-        self.label_map = labels.read_label_map(label_map, num_classes, ignore_label)
+        self.label_map = label_maps.read_label_map(label_map, num_classes, ignore_label)
         self.failure = None
         self._lock = threading.Lock()
         self.image_list, self.label_list = read_labeled_image_list(data_dir, data_list)
@@ -275,8 +216,7 @@ class ImageReader(object):
             image.set_shape([None, None, 3])
             label.set_shape([None, None])
             # RGB -> BGR, minus the mean: what the Caffe model was trained on.
-            image = tf.cast(image[:, :, ::-1], tf.float32) - np.asarray(img_mean,
-                                                                          np.float32)
+            image = bgr_minus_mean(tf.cast(image, tf.float32))
             label = tf.expand_dims(label, axis=2)
             if self.input_size is not None:
                 if random_scale:
@@ -305,7 +245,7 @@ class ImageReader(object):
         """Scan a sample of the labels now, so bad labels fail before training.
 
         Every listed file was checked to exist when the list was read; this
-        runs check_labels.py's scan (``labels.scan_labels``) on up to
+        runs check_labels.py's scan (``label_checks.scan_labels``) on up to
         ``sample_size`` pairs (all of a shorter list): label mode, size
         against the image's header, values (after the label map) when the
         reader has ``num_classes``, and masks that hold nothing but
@@ -314,13 +254,13 @@ class ImageReader(object):
         Raises:
           IOError, ValueError: the first problem found, with its fix.
         """
-        indices = labels.sample_indices(self.num_images, sample_size, seed)
+        indices = label_checks.sample_indices(self.num_images, sample_size, seed)
         start = time.time()
-        result = labels.scan_labels(
+        result = label_checks.scan_labels(
             [(self.image_list[i], self.label_list[i]) for i in indices],
             self.num_classes, self.ignore_label, self.label_map, log_interval=None)
         if result.problems:
-            raise ValueError(labels.scan_error(result, self.data_list))
+            raise ValueError(label_checks.scan_error(result, self.data_list))
         for warning in result.warnings:
             log.warning("%s %s", warning.message, warning.fix)
         log.info("checked %d of %d labels in %s (%.2f s)%s", result.checked,

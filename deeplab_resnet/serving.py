@@ -1,4 +1,4 @@
-"""Export a trained model for serving: a frozen GraphDef and a SavedModel.
+"""Serving: a trained model exported as a frozen GraphDef and a SavedModel.
 
 Both hold the same self-contained graph, one image per run:
 
@@ -16,10 +16,10 @@ tensorflow/models research/deeplab) and lets TF Serving's row ("instances")
 JSON format carry one image; images of different sizes cannot share a batch.
 
 Everything between the photo and the outputs is inside the graph: the Caffe
-preprocessing of ``predict.preprocess`` (RGB to BGR, ``utils.IMG_MEAN``
+preprocessing of ``images.bgr_minus_mean`` (RGB to BGR, ``IMG_MEAN``
 subtracted, in float32), the network of ``predict.build_prediction`` with
 BatchNorm folded into the convolutions (the stored weights are folded by
-``utils.restore``, so the graph has no BatchNorm op), optional multi-scale,
+``checkpoints.restore``, so the graph has no BatchNorm op), optional multi-scale,
 flip and bfloat16 network, and the upsampling to the input size. The weights are constants
 (the graph is frozen), so neither form has variables to restore: the
 SavedModel is the frozen graph plus a serving signature.
@@ -33,14 +33,16 @@ when complete (built under a temporary name, then renamed)::
   <output-dir>/export_info.json         the names above, classes, scales,
                                         flip, bf16, source weights
 """
-import json
 import logging
 import os
 import shutil
 
-import tensorflow.compat.v1 as tf
-
-from deeplab_resnet import predict, utils
+from deeplab_resnet import checkpoints, files
+from deeplab_resnet.constants import NUM_CLASSES
+from deeplab_resnet.evaluation.predict import build_prediction
+from deeplab_resnet.images import bgr_minus_mean
+from deeplab_resnet.network import VARIABLE_OPS
+from deeplab_resnet.runtime import tf
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,8 @@ INFO_FILE = "export_info.json"
 SERVING_TAG = tf.saved_model.tag_constants.SERVING
 SIGNATURE_KEY = tf.saved_model.signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 # Op types that hold or touch state; a frozen graph has none of them.
-VARIABLE_OPS = ("Variable", "VariableV2", "VarHandleOp", "ReadVariableOp",
-                "AssignVariableOp", "Assign", "VarIsInitializedOp")
+STATE_OPS = VARIABLE_OPS + ("ReadVariableOp", "AssignVariableOp", "Assign",
+                            "VarIsInitializedOp")
 
 
 def label_dtype(num_classes):
@@ -62,13 +64,13 @@ def label_dtype(num_classes):
     return tf.uint8 if num_classes <= 256 else tf.int32
 
 
-def build_serving_graph(num_classes, config=None, scales=(1.0,), flip=False,
+def build_serving_graph(num_classes, config=None, *, scales=(1.0,), flip=False,
                         bf16=False):
     """The serving graph in the default graph: placeholder to named outputs.
 
     Args:
       num_classes: classifier outputs.
-      config: ``ModelConfig`` (see ``predict.resolve_model``).
+      config: ``ModelConfig`` (see ``checkpoints.resolve_model``).
       scales, flip: test-time augmentation baked into the graph, as in
         ``predict.build_prediction``.
       bf16: the network in bfloat16 with bfloat16 weights (half the size),
@@ -80,10 +82,9 @@ def build_serving_graph(num_classes, config=None, scales=(1.0,), flip=False,
     """
     image = tf.placeholder(tf.uint8, [1, None, None, 3], name=INPUT_NAME)
     with tf.name_scope("preprocess"):
-        # As predict.preprocess: float32 RGB, reversed to BGR, minus the mean.
-        bgr = tf.reverse(tf.cast(image, tf.float32), axis=[3]) - utils.IMG_MEAN
-    net, prediction = predict.build_prediction(bgr, num_classes, config, scales,
-                                               flip, fold_batchnorm=True, bf16=bf16)
+        bgr = bgr_minus_mean(tf.cast(image, tf.float32))
+    net, prediction = build_prediction(bgr, num_classes, config, scales=scales,
+                                       flip=flip, fold_batchnorm=True, bf16=bf16)
     label = _named_as(prediction.pred, label_dtype(num_classes), LABEL_NAME)
     probs = _named_as(prediction.probs, tf.float32, PROBS_NAME)
     # The signature then shows the batch of one (MSC/flip lose it).
@@ -100,11 +101,11 @@ def _named_as(tensor, dtype, name):
     return tf.cast(tensor, dtype, name=name)
 
 
-def freeze(weights, num_classes, scales=(1.0,), flip=False, bf16=False):
+def freeze(weights, num_classes, *, scales=(1.0,), flip=False, bf16=False):
     """A GraphDef of the serving graph with the weights as constants.
 
     Args:
-      weights: .npz, checkpoint prefix or directory (``utils.restore``); the
+      weights: .npz, checkpoint prefix or directory (``checkpoints.restore``); the
         architecture comes from ``model_config.json`` beside it.
       num_classes: must match the weights' classifier.
       scales, flip, bf16: as ``build_serving_graph``.
@@ -114,11 +115,11 @@ def freeze(weights, num_classes, scales=(1.0,), flip=False, bf16=False):
       IOError: nothing usable at ``weights``; ValueError: weights for
       another network or class count.
     """
-    path, config = predict.resolve_model(weights, num_classes)
+    path, config = checkpoints.resolve_model(weights, num_classes)
     with tf.Graph().as_default() as graph:
-        net, _, outputs = build_serving_graph(num_classes, config, scales, flip,
-                                              bf16)
-        sess = predict.open_session(net, path)
+        net, _, outputs = build_serving_graph(num_classes, config, scales=scales,
+                                              flip=flip, bf16=bf16)
+        sess = checkpoints.open_session(net, path)
         try:
             graph_def = tf.graph_util.convert_variables_to_constants(
                 sess, graph.as_graph_def(), [t.op.name for t in outputs.values()])
@@ -214,7 +215,7 @@ def _move_into_place(staging, output_dir, overwrite):
         shutil.rmtree(old)
 
 
-def export(weights, output_dir, num_classes=utils.NUM_CLASSES, scales=(1.0,),
+def export(weights, output_dir, num_classes=NUM_CLASSES, *, scales=(1.0,),
            flip=False, bf16=False, overwrite=False):
     """Write the frozen graph, the SavedModel and export_info.json.
 
@@ -231,7 +232,8 @@ def export(weights, output_dir, num_classes=utils.NUM_CLASSES, scales=(1.0,),
     """
     output_dir = os.path.normpath(output_dir)
     check_output_dir(output_dir, overwrite)
-    graph_def, path, config = freeze(weights, num_classes, scales, flip, bf16)
+    graph_def, path, config = freeze(weights, num_classes, scales=scales,
+                                     flip=flip, bf16=bf16)
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     staging = _new_hidden_dir(parent, output_dir, "tmp")
@@ -255,8 +257,7 @@ def export(weights, output_dir, num_classes=utils.NUM_CLASSES, scales=(1.0,),
             "weights": os.path.abspath(path),
             "model_config": config.to_dict(),
         }
-        with open(os.path.join(staging, INFO_FILE), "w") as f:
-            json.dump(info, f, indent=2)
+        files.write_json(os.path.join(staging, INFO_FILE), info)
         _move_into_place(staging, output_dir, overwrite)
     finally:
         if os.path.isdir(staging):

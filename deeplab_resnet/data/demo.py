@@ -26,10 +26,10 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
-from deeplab_resnet import utils
-from deeplab_resnet.dataset_files import (IMAGE_DIR, LABEL_DIR, logged_progress,
-                                          save_image, save_label, write_list,
-                                          write_text)
+from deeplab_resnet.cli import logged_progress
+from deeplab_resnet.constants import IGNORE_LABEL
+from deeplab_resnet.data.lists import IMAGE_DIR, LABEL_DIR, write_list
+from deeplab_resnet.files import save_image, save_label, write_text
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def draw_sample(rng, min_size, max_size):
     # 3x3 neighbourhood holds two classes (about one pixel on each side).
     outline = (scipy.ndimage.maximum_filter(label, 3, mode="nearest")
                != scipy.ndimage.minimum_filter(label, 3, mode="nearest"))
-    label[outline] = utils.IGNORE_LABEL
+    label[outline] = IGNORE_LABEL
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
 
 
@@ -242,7 +242,7 @@ def write_demo_dataset(output_dir, config, force=False, progress_interval=5.0):
     for sub in (IMAGE_DIR, LABEL_DIR):
         os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
     jobs = [(split, i, name) for split in SPLITS for i, name in enumerate(names[split])]
-    for split, index, name in logged_progress(jobs, "images", unit="image",
+    for split, index, name in logged_progress(jobs, "images", log, unit="image",
                                               interval=progress_interval):
         rng = np.random.default_rng([config.seed, SPLITS.index(split), index])
         image, label = draw_sample(rng, config.min_size, config.max_size)

@@ -25,11 +25,11 @@ import shutil
 import numpy as np
 import scipy.io
 
-from deeplab_resnet import labels as label_checks
-from deeplab_resnet import utils
-from deeplab_resnet.dataset_files import (IMAGE_DIR, LABEL_DIR, atomic_write,
-                                          list_text, logged_progress, save_label,
-                                          text_needs_writing, write_text)
+from deeplab_resnet.cli import logged_progress
+from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES
+from deeplab_resnet.data import label_checks, label_files
+from deeplab_resnet.data.lists import IMAGE_DIR, LABEL_DIR, list_text
+from deeplab_resnet.files import atomic_write, save_label, text_needs_writing, write_text
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def _link_or_copy(src, dst):
 
 
 def build_voc_aug(voc_dir, sbd_dir, output_dir=None, force=False,
-                  num_classes=utils.NUM_CLASSES, progress_interval=5.0):
+                  num_classes=NUM_CLASSES, progress_interval=5.0):
     """Write SegmentationClassAug/, missing photos and the two list files.
 
     The layout, the splits, that every listed image has a label and a
@@ -237,7 +237,7 @@ def build_voc_aug(voc_dir, sbd_dir, output_dir=None, force=False,
     os.makedirs(label_dir, exist_ok=True)
     os.makedirs(image_dir, exist_ok=True)
     counts = collections.Counter(train=len(train), val=len(val))
-    for name in logged_progress(names, "labels", interval=progress_interval):
+    for name in logged_progress(names, "labels", log, interval=progress_interval):
         image_path = os.path.join(image_dir, name + ".jpg")
         if not os.path.exists(image_path):
             counts["images_" + _link_or_copy(images[name], image_path)] += 1
@@ -246,10 +246,10 @@ def build_voc_aug(voc_dir, sbd_dir, output_dir=None, force=False,
             counts["labels_kept"] += 1
             continue
         source = labels[name]
-        read = label_checks.load_label if source.kind == "voc" else read_sbd_label
+        read = label_files.load_label if source.kind == "voc" else read_sbd_label
         label = label_checks.check_label(
-            read(source.path), source.path, num_classes, utils.IGNORE_LABEL,
-            image_shape=label_checks.image_size(image_path), image_path=image_path)
+            read(source.path), source.path, num_classes, IGNORE_LABEL,
+            image_shape=label_files.image_size(image_path), image_path=image_path)
         save_label(label, label_path)
         counts["labels_" + source.kind] += 1
 

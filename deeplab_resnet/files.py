@@ -1,40 +1,32 @@
-"""Writing VOC-layout datasets safely: label PNGs, images and list files.
+"""Safe file writes: every file the project writes appears complete or not at all.
 
-The dataset tools (``dataset/build_voc_lists.py``, ``dataset/make_demo.py``)
-write thousands of files that training later trusts. Every write goes to a
-temporary file first and is moved into place with ``os.replace``, so an
-interrupted run never leaves a truncated PNG or half a list behind, and a
-re-run can simply skip what already exists.
-
-Layout (what ``--data-dir``/``--data-list`` of the scripts expect)::
-
-    <root>/JPEGImages/<name>.jpg
-    <root>/SegmentationClassAug/<name>.png   palette PNG, pixel value = class id
-    <root>/<list>.txt    lines "/JPEGImages/<name>.jpg /SegmentationClassAug/<name>.png"
+Each write goes to a temporary file beside its target and is moved into
+place with ``os.replace``, so an interrupted run never leaves a truncated
+PNG, list, weight file or report behind, and a re-run can skip what already
+exists. numpy and PIL only.
 """
-import logging
+import json
 import os
-import time
 
 import numpy as np
 from PIL import Image
 
-from deeplab_resnet import utils
+from deeplab_resnet.constants import PALETTE
 
-log = logging.getLogger(__name__)
-
-IMAGE_DIR = "JPEGImages"
-LABEL_DIR = "SegmentationClassAug"
-
-
-def list_line(name):
-    """The list-file line of image ``name`` (no extension), newline included."""
-    return "/%s/%s.jpg /%s/%s.png\n" % (IMAGE_DIR, name, LABEL_DIR, name)
+# Temporary files are hidden and carry this marker and the writer's pid.
+TMP_MARKER = ".tmp"
 
 
 def _tmp_path(path):
-    directory, base = os.path.split(path)
-    return os.path.join(directory, ".%s.tmp%d" % (base, os.getpid()))
+    directory, base = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, ".%s%s%d" % (base, TMP_MARKER, os.getpid()))
+
+
+def output_path(directory, source_path, suffix):
+    """``directory/<source file name without extension><suffix>``: where a
+    prediction for ``source_path`` goes."""
+    name = os.path.splitext(os.path.basename(source_path))[0]
+    return os.path.join(directory, name + suffix)
 
 
 def atomic_write(write, path):
@@ -51,11 +43,34 @@ def atomic_write(write, path):
             os.remove(tmp)
 
 
+def write_bytes(path, data, mode="wb"):
+    """Write ``data`` (bytes, or text with ``mode='w'``) to ``path`` atomically."""
+    def write(tmp):
+        with open(tmp, mode) as f:
+            f.write(data)
+    atomic_write(write, path)
+
+
+def write_json(path, data):
+    """Write ``data`` as indented JSON, atomically."""
+    write_bytes(path, json.dumps(data, indent=2) + "\n", mode="w")
+
+
+def save_npz(path, arrays):
+    """Write ``{'name': array}`` as a plain float32 .npz (no pickles), atomically."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
+    atomic_write(write, path)
+
+
 def save_image(image, path, **save_kwargs):
-    """Save a PIL image atomically; the format follows ``path``'s extension.
+    """Save a PIL image or an RGB array atomically; the format follows ``path``'s extension.
 
     ``save_kwargs`` go to ``Image.save`` (e.g. ``quality=90``).
     """
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.ascontiguousarray(image))
     extension = os.path.splitext(path)[1].lower()
     image_format = Image.registered_extensions().get(extension)
     if image_format is None:
@@ -84,7 +99,7 @@ def label_image(label):
         raise ValueError("Label values must be 0..255 to fit a palette PNG; got "
                          "%d..%d." % (label.min(), label.max()))
     image = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8))
-    image.putpalette(utils.PALETTE.ravel().tolist())  # 'L' becomes 'P'
+    image.putpalette(PALETTE.ravel().tolist())  # 'L' becomes 'P'
     return image
 
 
@@ -121,36 +136,5 @@ def write_text(path, text, force=False):
     """
     if not text_needs_writing(path, text, force):
         return False
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    atomic_write(write, path)
+    write_bytes(path, text, mode="w")
     return True
-
-
-def list_text(names):
-    """A list file's contents: one ``list_line(name)`` per name."""
-    return "".join(list_line(name) for name in names)
-
-
-def write_list(path, names, force=False):
-    """Write a list file atomically. Returns / Raises: as ``write_text``."""
-    return write_text(path, list_text(names), force)
-
-
-def logged_progress(items, what, unit="file", interval=5.0):
-    """Yield ``items``, logging ``<what> done/total <rate> ETA`` every ``interval`` s.
-
-    The last item is always reported, so a log shows that the loop finished.
-    """
-    items = list(items)
-    total = len(items)
-    progress = utils.Progress(total, unit=unit)
-    progress.update(0)
-    last_log = time.time()
-    for done, item in enumerate(items, 1):
-        yield item
-        if done == total or time.time() - last_log >= interval:
-            log.info("%s %d/%d %s", what, done, total, progress.line(done))
-            last_log = time.time()

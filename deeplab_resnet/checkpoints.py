@@ -1,0 +1,253 @@
+"""Weights on disk: find them, read them, restore them, and the model_config.json beside them.
+
+The one home of checkpoint logic. A weight flag (--restore-from,
+--model-weights) may name a ``.npz`` written by convert.py, a checkpoint
+prefix (``model.ckpt-1000``) or a directory of checkpoints (its latest is
+used); every script resolves and reads it through ``resolve_checkpoint`` and
+``read_weights``. ``model_config.json`` records the architecture beside
+checkpoints, so that a restore rebuilds the same network.
+"""
+import json
+import logging
+import os
+
+import numpy as np
+
+from deeplab_resnet import files
+from deeplab_resnet.constants import CLASSIFIER_PREFIX, MODEL_CONFIG_FILE
+from deeplab_resnet.model import ModelConfig
+from deeplab_resnet.network import fold_batchnorm_weights
+from deeplab_resnet.runtime import session_config, tf
+
+log = logging.getLogger(__name__)
+
+# The first ASPP branch's weights: their last dimension is the class count.
+CLASSIFIER_WEIGHTS = CLASSIFIER_PREFIX + "_c0/weights"
+
+
+def resolve_checkpoint(path):
+    """A weight file or checkpoint prefix from a flag value.
+
+    Accepts a ``.npz``, a checkpoint prefix (``model.ckpt-1000``) or a
+    directory holding checkpoints (the latest is used).
+
+    Raises:
+      IOError: nothing usable at ``path``.
+    """
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise IOError("%r is a directory with no checkpoint in it. Point "
+                          "--restore-from at a checkpoint prefix, a directory "
+                          "written by train.py, or the .npz written by "
+                          "convert.py." % path)
+        return latest
+    if os.path.isfile(path) and path.endswith(".npz"):
+        return path
+    if os.path.isfile(path + ".index"):
+        return path
+    if path.endswith(".index") and os.path.isfile(path):
+        return path[:-len(".index")]
+    raise IOError("%r does not exist. Point it at a checkpoint prefix (e.g. "
+                  "snapshots/model.ckpt-20000), a directory of checkpoints, or "
+                  "the .npz written by convert.py." % path)
+
+
+def read_weights(path):
+    """``{'layer/param': array}`` from a .npz or a checkpoint (optimizer
+    slots and counters left out)."""
+    path = resolve_checkpoint(path)
+    if path.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (ValueError, OSError) as err:
+            raise IOError("%r is not a weight file written by convert.py (%s)."
+                          % (path, err))
+    reader = tf.train.load_checkpoint(path)
+    shapes = reader.get_variable_to_shape_map()
+    return {name: reader.get_tensor(name) for name in shapes
+            if "/Momentum" not in name and name != "global_step"}
+
+
+def classifier_classes(path):
+    """Number of classes the weights at ``path`` were trained for, or None.
+
+    Reads only the classifier's shape (npz members load lazily; checkpoints
+    have a shape map), so it is cheap even for ResNet-101.
+    """
+    if path.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if CLASSIFIER_WEIGHTS in data.files:
+                    return int(data[CLASSIFIER_WEIGHTS].shape[-1])
+        except (ValueError, OSError) as err:
+            raise IOError("%r is not a weight file written by convert.py or "
+                          "train.py (%s)." % (path, err))
+        return None
+    shape = tf.train.load_checkpoint(path).get_variable_to_shape_map().get(
+        CLASSIFIER_WEIGHTS)
+    return int(shape[-1]) if shape else None
+
+
+def classifier_mismatch(weights, net):
+    """Classifier variables whose shape differs from the network's."""
+    return sorted(k for k, var in net.variables.items()
+                  if k.startswith(CLASSIFIER_PREFIX) and k in weights
+                  and tuple(weights[k].shape) != tuple(var.get_shape().as_list()))
+
+
+def _shape(array_shape):
+    return "x".join(str(d) for d in array_shape)
+
+
+def restore(sess, path, net, *, ignore_missing=False, skip_mismatched_classifier=False,
+            skip_classifier=False):
+    """Load weights from ``path`` (see ``resolve_checkpoint``) into ``net``.
+
+    BatchNorm is folded on the fly when ``net`` was built with
+    ``fold_batchnorm``, so one trained file serves both forms.
+
+    Args:
+      skip_mismatched_classifier: when the file's classifier was trained for
+        another number of classes (or it has none, as the ImageNet init
+        model), leave ours initialised (fine-tuning on a new dataset) and log
+        the variables left out, instead of failing.
+      skip_classifier: never restore the classifier (--not-restore-last).
+      ignore_missing: leave any variable the file lacks initialised. Without
+        it, every variable outside a skipped classifier must be in the file
+        with its shape.
+    Returns:
+      The resolved path.
+    Raises:
+      IOError: no such file; ValueError: the weights do not fit the network
+        (the message lists every missing, unexpected and mismatched variable).
+    """
+    weights = read_weights(path)
+    ours = sorted(k for k in net.variables if k.startswith(CLASSIFIER_PREFIX))
+    # The file's classifier layers too: --not-restore-last also leaves out a
+    # classifier with more ASPP branches than ours.
+    classifier_layers = {k.split("/")[0] for k in list(net.variables) + list(weights)
+                         if k.startswith(CLASSIFIER_PREFIX)}
+    skip = set()
+    if skip_classifier:
+        log.info("not restoring the classifier (--not-restore-last): %s start "
+                 "from their initial values", ", ".join(ours))
+        skip = classifier_layers
+    elif skip_mismatched_classifier:
+        mismatched = classifier_mismatch(weights, net)
+        absent = [k for k in ours if k not in weights]
+        if mismatched or absent:
+            left_out = ["%s (file %s, network %s)" % (
+                k, _shape(weights[k].shape), _shape(net.variables[k].get_shape().as_list()))
+                for k in mismatched]
+            left_out += ["%s (not in the file)" % k for k in absent]
+            log.warning("%s %s; not restoring the classifier, so these variables "
+                        "start from their initial values: %s", path,
+                        "has a classifier for another number of classes"
+                        if mismatched else "has no classifier",
+                        ", ".join(left_out))
+            skip = classifier_layers
+    if net.fold_batchnorm:
+        weights = fold_batchnorm_weights(weights, net.batchnorm_producers())
+    net.assign_weights(weights, sess, ignore_missing=ignore_missing, skip=skip)
+    return path
+
+
+def open_session(net, path, intra_op_threads=0, inter_op_threads=0):
+    """A session on the default graph with ``net``'s weights restored from ``path``.
+
+    Raises:
+      ValueError: the weights do not fit the network.
+    """
+    sess = tf.Session(config=session_config(intra_op_threads, inter_op_threads))
+    try:
+        restore(sess, path, net)
+    except Exception:
+        sess.close()
+        raise
+    return sess
+
+
+def save_checkpoint(prefix, graph, net, weights):
+    """Write ``weights`` into a tf.compat.v1 Saver checkpoint at ``prefix``.
+
+    Only the variables that have weights are saved, so a body-only
+    conversion gives a checkpoint without classifier.
+    """
+    directory = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(directory, exist_ok=True)
+    with graph.as_default():
+        var_list = {k: v for k, v in net.variables.items() if k in weights}
+        saver = tf.train.Saver(var_list=var_list)
+        with tf.Session(graph=graph, config=session_config()) as sess:
+            net.assign_weights(weights, sess, ignore_missing=True)
+            saver.save(sess, prefix, write_meta_graph=False)
+
+
+# ------------------------------------------------------- model_config.json
+def save_model_config(directory, num_classes, config):
+    """Record the architecture next to checkpoints (atomically)."""
+    files.write_json(os.path.join(directory, MODEL_CONFIG_FILE),
+                     dict(config.to_dict(), num_classes=num_classes))
+
+
+def load_model_config(path):
+    """(num_classes or None, ModelConfig) recorded beside a checkpoint.
+
+    A file without a record (e.g. converted Caffe weights) is the published
+    ResNet-101 network.
+    """
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    config_file = os.path.join(directory, MODEL_CONFIG_FILE)
+    if not os.path.isfile(config_file):
+        return None, ModelConfig()
+    with open(config_file) as f:
+        data = json.load(f)
+    num_classes = data.pop("num_classes", None)
+    return num_classes, ModelConfig(**data)
+
+
+def read_model_config(path):
+    """(num_classes or None, ModelConfig) from a model_config.json or its directory.
+
+    Raises:
+      IOError: no model_config.json there.
+    """
+    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if ((not os.path.isdir(path) and os.path.basename(path) != MODEL_CONFIG_FILE)
+            or not os.path.isfile(os.path.join(directory, MODEL_CONFIG_FILE))):
+        raise IOError("No %s at %r. Point --model-config at the %s written by "
+                      "train.py, or at its directory." % (
+                          MODEL_CONFIG_FILE, path, MODEL_CONFIG_FILE))
+    return load_model_config(directory)
+
+
+def resolve_model(weights, num_classes):
+    """The weight file to restore and the architecture to build for it.
+
+    The architecture comes from ``model_config.json`` beside checkpoints
+    written by train.py; a file without one (converted Caffe weights) is the
+    published ResNet-101.
+
+    Args:
+      weights: --restore-from / --model-weights: .npz, checkpoint prefix or
+        directory.
+      num_classes: --num-classes.
+    Returns:
+      (path, ModelConfig): ``path`` resolved as by ``resolve_checkpoint``.
+    Raises:
+      IOError: nothing usable at ``weights``.
+      ValueError: the weights were trained for another number of classes.
+    """
+    path = resolve_checkpoint(weights)
+    recorded, config = load_model_config(path)
+    trained = classifier_classes(path)
+    if trained is None:
+        trained = recorded
+    if trained is not None and trained != num_classes:
+        raise ValueError("%s was trained for %d classes but --num-classes is %d. "
+                         "Run with --num-classes %d, or point at weights trained "
+                         "for %d classes." % (path, trained, num_classes, trained,
+                                              num_classes))
+    return path, config

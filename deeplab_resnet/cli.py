@@ -1,0 +1,347 @@
+"""What the scripts share: flags and their types, logging, exit codes, progress lines.
+
+Scripts parse flags here and turn them into the keyword arguments and small
+config objects the library takes; no library function reads an argparse
+Namespace. Standard library only (no numpy, no TensorFlow), so the dataset
+tools start fast.
+"""
+import argparse
+import logging
+import os
+import sys
+import time
+
+from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES
+
+
+# ------------------------------------------------------------------ types
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a whole number, got %r" % text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1, got %d" % value)
+    return value
+
+
+def int_list(text):
+    """argparse type: '3,4,23,3' -> (3, 4, 23, 3)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated integers such "
+                                         "as 3,4,23,3; got %r" % text)
+
+
+def parse_size(text):
+    """'321,321' -> (321, 321): height, width.
+
+    Raises:
+      ValueError: not two positive integers.
+    """
+    try:
+        height, width = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError("Expected HEIGHT,WIDTH such as 321,321; got %r." % text)
+    if height < 1 or width < 1:
+        raise ValueError("Sizes must be positive; got %r." % text)
+    return height, width
+
+
+def size(text):
+    """argparse type of ``parse_size``."""
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
+
+
+def parse_scales(text):
+    """'0.5,0.75,1.0' -> (0.5, 0.75, 1.0).
+
+    Raises:
+      ValueError: not a comma-separated list of positive numbers.
+    """
+    try:
+        scales = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError("--scales must be comma-separated numbers such as "
+                         "0.5,0.75,1.0; got %r." % text)
+    if not all(0 < s <= 4 for s in scales):
+        raise ValueError("--scales must each be in (0, 4]; got %r." % text)
+    return scales
+
+
+# ------------------------------------------------------------------ flags
+def add_num_classes_flag(parser):
+    """--num-classes, for scripts that take it without the model flags."""
+    parser.add_argument("--num-classes", type=positive_int, default=NUM_CLASSES,
+                        help="Output classes, background included "
+                             "(default: %(default)s, PASCAL VOC).")
+
+
+def add_model_flags(parser, restore_required=True,
+                    weights_flags=("--restore-from",)):
+    """Flags that choose and restore the network.
+
+    ``weights_flags``: the weight flag's spellings (inference.py says
+    ``--model-weights``); the value is ``args.restore_from`` either way.
+    """
+    add_num_classes_flag(parser)
+    parser.add_argument(*weights_flags, dest="restore_from", metavar="WEIGHTS",
+                        required=restore_required, default=None,
+                        help="Weights to load: a .npz written by convert.py, "
+                             "a checkpoint prefix, or a directory (its latest "
+                             "checkpoint is used) (%s)." % (
+                                 "required" if restore_required else
+                                 "default: none, random initial weights"))
+
+
+def add_data_flags(parser, data_dir=".", data_list="dataset/val.txt"):
+    """Flags that locate a list-file dataset in VOC layout and say how to read
+    its labels (``--label-map``: see ``data.label_maps.read_label_map``)."""
+    parser.add_argument("--data-dir", default=data_dir,
+                        help="Root the paths in --data-list are relative to, e.g. "
+                             "VOCdevkit/VOC2012 (default: %(default)s).")
+    parser.add_argument("--data-list", default=data_list,
+                        help="List file: one '/JPEGImages/x.jpg "
+                             "/SegmentationClassAug/x.png' pair per line "
+                             "(default: %(default)s).")
+    parser.add_argument("--ignore-label", type=int, default=IGNORE_LABEL,
+                        help="Label value left out of the loss and the metric "
+                             "(default: %(default)s).")
+    parser.add_argument("--label-map", default=None, metavar="FILE",
+                        help="Table from the values stored in the label files to "
+                             "training ids, applied as labels are read, so the "
+                             "loss and the metric see the same ids (e.g. "
+                             "Cityscapes label ids -> train ids). Text: one "
+                             "'SOURCE TARGET' per line, '#' comments, ranges such "
+                             "as '0-6 255' or '24-26 11-13', and '* TARGET' for "
+                             "every value not listed; or JSON: {\"7\": 0, "
+                             "\"*\": 255}. Targets are class ids below "
+                             "--num-classes or --ignore-label; several sources "
+                             "may share one. The ignore label passes through "
+                             "unless listed; any other value the table does not "
+                             "list is an error naming the file (default: none, "
+                             "the files hold training ids).")
+
+
+def add_class_names_flag(parser):
+    """--class-names: the one flag every script that shows classes takes."""
+    parser.add_argument("--class-names", default=None, metavar="FILE",
+                        help="Text file with one class name per line, background "
+                             "first, for tables and reports (default: the VOC "
+                             "names for 21 classes, else class_0, class_1, ...).")
+
+
+def add_prediction_flags(parser):
+    """--scales and --flip: DeepLab's test-time multi-scale and mirroring;
+    --bf16: the network in bfloat16 (see ``evaluation.predict``)."""
+    parser.add_argument("--scales", default="1.0",
+                        help="Comma-separated input scales, e.g. 0.5,0.75,1.0 "
+                             "(DeepLab MSC): each scale's logits are resized "
+                             "to the image size and fused by element-wise max "
+                             "(default: %(default)s).")
+    parser.add_argument("--flip", action="store_true",
+                        help="Also run the left-right mirrored image and "
+                             "average its logits, mirrored back, with the "
+                             "unmirrored ones at each scale (default: off).")
+    parser.add_argument("--bf16", action="store_true",
+                        help="Run the network in bfloat16: about 1.9x faster "
+                             "on CPUs with native bfloat16 (AVX512_BF16 or "
+                             "AMX); logits move by a few percent of their "
+                             "range, which changes the label of under 0.5%% "
+                             "of pixels (default: off, float32).")
+
+
+def add_crf_flags(parser):
+    """``--crf`` and one flag per CRF parameter, shared by evaluate/inference."""
+    from deeplab_resnet import crf
+    defaults = crf.DEFAULTS
+    group = parser.add_argument_group(
+        "dense CRF", "Fully connected CRF post-processing (needs `%s`).\n"
+        "Defaults: DeepLab-v2 ResNet-101 on PASCAL VOC." % crf.INSTALL_HINT)
+    group.add_argument("--crf", action="store_true",
+                       help="Refine the prediction with the dense CRF "
+                            "(default: off).")
+    group.add_argument("--crf-iters", type=int, default=defaults.iterations,
+                       help="Mean-field iterations (default: %(default)s).")
+    group.add_argument("--crf-pos-w", type=float, default=defaults.pos_w,
+                       help="Weight of the position-only smoothness kernel "
+                            "(default: %(default)s).")
+    group.add_argument("--crf-pos-xy-std", type=float, default=defaults.pos_xy_std,
+                       help="Width in pixels of the smoothness kernel "
+                            "(default: %(default)s).")
+    group.add_argument("--crf-bi-w", type=float, default=defaults.bi_w,
+                       help="Weight of the position+colour (bilateral) kernel "
+                            "(default: %(default)s).")
+    group.add_argument("--crf-bi-xy-std", type=float, default=defaults.bi_xy_std,
+                       help="Width in pixels of the bilateral kernel "
+                            "(default: %(default)s).")
+    group.add_argument("--crf-bi-rgb-std", type=float, default=defaults.bi_rgb_std,
+                       help="Width in intensity levels (0..255) of the bilateral "
+                            "kernel (default: %(default)s).")
+    group.add_argument("--crf-workers", type=int, default=None,
+                       help="Processes running the CRF while the network goes "
+                            "on with the next images; results keep the input "
+                            "order and are the same for any count. 0 runs it "
+                            "in the main process between images (default: one "
+                            "per available core).")
+
+
+def crf_params(args):
+    """``crf.CrfParams`` from ``add_crf_flags`` flags, or None without --crf.
+
+    Raises:
+      ValueError: a parameter out of range, or --crf without pydensecrf
+        installed (raised now, before any image is processed).
+    """
+    if not args.crf:
+        return None
+    from deeplab_resnet import crf
+    params = crf.CrfParams(args.crf_iters, args.crf_pos_w, args.crf_pos_xy_std,
+                           args.crf_bi_w, args.crf_bi_xy_std, args.crf_bi_rgb_std)
+    try:
+        crf.require_pydensecrf()
+    except ImportError as err:
+        raise ValueError(str(err))
+    return params
+
+
+def crf_workers(args):
+    """--crf-workers, one per core by default.
+
+    Raises:
+      ValueError: a negative count.
+    """
+    workers = args.crf_workers
+    if workers is None:
+        workers = available_cores()
+    if workers < 0:
+        raise ValueError("--crf-workers must be 0 (CRF in the main process) or "
+                         "more, got %d." % workers)
+    return workers
+
+
+def add_runtime_flags(parser):
+    """Thread flags: the defaults suit one process using the whole machine."""
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="Threads inside one op such as a convolution "
+                             "(default: 0 = one per available core).")
+    parser.add_argument("--inter-op-threads", type=int, default=0,
+                        help="Ops run side by side (default: 0 = 2, enough to "
+                             "overlap input decoding with the network).")
+
+
+def threads(args):
+    """(intra_op_threads, inter_op_threads) from ``add_runtime_flags``."""
+    return args.intra_op_threads, args.inter_op_threads
+
+
+def abbreviate(names, limit=8, separator=", "):
+    """'a, b, c' for messages; long lists cut to ``limit`` with the count."""
+    names = list(names)
+    shown = separator.join(names[:limit])
+    if len(names) > limit:
+        shown += "%s... (%d in all)" % (separator, len(names))
+    return shown
+
+
+def available_cores():
+    """Cores this process may run on (respects taskset/cgroup affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------- script plumbing
+def setup_logging(verbose=False):
+    """One plain format for every script: progress lines read like a log."""
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        level=logging.DEBUG if verbose else logging.INFO)
+    # TensorFlow's Python logger repeats deprecation notices for tf.compat.v1.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def run_main(main):
+    """Run a script's ``main()``; a user error ends it with one line, exit 2.
+
+    IOError/OSError and ValueError are what the library raises for bad
+    input (a missing file, a wrong label, a checkpoint for another network);
+    their messages already say what to do, so no traceback is shown.
+    """
+    try:
+        status = main()
+    except (IOError, OSError, ValueError) as err:
+        logging.getLogger("__main__").error("error: %s", err)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        logging.getLogger("__main__").error("interrupted")
+        sys.exit(130)
+    sys.exit(status or 0)
+
+
+def format_duration(seconds):
+    """12s, 4m05s, 2h13m: short enough for a progress line."""
+    seconds = int(round(max(seconds, 0)))
+    if seconds < 60:
+        return "%ds" % seconds
+    if seconds < 3600:
+        return "%dm%02ds" % divmod(seconds, 60)
+    return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+
+
+class Progress(object):
+    """Rate and ETA for a loop of known length.
+
+    ``line(done)`` after ``done`` items gives e.g. ``0.41 s/step ETA 2h13m``,
+    measured from the first ``update`` so that start-up does not skew it.
+    """
+
+    def __init__(self, total, unit="step"):
+        self.total = total
+        self.unit = unit
+        self.start_time = None
+        self.start_count = 0
+
+    def update(self, done):
+        if self.start_time is None:
+            self.start_time = time.time()
+            self.start_count = done
+
+    def rate(self, done, per_item=1):
+        """Items (times ``per_item``) per second since the first ``update``, or None."""
+        self.update(done)
+        elapsed = time.time() - self.start_time
+        count = done - self.start_count
+        if count <= 0 or elapsed <= 0:
+            return None
+        return count * per_item / elapsed
+
+    def line(self, done):
+        rate = self.rate(done)
+        if rate is None:
+            return "ETA --"
+        per_item = 1.0 / rate
+        return "%.3g s/%s ETA %s" % (per_item, self.unit,
+                                     format_duration(per_item * (self.total - done)))
+
+
+def logged_progress(items, what, log, unit="file", interval=5.0):
+    """Yield ``items``, logging ``<what> done/total <rate> ETA`` every ``interval`` s.
+
+    The last item is always reported, so a log shows that the loop finished.
+    """
+    items = list(items)
+    total = len(items)
+    progress = Progress(total, unit=unit)
+    progress.update(0)
+    last_log = time.time()
+    for done, item in enumerate(items, 1):
+        yield item
+        if done == total or time.time() - last_log >= interval:
+            log.info("%s %d/%d %s", what, done, total, progress.line(done))
+            last_log = time.time()

@@ -1,0 +1,141 @@
+"""The dense CRF of a stream of images on worker processes, results in input order.
+
+numpy only: workers import this module and ``crf``, never TensorFlow.
+"""
+import collections
+import concurrent.futures
+import logging
+import multiprocessing
+import signal
+from concurrent.futures.process import BrokenProcessPool
+
+from deeplab_resnet.crf import crf_labels
+
+log = logging.getLogger(__name__)
+
+
+class CrfError(RuntimeError):
+    """The CRF failed on an image; the message names it, ``__cause__`` says why."""
+
+
+def _worker_context():
+    """Start method for CRF workers: never a plain fork of the caller.
+
+    The caller runs TensorFlow, whose thread pools may hold locks at any
+    moment; a forked child inherits those locks but not the threads. A
+    forkserver is a fresh interpreter that forks the workers; it imports this
+    module (numpy only) once, and every worker then starts in milliseconds.
+    Without forkserver (Windows), workers are spawned.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def _ignore_sigint():
+    """Workers leave Ctrl-C to the main process, which shuts the pool down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class CrfPool(object):
+    """The dense CRF of a stream of images, on worker processes, in order.
+
+    ``submit`` queues one image and returns the jobs that have finished by
+    then, oldest first and never out of order; ``drain`` waits for the rest.
+    At most ``max_pending`` jobs are queued or running: beyond that
+    ``submit`` waits for the oldest, so memory stays flat (each job holds
+    its image and probabilities, H * W * (3 + 4 C) bytes). With 0 workers
+    the CRF runs in this process inside ``submit``, as it did before pools.
+
+    Args:
+      params: ``CrfParams``.
+      workers: worker processes, or 0.
+      max_pending: default twice the workers, so that each has the next job
+        at hand when it finishes.
+    Raises (from ``submit`` and ``drain``):
+      CrfError: the CRF failed on an image, or a worker died; the message
+        names the image.
+    """
+
+    def __init__(self, params, workers, max_pending=None):
+        if workers < 0:
+            raise ValueError("CRF workers must be 0 or more, got %d." % workers)
+        self.params = params
+        self.workers = workers
+        self.max_pending = max_pending or 2 * max(workers, 1)
+        self._pending = collections.deque()
+        self._executor = None
+        # 'forkserver' or 'spawn'; None when the CRF runs in this process.
+        self.start_method = None
+        if workers:
+            context = _worker_context()
+            self.start_method = context.get_start_method()
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_ignore_sigint)
+            log.info("CRF on %d worker processes (%s)", workers, self.start_method)
+
+    @property
+    def pending(self):
+        """Jobs submitted and not yet handed back."""
+        return len(self._pending)
+
+    def submit(self, image, probs, name, tag=None):
+        """Queue the CRF of one image.
+
+        Args:
+          image: uint8 RGB [H, W, 3]; probs: float [H, W, C] (``dense_crf``).
+          name: how errors refer to the image, e.g. its path.
+          tag: anything the caller needs back with the result.
+        Returns:
+          list of (tag, label) for the jobs finished so far, in submission
+          order; label: int32 [H, W] (``crf_labels``). Jobs before a failed
+          one are always handed back before its ``CrfError`` is raised.
+        """
+        if self._executor is None:
+            return [(tag, self._call(crf_labels, name, image, probs, self.params))]
+        future = self._call(self._executor.submit, name, crf_labels, image, probs,
+                            self.params)
+        self._pending.append((name, tag, future))
+        finished = []
+        if len(self._pending) > self.max_pending:
+            finished.append(self._result(*self._pending.popleft()))
+        while self._pending and self._pending[0][2].done():
+            if finished and self._pending[0][2].exception() is not None:
+                break  # hand back what is done; the error comes next call
+            finished.append(self._result(*self._pending.popleft()))
+        return finished
+
+    def drain(self):
+        """Yield (tag, label) for every job still queued, in order."""
+        while self._pending:
+            yield self._result(*self._pending.popleft())
+
+    def _result(self, name, tag, future):
+        return tag, self._call(future.result, name)
+
+    @staticmethod
+    def _call(function, name, *args):
+        try:
+            return function(*args)
+        except BrokenProcessPool as err:
+            raise CrfError("The CRF of %s did not finish: a CRF worker process "
+                           "died (killed, or out of memory?). Run with fewer "
+                           "--crf-workers, or 0." % name) from err
+        except Exception as err:
+            raise CrfError("The CRF failed on %s: %s: %s"
+                           % (name, type(err).__name__, err)) from err
+
+    def close(self):
+        """Stop the workers; jobs not yet handed back are dropped."""
+        self._pending.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()

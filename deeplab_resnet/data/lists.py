@@ -1,0 +1,90 @@
+"""List files: the image/label pairs of a dataset, read and written in DeepLab's format.
+
+A list file names image/label pairs relative to a data root, one pair a line
+(``/JPEGImages/x.jpg /SegmentationClassAug/x.png``), as DeepLab's Caffe
+``ImageSegData`` layer reads them. Layout (what ``--data-dir`` and
+``--data-list`` of the scripts expect)::
+
+    <root>/JPEGImages/<name>.jpg
+    <root>/SegmentationClassAug/<name>.png   palette PNG, pixel value = class id
+    <root>/<list>.txt    lines "/JPEGImages/<name>.jpg /SegmentationClassAug/<name>.png"
+
+Standard library only.
+"""
+import os
+
+from deeplab_resnet import files
+from deeplab_resnet.cli import abbreviate
+
+IMAGE_DIR = "JPEGImages"
+LABEL_DIR = "SegmentationClassAug"
+# How many problems an error message lists before abbreviating.
+MAX_LISTED = 10
+
+
+def list_line(name):
+    """The list-file line of image ``name`` (no extension), newline included."""
+    return "/%s/%s.jpg /%s/%s.png\n" % (IMAGE_DIR, name, LABEL_DIR, name)
+
+
+def list_text(names):
+    """A list file's contents: one ``list_line(name)`` per name."""
+    return "".join(list_line(name) for name in names)
+
+
+def write_list(path, names, force=False):
+    """Write a list file atomically. Returns / Raises: as ``files.write_text``."""
+    return files.write_text(path, list_text(names), force)
+
+
+def _join(data_dir, path):
+    """``data_dir`` + a list entry. Entries start with '/' but are relative."""
+    return os.path.join(data_dir, path.lstrip("/")) if data_dir else path
+
+
+def read_labeled_image_list(data_dir, data_list, check_exists=True):
+    """Image and label paths from a list file, every file checked to exist.
+
+    Args:
+      data_dir: root the list's paths are relative to (e.g. VOCdevkit/VOC2012).
+      data_list: text file, one ``IMAGE LABEL`` pair per line; blank lines
+        are skipped.
+      check_exists: False leaves missing files to the caller (check_labels.py
+        reports them with the other problems).
+    Returns:
+      (image_paths, label_paths): two lists of equal length, in list order.
+    Raises:
+      IOError: the list file or listed files do not exist (each missing file
+        is named with its line number).
+      ValueError: the list is empty or a line is not two paths.
+    """
+    if not os.path.isfile(data_list):
+        raise IOError("List file %r does not exist. Point --data-list at a text "
+                      "file of '/JPEGImages/x.jpg /SegmentationClassAug/x.png' "
+                      "lines." % data_list)
+    images, labels, missing = [], [], []
+    with open(data_list) as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise ValueError(
+                    "%s line %d is not an 'IMAGE LABEL' pair of paths: %r. Each "
+                    "line must be e.g. '/JPEGImages/x.jpg "
+                    "/SegmentationClassAug/x.png' (paths without spaces)."
+                    % (data_list, number, line.strip()))
+            image, label = (_join(data_dir, p) for p in fields)
+            missing.extend("line %d: %s" % (number, p)
+                           for p in (image, label) if not os.path.isfile(p))
+            images.append(image)
+            labels.append(label)
+    if not images:
+        raise ValueError("List file %r lists no image/label pairs. Fill it with "
+                         "'/JPEGImages/x.jpg /SegmentationClassAug/x.png' lines."
+                         % data_list)
+    if missing and check_exists:
+        raise IOError("%d file(s) listed in %s do not exist: %s. Check --data-dir "
+                      "(%r), which the listed paths are relative to."
+                      % (len(missing), data_list, abbreviate(missing, MAX_LISTED, "; "), data_dir))
+    return images, labels

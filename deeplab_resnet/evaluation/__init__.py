@@ -1,0 +1,1 @@
+"""Evaluation and inference: full-size prediction, the evaluation loop, the photo loop."""

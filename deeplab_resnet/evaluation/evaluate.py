@@ -1,0 +1,160 @@
+"""The evaluation loop: every listed image at its own size, into one confusion matrix.
+
+Every image is segmented at its own size, without cropping or padding; the
+confusion matrix is accumulated over all pixels whose label is not the
+ignore label. With the CRF, a pool of worker processes refines earlier
+images while the network runs on the next ones, and results keep the list
+order. The benchmark, the tests and evaluate.py all call ``evaluate``.
+"""
+import logging
+import os
+
+import numpy as np
+
+from deeplab_resnet import checkpoints, files, metrics
+from deeplab_resnet.cli import Progress
+from deeplab_resnet.constants import IGNORE_LABEL
+from deeplab_resnet.crf.pool import CrfPool
+from deeplab_resnet.data.reader import ImageReader
+from deeplab_resnet.evaluation.predict import build_prediction
+from deeplab_resnet.images import inv_preprocess, label_dtype_for
+from deeplab_resnet.runtime import tf
+
+log = logging.getLogger(__name__)
+
+# Progress is logged every this many images, and after the last.
+LOG_EVERY = 100
+
+
+def check_save_dir(reader, save_dir):
+    """Refuse predictions that would overwrite a listed file or each other."""
+    listed = {os.path.realpath(p) for p in reader.image_list + reader.label_list}
+    targets = {}
+    for image_path in reader.image_list:
+        target = files.output_path(save_dir, image_path, ".png")
+        if os.path.realpath(target) in listed:
+            raise IOError("--save-dir %s would overwrite the dataset file %s. "
+                          "Choose another --save-dir." % (save_dir, target))
+        if target in targets:
+            raise ValueError("%s and %s would both be saved as %s. Evaluate them "
+                             "without --save-dir, or rename one."
+                             % (targets[target], image_path, target))
+        targets[target] = image_path
+
+
+def _predictions(sess, fetches, num_steps, reader, crf_pool=None):
+    """Yield (image path, label, pred) for the next ``num_steps`` images.
+
+    Results come in list order. With a pool the network goes on with the
+    next images while earlier ones are in the CRF.
+    """
+    for _ in range(num_steps):
+        try:
+            values = sess.run(fetches)
+        except tf.errors.OpError:
+            reader.raise_if_failed()
+            raise
+        path, label = values["path"].decode(), values["label"][0, ..., 0]
+        if crf_pool is None:
+            yield path, label, values["pred"][0]
+            continue
+        image = inv_preprocess(values["image"])[0]
+        for tag, pred in crf_pool.submit(image, values["probs"][0], path,
+                                         tag=(path, label)):
+            yield tag + (pred,)
+    for tag, pred in crf_pool.drain() if crf_pool is not None else ():
+        yield tag + (pred,)
+
+
+def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_LABEL,
+             label_map=None, num_images=None, scales=(1.0,), flip=False, bf16=False,
+             crf=None, crf_workers=0, save_dir=None, intra_op_threads=0,
+             inter_op_threads=0, on_image=None, log_every=LOG_EVERY):
+    """Score the weights on a list: the confusion matrix of all its images.
+
+    Args:
+      data_dir, data_list: the dataset (see ``data.lists``).
+      weights: .npz, checkpoint prefix or directory (``checkpoints``).
+      num_classes, ignore_label, label_map: as for training.
+      num_images: evaluate the first ``num_images`` of the list (all: None).
+      scales, flip, bf16: see ``predict.build_prediction``.
+      crf: ``crf.CrfParams`` to refine each prediction, or None.
+      crf_workers: processes running the CRF beside the network (0: in this
+        process).
+      save_dir: write each prediction as ``<save_dir>/<image name>.png``.
+      on_image: called as ``on_image(step, path, pred)`` after each image
+        (the benchmark times the loop with it).
+      log_every: images between progress lines.
+    Returns:
+      int64 [num_classes, num_classes]: rows ground truth, columns prediction.
+    Raises:
+      IOError, ValueError: bad data, weights or arguments.
+    """
+    if num_images is not None and num_images < 1:
+        raise ValueError("--num-steps must be at least 1, got %d." % num_images)
+    path, config = checkpoints.resolve_model(weights, num_classes)
+    reader = ImageReader(data_dir, data_list, ignore_label=ignore_label, shuffle=False,
+                         num_classes=num_classes, label_map=label_map)
+    num_steps = reader.num_images
+    if num_images is not None:
+        if num_images > reader.num_images:
+            log.warning("--num-steps %d is more than the %d listed images; "
+                        "evaluating each once.", num_images, reader.num_images)
+        num_steps = min(num_images, reader.num_images)
+    if save_dir:
+        check_save_dir(reader, save_dir)
+        os.makedirs(save_dir, exist_ok=True)
+
+    # Before the graph: CRF workers start while it is built.
+    crf_pool = CrfPool(crf, crf_workers) if crf is not None else None
+    try:
+        net, prediction = build_prediction(reader.image, num_classes, config,
+                                           scales=scales, flip=flip, bf16=bf16)
+        fetches = {"label": reader.label, "path": reader.image_path}
+        if crf is None:
+            fetches["pred"] = prediction.pred
+        else:
+            fetches["probs"] = prediction.probs
+            fetches["image"] = reader.image
+        sess = checkpoints.open_session(net, path, intra_op_threads, inter_op_threads)
+        log.info("Evaluating %s on %d images of %s (scales %s%s%s%s)", path, num_steps,
+                 data_list, ",".join("%g" % s for s in scales),
+                 ", flip" if flip else "", ", CRF" if crf else "",
+                 ", bf16" if bf16 else "")
+        return _score(sess, fetches, num_steps, reader, crf_pool, num_classes,
+                      ignore_label, save_dir, on_image, log_every)
+    finally:
+        if crf_pool is not None:
+            crf_pool.close()
+
+
+def _score(sess, fetches, num_steps, reader, crf_pool, num_classes, ignore_label,
+           save_dir, on_image, log_every):
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    progress = Progress(num_steps, unit="image")
+    progress.update(0)
+    threads = reader.start(sess)
+    try:
+        results = _predictions(sess, fetches, num_steps, reader, crf_pool)
+        for step, (path, label, pred) in enumerate(results, 1):
+            pred = label_dtype_for(pred)
+            confusion += metrics.confusion_matrix(label, pred, num_classes,
+                                                  ignore_label)
+            if save_dir:
+                files.save_label(pred, files.output_path(save_dir, path, ".png"))
+            if on_image is not None:
+                on_image(step, path, pred)
+            if step % log_every == 0 or step == num_steps:
+                log.info("step %d/%d mIoU=%.4f %s", step, num_steps,
+                         metrics.segmentation_scores(confusion)["miou"],
+                         progress.line(step))
+    finally:
+        reader.coord.request_stop()
+        try:
+            reader.coord.join(threads, stop_grace_period_secs=5)
+        except Exception as err:
+            # A reader thread's error: the loop has raised it already, or it
+            # came from prefetching past the last evaluated image.
+            log.debug("reader stopped with %s", err)
+        sess.close()
+    return confusion

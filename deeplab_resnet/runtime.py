@@ -1,0 +1,40 @@
+"""TensorFlow as this project runs it: tf.compat.v1 in graph mode, sessions sized to the cores.
+
+Every module that builds graphs takes TensorFlow from here
+(``from deeplab_resnet.runtime import tf``), so v2 behaviour is disabled in
+this one place, before any graph exists, whichever module is imported first.
+Modules that need only numpy (constants, label tools, the CRF workers) never
+import this one, and so never pay for TensorFlow.
+"""
+import logging
+import os
+
+# TensorFlow's C++ start-up chatter (oneDNN notices, CPU feature lines) hides
+# the progress lines users care about; they can still opt back in.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+from deeplab_resnet.cli import available_cores  # noqa: E402
+
+# Switching says "non-resource variables are not supported in the long
+# term", once per process, before any script could set up its logging.
+_tf_logger = logging.getLogger("tensorflow")
+_level = _tf_logger.level
+_tf_logger.setLevel(logging.ERROR)
+tf.disable_v2_behavior()
+_tf_logger.setLevel(_level)
+
+
+def session_config(intra_op_threads=0, inter_op_threads=0):
+    """A ConfigProto with explicit thread pools.
+
+    One intra-op thread per core keeps the big convolutions at the GEMM peak;
+    more inter-op threads than that only make ops fight for the same cores.
+    """
+    config = tf.ConfigProto(
+        intra_op_parallelism_threads=intra_op_threads or available_cores(),
+        inter_op_parallelism_threads=inter_op_threads or 2,
+        allow_soft_placement=True)
+    config.gpu_options.allow_growth = True
+    return config

@@ -1,0 +1,380 @@
+"""The training loop train.py runs: resume, steps with progress and summaries, sound snapshots.
+
+``train(TrainConfig(...))`` checks the data, builds the reader and the
+``solver.Trainer``, resumes from the last snapshot in ``snapshot_dir`` or
+restores ``restore_from``, trains to ``num_steps`` with progress lines and
+TensorBoard summaries, and snapshots every ``save_pred_every`` steps, at the
+end and on Ctrl-C or SIGTERM. The loop checks the weights before every
+snapshot so that no snapshot holds diverged weights.
+"""
+import dataclasses
+import fcntl
+import logging
+import os
+import signal
+import threading
+from typing import Optional, Tuple
+
+import numpy as np
+
+from deeplab_resnet import checkpoints
+from deeplab_resnet.cli import Progress
+from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES
+from deeplab_resnet.data.reader import ImageReader
+from deeplab_resnet.images import decode_labels, inv_preprocess
+from deeplab_resnet.model import ModelConfig
+from deeplab_resnet.runtime import session_config, tf
+from deeplab_resnet.training.solver import (VARIABLE_DEVICE, Trainer,
+                                            batchnorm_batch_warning, tower_devices)
+
+log = logging.getLogger(__name__)
+
+# Labels checked for size, colour and values before the first step.
+CHECKED_LABELS = 100
+CHECKPOINT_NAME = "model.ckpt"
+# Exit status after Ctrl-C, as a shell reports a SIGINT death.
+INTERRUPTED_STATUS = 130
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs; the defaults are DeepLab-v2's recipe.
+
+    train.py's flags map one to one onto these fields (``--batch-size`` ->
+    ``batch_size``), and show these defaults.
+    """
+    # Data.
+    data_dir: str = "."
+    data_list: str = "dataset/train.txt"
+    ignore_label: int = IGNORE_LABEL
+    label_map: Optional[str] = None
+    input_size: Tuple[int, int] = (321, 321)
+    random_scale: bool = False
+    random_mirror: bool = False
+    random_seed: int = 1234
+    # Model and its starting point.
+    num_classes: int = NUM_CLASSES
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    restore_from: Optional[str] = None
+    not_restore_last: bool = False
+    is_training: bool = False
+    # Solver.
+    batch_size: int = 10
+    learning_rate: float = 2.5e-4
+    momentum: float = 0.9
+    power: float = 0.9
+    num_steps: int = 20001
+    weight_decay: float = 0.0005
+    grad_update_every: int = 1
+    num_gpus: int = 1
+    tower_device: str = "gpu"
+    # Snapshots, logs, threads.
+    snapshot_dir: str = "snapshots"
+    save_pred_every: int = 1000
+    save_num_images: int = 2
+    keep_checkpoints: int = 5
+    log_every: int = 1
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+
+
+def image_summary(images, labels, logits, max_outputs):
+    """TensorBoard triplets: input, ground truth, prediction side by side."""
+    size = tf.shape(images)[1:3]
+    pred = tf.argmax(tf.image.resize_bilinear(logits, size), axis=3)
+
+    def triplets(images, labels, pred):
+        return np.concatenate([inv_preprocess(images, max_outputs),
+                               decode_labels(labels, max_outputs),
+                               decode_labels(pred, max_outputs)], axis=2)
+
+    picture = tf.numpy_function(triplets, [images, labels, pred], tf.uint8)
+    return tf.summary.image("images", picture, max_outputs=max_outputs)
+
+
+def scalar_summary(values):
+    """A Summary of Python numbers, e.g. metrics summed over several runs."""
+    return tf.Summary(value=[tf.Summary.Value(tag=tag, simple_value=value)
+                             for tag, value in sorted(values.items())])
+
+
+# ---------------------------------------------------------------- the loop
+class InterruptRequest(object):
+    """Ctrl-C (or SIGTERM, as a scheduler stops a job) asks the loop to
+    snapshot after the current step and stop.
+
+    A second signal stops at once (KeyboardInterrupt), without a snapshot.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("%s: saving a snapshot after this step, then stopping "
+                    "(again to stop without one).", signal.Signals(signum).name)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def check_snapshot_config(snapshot_dir, num_classes, config):
+    """Refuse to resume checkpoints of another network.
+
+    Raises:
+      ValueError: ``snapshot_dir`` records another architecture.
+    """
+    saved_classes, saved_config = checkpoints.load_model_config(snapshot_dir)
+    if saved_config != config or saved_classes not in (None, num_classes):
+        raise ValueError(
+            "%s holds checkpoints of another network (num_classes=%s, %s); the "
+            "flags ask for num_classes=%d, %s. Rerun with the flags it was "
+            "trained with to resume, or pick another --snapshot-dir."
+            % (snapshot_dir, saved_classes, saved_config.to_dict(), num_classes,
+               config.to_dict()))
+
+
+class SnapshotLock(object):
+    """One training run per snapshot directory.
+
+    Two runs writing the same directory would interleave their checkpoints
+    and the 'checkpoint' index; the second one fails instead. The lock is an
+    ``flock`` on ``<dir>/.train.lock``, released when the process ends however
+    it ends.
+    """
+
+    def __init__(self, snapshot_dir):
+        self.path = os.path.join(snapshot_dir, ".train.lock")
+        self._file = None
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._file = open(self.path, "a")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise IOError("Another train.py is writing to %s. Wait for it to "
+                          "finish or use another --snapshot-dir."
+                          % os.path.dirname(self.path))
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+def train(config):
+    """Everything ``train.py`` does after parsing its flags (see the module doc).
+
+    Args:
+      config: ``TrainConfig``.
+    Returns:
+      0 when done, ``INTERRUPTED_STATUS`` after a Ctrl-C/SIGTERM snapshot.
+    Raises:
+      IOError, ValueError: bad data, weights or flags, or a non-finite loss.
+        Problems with the data, the flags or the weights are found before the
+        first step, with nothing written.
+    """
+    devices = tower_devices(config.num_gpus, config.tower_device)
+    with tf.Graph().as_default() as graph:
+        tf.set_random_seed(config.random_seed)
+        reader = ImageReader(config.data_dir, config.data_list,
+                             input_size=config.input_size,
+                             random_scale=config.random_scale,
+                             random_mirror=config.random_mirror,
+                             ignore_label=config.ignore_label,
+                             num_classes=config.num_classes, label_map=config.label_map)
+        reader.check(CHECKED_LABELS)
+        with SnapshotLock(config.snapshot_dir):
+            resume = tf.train.latest_checkpoint(config.snapshot_dir)
+            if resume:
+                check_snapshot_config(config.snapshot_dir, config.num_classes,
+                                      config.model)
+            elif config.restore_from:
+                checkpoints.resolve_checkpoint(config.restore_from)
+            image_batch, label_batch = reader.dequeue(config.batch_size)
+            trainer = Trainer(image_batch, label_batch, config.num_classes,
+                              ignore_label=config.ignore_label,
+                              is_training=config.is_training, config=config.model,
+                              learning_rate=config.learning_rate,
+                              momentum=config.momentum, power=config.power,
+                              num_steps=config.num_steps,
+                              weight_decay=config.weight_decay,
+                              grad_update_every=config.grad_update_every,
+                              devices=devices)
+            if devices:
+                log.info("%d towers on %s, %d images each; variables on %s",
+                         len(devices), ", ".join(devices),
+                         config.batch_size // len(devices), VARIABLE_DEVICE)
+            warning = batchnorm_batch_warning(config.is_training, config.batch_size,
+                                              config.num_gpus)
+            if warning:
+                log.warning(warning)
+            images_op = None
+            if config.save_num_images > 0:
+                images_op = image_summary(trainer.tower.images, trainer.tower.labels,
+                                          trainer.tower.logits, config.save_num_images)
+            saver = tf.train.Saver(tf.global_variables(),
+                                   max_to_keep=config.keep_checkpoints or None,
+                                   save_relative_paths=True)
+            init_op = tf.group(tf.global_variables_initializer(),
+                               tf.local_variables_initializer())
+            graph.finalize()
+            session = session_config(config.intra_op_threads, config.inter_op_threads)
+            if devices and config.tower_device == "cpu":
+                # Logical CPU devices for this session: what
+                # tf.config.set_logical_device_configuration sets up, but
+                # a Session given a ConfigProto reads only the ConfigProto.
+                session.device_count["CPU"] = len(devices)
+            with tf.Session(config=session) as sess:
+                sess.run(init_op)
+                start_step = _restore(sess, saver, trainer, config, resume)
+                checkpoints.save_model_config(config.snapshot_dir, config.num_classes,
+                                              config.model)
+                if start_step >= config.num_steps:
+                    log.info("%s is already trained to step %d of --num-steps %d; "
+                             "nothing to do.", resume, start_step, config.num_steps)
+                    return 0
+                return _run(sess, trainer, reader, saver, images_op, config, start_step)
+
+
+def _restore(sess, saver, trainer, config, resume):
+    """Resume a snapshot, restore weights, or start from scratch; the start step."""
+    if resume:
+        saver.restore(sess, resume)
+        saver.recover_last_checkpoints(
+            tf.train.get_checkpoint_state(config.snapshot_dir).all_model_checkpoint_paths)
+        step = int(sess.run(trainer.global_step))
+        if config.restore_from:
+            log.info("--restore-from %s ignored: resuming the snapshot in %s.",
+                     config.restore_from, config.snapshot_dir)
+        log.info("resuming from %s at step %d", resume, step)
+        return step
+    if config.restore_from:
+        path = checkpoints.restore(sess, config.restore_from, trainer.tower.net,
+                                   skip_classifier=config.not_restore_last,
+                                   skip_mismatched_classifier=True)
+        log.info("restored weights from %s%s", path,
+                 " (classifier left initialised)" if config.not_restore_last else "")
+    else:
+        log.warning("No --restore-from: training from random weights. Real "
+                    "training starts from converted ImageNet or DeepLab weights "
+                    "(convert.py).%s", "" if config.is_training else
+                    " BatchNorm is frozen at its initial statistics, so nothing "
+                    "normalises the activations; add --is-training.")
+    return 0
+
+
+def _run(sess, trainer, reader, saver, images_op, config, start_step):
+    """Train with the reader's threads running; stop them however it ends."""
+    threads = reader.start(sess)
+    writer = tf.summary.FileWriter(config.snapshot_dir)
+    try:
+        return _loop(sess, trainer, reader, saver, writer, images_op, config,
+                     start_step)
+    finally:
+        writer.close()
+        reader.coord.request_stop()
+        try:
+            reader.coord.join(threads, stop_grace_period_secs=10)
+        except tf.errors.OpError as err:
+            # A reader error; the loop has raised it by now if it mattered.
+            log.debug("reader stopped with %s", err)
+
+
+def _loop(sess, trainer, reader, saver, writer, images_op, config, start_step):
+    progress = Progress(config.num_steps)
+    images_per_step = config.batch_size * config.grad_update_every
+    prefix = os.path.join(config.snapshot_dir, CHECKPOINT_NAME)
+    last_snapshot = tf.train.latest_checkpoint(config.snapshot_dir)
+    with InterruptRequest() as interrupt:
+        for done in range(start_step + 1, config.num_steps + 1):
+            with_images = done % config.save_pred_every == 0 or done == start_step + 1
+            try:
+                result = trainer.step(sess, [images_op] if with_images and images_op
+                                      is not None else [])
+            except tf.errors.OpError:
+                reader.raise_if_failed()
+                raise
+            if result["bad_labels"]:
+                raise ValueError(_bad_label_message(result, done, config,
+                                                    last_snapshot))
+            for what, value in (("loss", result["loss"]),
+                                ("weight-decay loss (l2)", result["l2"])):
+                if not np.isfinite(value):
+                    raise ValueError(divergence_message(
+                        "%s became %s" % (what, value), done, result["lr"], config,
+                        last_snapshot))
+            writer.add_summary(scalar_summary({
+                "loss": result["loss"], "l2_loss": result["l2"],
+                "total_loss": result["loss"] + result["l2"],
+                "accuracy": result["accuracy"], "learning_rate": result["lr"]}), done)
+            if with_images and images_op is not None:
+                writer.add_summary(result["fetched"][0], done)
+            if done % config.log_every == 0 or done == config.num_steps or \
+                    done == start_step + 1 or interrupt.requested:
+                log.info("step %d/%d loss=%.4f l2=%.4g acc=%.3f lr=%.3e %s %s",
+                         done, config.num_steps, result["loss"], result["l2"],
+                         result["accuracy"], result["lr"],
+                         _images_per_second(progress, done, images_per_step),
+                         progress.line(done))
+            if done % config.save_pred_every == 0 or done == config.num_steps or \
+                    interrupt.requested:
+                if not sess.run(trainer.weights_finite):
+                    raise ValueError(divergence_message(
+                        "weights became non-finite or too large (> 1e19)", done,
+                        result["lr"], config, last_snapshot))
+                # Saver writes the data and index files under temporary names,
+                # renames them, and only then rewrites the 'checkpoint' file
+                # (atomically), so a crash mid-save leaves it on the last good one.
+                last_snapshot = saver.save(sess, prefix, global_step=done,
+                                           write_meta_graph=False)
+                log.info("saved %s", last_snapshot)
+            if interrupt.requested:
+                log.info("interrupted at step %d; rerun the same command to resume.",
+                         done)
+                return INTERRUPTED_STATUS
+    return 0
+
+
+def divergence_message(what, step, lr, config, last_snapshot):
+    """What to check when training diverges: labels first, then the rate."""
+    scratch = ""
+    if not config.restore_from:
+        scratch = (" Training from random weights (no --restore-from) diverges "
+                   "easily: start from converted weights (convert.py)%s."
+                   % ("" if config.is_training else
+                      " or add --is-training so that BatchNorm normalises"))
+    return ("The %s at step %d (lr=%.3g). First check the labels: every label "
+            "value must be a class id below --num-classes %d or --ignore-label "
+            "%d (dataset/check_labels.py lists the files with other values). "
+            "Then try a lower --learning-rate, e.g. a tenth.%s Nothing was "
+            "saved from this run after %s."
+            % (what, step, lr, config.num_classes, config.ignore_label, scratch,
+               last_snapshot or "its start"))
+
+
+def _bad_label_message(result, step, config, last_snapshot):
+    return ("Step %d met %d labelled pixel(s) with values up to %d, outside "
+            "0..%d and not --ignore-label %d; they would make the loss NaN on a "
+            "GPU. Check --num-classes and --label-map, and run "
+            "dataset/check_labels.py on the data. Nothing was saved from this "
+            "run after %s." % (step, result["bad_labels"], result["max_bad_label"],
+                               config.num_classes - 1, config.ignore_label,
+                               last_snapshot or "its start"))
+
+
+def _images_per_second(progress, done, images_per_step):
+    rate = progress.rate(done, images_per_step)
+    return "-- img/s" if rate is None else "%.3g img/s" % rate
