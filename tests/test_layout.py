@@ -1,0 +1,39 @@
+"""The package's layout promises: light modules stay free of TensorFlow, and graph mode is on."""
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+# Modules the dataset tools and the CRF workers import: numpy (and PIL) only.
+NUMPY_ONLY = (
+    "deeplab_resnet", "deeplab_resnet.constants", "deeplab_resnet.images",
+    "deeplab_resnet.cli", "deeplab_resnet.files", "deeplab_resnet.metrics",
+    "deeplab_resnet.crf", "deeplab_resnet.crf.pool", "deeplab_resnet.caffe.wire",
+    "deeplab_resnet.caffe.prototxt", "deeplab_resnet.data.lists",
+    "deeplab_resnet.data.label_maps", "deeplab_resnet.data.label_files",
+    "deeplab_resnet.data.label_checks", "deeplab_resnet.data.voc_aug",
+    "deeplab_resnet.data.demo")
+
+
+def run_python(code):
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_numpy_only_modules_import_without_tensorflow():
+    result = run_python(
+        "import sys\n"
+        "import %s\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')\n"
+        "print(len(loaded))" % ", ".join(NUMPY_ONLY))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0"]
+
+
+def test_any_graph_module_switches_tensorflow_to_graph_mode():
+    for module in ("deeplab_resnet.network", "deeplab_resnet.checkpoints",
+                   "deeplab_resnet.data.reader"):
+        result = run_python("import %s\nimport tensorflow as tf\n"
+                            "print(tf.executing_eagerly())" % module)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split()[-1] == "False", module
