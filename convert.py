@@ -17,6 +17,7 @@ writes the Caffe deploy prototxt of the network as this project builds it.
 """
 import argparse
 import logging
+import os
 
 from deeplab_resnet import checkpoints, cli
 from deeplab_resnet.caffe import convert
@@ -25,7 +26,17 @@ from deeplab_resnet.constants import NUM_CLASSES
 log = logging.getLogger("convert")
 
 
-def parse_args():
+def default_output(caffemodel):
+    """The .npz beside the model, named after its own file.
+
+    Only the file name's extension is replaced: a model without one
+    (``v1.2/deeplab``) becomes ``v1.2/deeplab.npz``, not ``v1.npz`` or a
+    hidden ``.npz`` in the parent directory.
+    """
+    return os.path.splitext(caffemodel)[0] + ".npz"
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("caffemodel", nargs="?",
@@ -33,7 +44,9 @@ def parse_args():
                              "--write-prototxt is given).")
     parser.add_argument("--output", default=None,
                         help="The .npz to write, keys like 'res2a_branch1/weights' "
-                             "(default: the caffemodel's path with .npz).")
+                             "(default: beside the caffemodel, its file name with "
+                             "the extension replaced by .npz: x.caffemodel -> "
+                             "x.npz).")
     parser.add_argument("--prototxt", default=None,
                         help="Check the model against this prototxt (layer names, "
                              "types and num_output) before converting "
@@ -58,14 +71,14 @@ def parse_args():
                              "converting." % NUM_CLASSES)
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace existing output files (default: refuse).")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.caffemodel is None and args.write_prototxt is None:
         parser.error("give a .caffemodel to convert, or --write-prototxt PATH")
     return args
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     cli.setup_logging()
     config = None
     if args.model_config:
@@ -75,9 +88,10 @@ def main():
                                      overwrite=args.overwrite)
         if args.caffemodel is None:
             return 0
-    output = args.output
-    if output is None:
-        output = args.caffemodel.rsplit(".", 1)[0] + ".npz"
+    output = args.output if args.output is not None else default_output(args.caffemodel)
+    if os.path.realpath(output) == os.path.realpath(args.caffemodel):
+        raise ValueError("The output %s would replace the model being converted. "
+                         "Give another --output." % output)
     result = convert.convert_caffemodel(
         args.caffemodel, output, prototxt=args.prototxt, num_classes=args.num_classes,
         config=config, checkpoint=args.checkpoint,

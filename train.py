@@ -71,7 +71,28 @@ def get_arguments(argv=None):
     parser.add_argument("--random-mirror", action="store_true",
                         help="Randomly mirror inputs left-right (default: off).")
     parser.add_argument("--random-scale", action="store_true",
-                        help="Randomly scale inputs by 0.5-1.5 (default: off).")
+                        help="Randomly scale inputs by a factor uniform in 0.5-1.5, "
+                             "as the original TensorFlow port (default: off).")
+    parser.add_argument("--scale-set", type=cli.scales, default=None, metavar="S,S,..",
+                        help="Randomly scale each input by one of these factors, "
+                             "each as likely; Caffe DeepLab-v2 used "
+                             "0.5,0.75,1,1.25,1.5 (default: none).")
+    parser.add_argument("--train-scales", type=cli.scales, default="1",
+                        metavar="S,S,..",
+                        help="Multi-scale training (DeepLab-v2's MSC, the original "
+                             "project's train_msc.py): e.g. 1,0.75,0.5 runs the "
+                             "network with shared weights on each scaled copy of "
+                             "the batch and sums one loss per scale and one on "
+                             "their max-fusion (default: %(default)s, one scale).")
+    parser.add_argument("--train-last-only", action="store_true",
+                        help="Train the classifier fc1_voc12_* alone, the body "
+                             "left bit-identical (the original fine_tune.py); a "
+                             "step costs little more than a forward pass "
+                             "(default: off).")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="Log an image or label that cannot be read and go on "
+                             "with the next pair, instead of saving a snapshot and "
+                             "stopping (default: off, stop so that it gets fixed).")
     parser.add_argument("--random-seed", type=int, default=DEFAULTS.random_seed,
                         help="Graph-level random seed (default: %(default)s).")
     parser.add_argument("--not-restore-last", action="store_true",
@@ -102,6 +123,20 @@ def get_arguments(argv=None):
     parser.add_argument("--log-every", type=cli.positive_int, default=DEFAULTS.log_every,
                         help="Progress line every this many steps "
                              "(default: %(default)s).")
+    parser.add_argument("--val-list", default=None, metavar="FILE",
+                        help="Score the weights on this list every --val-every "
+                             "steps, as evaluate.py does (full image size); mIoU "
+                             "and per-class IoU go to the log and TensorBoard, "
+                             "and the best snapshot is kept in "
+                             "<snapshot-dir>/best/ (default: no validation).")
+    parser.add_argument("--val-data-dir", default=None,
+                        help="Root of --val-list's paths (default: --data-dir).")
+    parser.add_argument("--val-every", type=cli.positive_int, default=DEFAULTS.val_every,
+                        help="Steps between validations; each also saves a "
+                             "snapshot (default: %(default)s).")
+    parser.add_argument("--val-images", type=cli.positive_int, default=None,
+                        help="Validate on the first N images of --val-list "
+                             "(default: all).")
     parser.add_argument("--blocks", type=cli.int_list,
                         default=",".join(map(str, DEFAULTS.model.blocks)),
                         help="Bottleneck blocks in res2..res5; smaller for demos "
@@ -115,6 +150,9 @@ def get_arguments(argv=None):
                         help="Dilation of each ASPP branch (default: %(default)s).")
     cli.add_runtime_flags(parser)
     args = parser.parse_args(argv)
+    if args.scale_set and args.random_scale:
+        parser.error("--scale-set and --random-scale are two ways of scaling; "
+                     "give one.")
     if args.batch_size % args.num_gpus:
         parser.error("--batch-size %d does not split evenly over --num-gpus %d; "
                      "use a multiple of %d, such as %d."

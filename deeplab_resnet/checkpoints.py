@@ -10,6 +10,7 @@ checkpoints, so that a restore rebuilds the same network.
 import json
 import logging
 import os
+import zipfile
 
 import numpy as np
 
@@ -25,29 +26,114 @@ log = logging.getLogger(__name__)
 CLASSIFIER_WEIGHTS = CLASSIFIER_PREFIX + "_c0/weights"
 
 
+# The norm of a snapshot's trained weights (convolution weights and biases)
+# may grow at most this much over the last sound weights': a run that
+# diverges multiplies it by orders of magnitude within a few steps, while a
+# healthy run, even from random weights, stays within a few times its start.
+# BatchNorm statistics are left out: from scratch they rightly move from
+# 0 and 1 to the activations' statistics, thousands of times larger.
+GROWTH_LIMIT = 100.0
+# No trained weight comes near this.
+MAX_ABS_WEIGHT = 1e8
+# Errors TensorFlow's checkpoint reader raises for truncated or foreign files.
+_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, OSError, zipfile.BadZipFile)
+
+
+def _error_text(err):
+    """The first line of an error, without TensorFlow's op context."""
+    text = getattr(err, "message", None) or str(err) or type(err).__name__
+    return text.strip().splitlines()[0]
+
+
+def snapshot_prefixes(directory):
+    """Checkpoint prefixes in ``directory``, oldest first (by global step)."""
+    state = tf.train.get_checkpoint_state(directory)
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    if state and state.model_checkpoint_path not in paths:
+        paths.append(state.model_checkpoint_path)
+    paths = [p if os.path.isabs(p) else os.path.join(directory, p) for p in paths]
+    found = {os.path.join(directory, name[:-len(".index")])
+             for name in os.listdir(directory) if name.endswith(".index")}
+    paths = sorted(set(p for p in paths if os.path.isfile(p + ".index")) | found,
+                   key=_step_of)
+    return paths
+
+
+def _step_of(prefix):
+    tail = prefix.rsplit("-", 1)[-1]
+    return (int(tail), prefix) if tail.isdigit() else (-1, prefix)
+
+
+def read_checkpoint(prefix):
+    """Every tensor of a checkpoint, read in full.
+
+    Raises:
+      IOError: the checkpoint is truncated, corrupt or not a checkpoint,
+        with what to do.
+    """
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        return {name: reader.get_tensor(name)
+                for name in reader.get_variable_to_shape_map()}
+    except _READ_ERRORS as err:
+        raise IOError("Cannot read the checkpoint %s (%s): it is truncated or corrupt "
+                      "(an interrupted copy or save?), or not a TensorFlow checkpoint. "
+                      "Use another snapshot, or the .npz written by convert.py."
+                      % (prefix, _error_text(err)))
+
+
+def _newest_readable(directory):
+    """The newest checkpoint prefix in ``directory`` that reads in full.
+
+    Newer ones that do not are named in a warning.
+
+    Raises:
+      IOError: none is readable (or there is none).
+    """
+    prefixes = snapshot_prefixes(directory)
+    if not prefixes:
+        raise IOError("%r is a directory with no checkpoint in it. Point "
+                      "--restore-from at a checkpoint prefix, a directory "
+                      "written by train.py, or the .npz written by "
+                      "convert.py." % directory)
+    for newest_first, prefix in enumerate(reversed(prefixes)):
+        try:
+            read_checkpoint(prefix)
+        except IOError as err:
+            log.warning("%s", err)
+            continue
+        if newest_first:
+            log.warning("using %s, the newest checkpoint in %s that reads in full",
+                        prefix, directory)
+        return prefix
+    raise IOError("No checkpoint in %s can be read (%d tried, see the warnings). "
+                  "Retrain, or point at another directory or a .npz."
+                  % (directory, len(prefixes)))
+
+
 def resolve_checkpoint(path):
     """A weight file or checkpoint prefix from a flag value.
 
     Accepts a ``.npz``, a checkpoint prefix (``model.ckpt-1000``) or a
-    directory holding checkpoints (the latest is used).
+    directory holding checkpoints (the newest one that reads in full is
+    used: an interrupted copy does not hide the snapshots before it).
 
     Raises:
-      IOError: nothing usable at ``path``.
+      IOError: nothing usable at ``path``, saying what is there instead.
     """
     if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise IOError("%r is a directory with no checkpoint in it. Point "
-                          "--restore-from at a checkpoint prefix, a directory "
-                          "written by train.py, or the .npz written by "
-                          "convert.py." % path)
-        return latest
+        return _newest_readable(path)
     if os.path.isfile(path) and path.endswith(".npz"):
         return path
     if os.path.isfile(path + ".index"):
         return path
     if path.endswith(".index") and os.path.isfile(path):
         return path[:-len(".index")]
+    if os.path.isfile(path):
+        raise IOError("%r is a file but not weights: give the .npz written by "
+                      "convert.py, a checkpoint prefix (the name before .index, "
+                      "e.g. snapshots/model.ckpt-20000) or a directory of "
+                      "checkpoints." % path)
     raise IOError("%r does not exist. Point it at a checkpoint prefix (e.g. "
                   "snapshots/model.ckpt-20000), a directory of checkpoints, or "
                   "the .npz written by convert.py." % path)
@@ -55,19 +141,122 @@ def resolve_checkpoint(path):
 
 def read_weights(path):
     """``{'layer/param': array}`` from a .npz or a checkpoint (optimizer
-    slots and counters left out)."""
+    slots and counters left out).
+
+    Raises:
+      IOError: nothing usable at ``path``, or a file that cannot be read.
+    """
     path = resolve_checkpoint(path)
     if path.endswith(".npz"):
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
-        except (ValueError, OSError) as err:
-            raise IOError("%r is not a weight file written by convert.py (%s)."
-                          % (path, err))
-    reader = tf.train.load_checkpoint(path)
-    shapes = reader.get_variable_to_shape_map()
-    return {name: reader.get_tensor(name) for name in shapes
-            if "/Momentum" not in name and name != "global_step"}
+        except _READ_ERRORS as err:
+            raise IOError("%r is not a weight file written by convert.py (%s); it "
+                          "may be truncated. Convert the .caffemodel again."
+                          % (path, _error_text(err)))
+    return model_weights(read_checkpoint(path))
+
+
+def model_weights(tensors):
+    """The network's variables among a checkpoint's tensors (no optimizer
+    slots, step counter or accumulators)."""
+    return {name: value for name, value in tensors.items()
+            if "/Momentum" not in name and name != "global_step"
+            and not name.startswith("grad_accumulation/")}
+
+
+# ------------------------------------------------------------ soundness
+def is_trained(name):
+    """Whether a variable is one the solver trains: convolution weights and
+    biases (BatchNorm's parameters and statistics are frozen or averaged)."""
+    return name.rsplit("/", 1)[-1] in ("weights", "biases")
+
+
+def weight_statistics(weights):
+    """(L2 norm, largest magnitude) of the trained weights, and whether every
+    float value (BatchNorm statistics included) is finite; float64."""
+    arrays = {k: np.asarray(v, np.float64) for k, v in weights.items()
+              if np.issubdtype(np.asarray(v).dtype, np.floating)}
+    trained = [a for k, a in arrays.items() if is_trained(k)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        norm = float(np.sqrt(sum(np.sum(np.square(a)) for a in trained)))
+        largest = float(max((np.max(np.abs(a)) for a in trained if a.size), default=0.0))
+    finite = all(np.isfinite(a).all() for a in arrays.values())
+    return norm, largest, finite
+
+
+def soundness_problem(norm, largest, finite=True, reference_norm=None):
+    """Why weights with these ``weight_statistics`` are not a sound model,
+    or None.
+
+    Args:
+      reference_norm: the norm of the last sound weights (the run's start or
+        its last snapshot); growth beyond ``GROWTH_LIMIT`` times it is
+        divergence.
+    """
+    if not (finite and np.isfinite(norm) and np.isfinite(largest)):
+        return "weights became non-finite or too large (NaN or inf)"
+    if largest > MAX_ABS_WEIGHT:
+        return ("weights became non-finite or too large (largest %.3g, over %.0e)"
+                % (largest, MAX_ABS_WEIGHT))
+    if reference_norm and norm > GROWTH_LIMIT * reference_norm:
+        return ("weights became non-finite or too large (norm %.3g, %.3gx the last "
+                "sound weights'; at most %gx)" % (norm, norm / reference_norm,
+                                                  GROWTH_LIMIT))
+    return None
+
+
+def newest_sound_snapshot(directory):
+    """The newest snapshot in ``directory`` that reads in full and is sound.
+
+    A snapshot is sound if its weights are finite, no larger in magnitude
+    than ``MAX_ABS_WEIGHT``, and have not grown more than ``GROWTH_LIMIT``
+    times over the snapshot before it. Snapshots that fail are named in a
+    warning; resuming steps back past them.
+
+    Returns:
+      (prefix, norm of its weights), or (None, None) when there is no
+      snapshot at all.
+    Raises:
+      IOError: there are snapshots but none is usable.
+    """
+    prefixes = snapshot_prefixes(directory)
+    if not prefixes:
+        return None, None
+    statistics = {}
+
+    def stats(prefix):
+        if prefix not in statistics:
+            try:
+                statistics[prefix] = weight_statistics(
+                    model_weights(read_checkpoint(prefix)))
+            except IOError as err:
+                log.warning("%s", err)
+                statistics[prefix] = None
+        return statistics[prefix]
+
+    rejected = []
+    for i in range(len(prefixes) - 1, -1, -1):
+        current = stats(prefixes[i])
+        if current is None:
+            rejected.append(prefixes[i])
+            continue
+        older = next((stats(p) for p in reversed(prefixes[:i]) if stats(p) is not None),
+                     None)
+        problem = soundness_problem(*current, reference_norm=older and older[0])
+        if problem is not None:
+            log.warning("%s is not a sound snapshot: its %s.", prefixes[i], problem)
+            rejected.append(prefixes[i])
+            continue
+        if rejected:
+            log.warning("resuming from %s, the newest sound snapshot, instead of %s. "
+                        "If the run diverged, rerun with a lower --learning-rate "
+                        "(e.g. a tenth).", prefixes[i], ", ".join(rejected))
+        return prefixes[i], current[0]
+    raise IOError("None of the %d snapshots in %s is usable (see the warnings). Move "
+                  "them away to start again, or pick another --snapshot-dir."
+                  % (len(prefixes), directory))
 
 
 def classifier_classes(path):
@@ -81,12 +270,17 @@ def classifier_classes(path):
             with np.load(path, allow_pickle=False) as data:
                 if CLASSIFIER_WEIGHTS in data.files:
                     return int(data[CLASSIFIER_WEIGHTS].shape[-1])
-        except (ValueError, OSError) as err:
+        except _READ_ERRORS as err:
             raise IOError("%r is not a weight file written by convert.py or "
-                          "train.py (%s)." % (path, err))
+                          "train.py (%s); it may be truncated." % (path, _error_text(err)))
         return None
-    shape = tf.train.load_checkpoint(path).get_variable_to_shape_map().get(
-        CLASSIFIER_WEIGHTS)
+    try:
+        shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    except _READ_ERRORS as err:
+        raise IOError("Cannot read the checkpoint %s (%s): it is truncated or corrupt, "
+                      "or not a TensorFlow checkpoint. Use another snapshot, or the "
+                      ".npz written by convert.py." % (path, _error_text(err)))
+    shape = shapes.get(CLASSIFIER_WEIGHTS)
     return int(shape[-1]) if shape else None
 
 
@@ -138,6 +332,11 @@ def restore(sess, path, net, *, ignore_missing=False, skip_mismatched_classifier
         mismatched = classifier_mismatch(weights, net)
         absent = [k for k in ours if k not in weights]
         if mismatched or absent:
+            # Weights of another architecture fail on the body, and are
+            # reported as such, before anything is said about the classifier.
+            net.check_weights(fold_batchnorm_weights(weights, net.batchnorm_producers())
+                              if net.fold_batchnorm else weights,
+                              ignore_missing, skip=classifier_layers)
             left_out = ["%s (file %s, network %s)" % (
                 k, _shape(weights[k].shape), _shape(net.variables[k].get_shape().as_list()))
                 for k in mismatched]

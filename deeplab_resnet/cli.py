@@ -74,6 +74,14 @@ def parse_scales(text):
     return scales
 
 
+def scales(text):
+    """argparse type of ``parse_scales``."""
+    try:
+        return parse_scales(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
+
+
 # ------------------------------------------------------------------ flags
 def add_num_classes_flag(parser):
     """--num-classes, for scripts that take it without the model flags."""

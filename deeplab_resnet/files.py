@@ -7,6 +7,8 @@ exists. numpy and PIL only.
 """
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -20,6 +22,11 @@ TMP_MARKER = ".tmp"
 def _tmp_path(path):
     directory, base = os.path.split(os.path.abspath(path))
     return os.path.join(directory, ".%s%s%d" % (base, TMP_MARKER, os.getpid()))
+
+
+def is_temporary(name):
+    """Whether a file name is one of ``atomic_write``'s temporary files."""
+    return re.match(r"^\..+%s\d+$" % re.escape(TMP_MARKER), name) is not None
 
 
 def output_path(directory, source_path, suffix):
@@ -138,3 +145,44 @@ def write_text(path, text, force=False):
         return False
     write_bytes(path, text, mode="w")
     return True
+
+
+def new_hidden_dir(parent, name, kind):
+    """A new ``.<name>.<kind><pid>-<n>`` directory in ``parent``, to fill
+    before ``replace_directory`` puts it in place.
+
+    Unlike tempfile.mkdtemp (mode 0700) it gets the umask's permissions, so a
+    server running as another user can read an export once it is renamed.
+    """
+    for attempt in range(1000):
+        path = os.path.join(parent, ".%s.%s%d-%d" % (name, kind, os.getpid(), attempt))
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise IOError("Could not create a temporary directory in %s; remove old "
+                  ".%s.* directories there." % (parent, name))
+
+
+def replace_directory(staging, target):
+    """Rename the finished directory ``staging`` to ``target``.
+
+    A ``target`` that exists is moved aside first and deleted only once the
+    new one is in place, so an interruption never leaves neither.
+    """
+    old = None
+    if os.path.isdir(target) and os.listdir(target):
+        old = new_hidden_dir(os.path.dirname(os.path.abspath(staging)),
+                             os.path.basename(target), "old")
+        os.rename(target, os.path.join(old, "previous"))
+    try:
+        # rename(2) replaces an empty directory, nothing else.
+        os.rename(staging, target)
+    except OSError:
+        if old is not None:
+            os.rename(os.path.join(old, "previous"), target)
+            os.rmdir(old)
+        raise
+    if old is not None:
+        shutil.rmtree(old)

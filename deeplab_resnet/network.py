@@ -283,6 +283,24 @@ class Network(object):
           ValueError: listing weights with no variable, variables with no
             weight (unless ``ignore_missing``), and shape mismatches.
         """
+        wanted, given, missing = self.check_weights(weights, ignore_missing, skip)
+        # One run feeding every initializer: Variable.load runs the session
+        # once per variable, which took ~1 min for ResNet-101's 528.
+        loads = [(var, given[key]) for key, var in wanted.items() if key in given]
+        session.run([var.initializer for var, _ in loads],
+                    {var.initializer.inputs[1]: np.asarray(value, dtype=np.float32)
+                     for var, value in loads})
+        if missing:
+            log.info("Left %d variables at their initial values: %s",
+                     len(missing), abbreviate(missing))
+
+    def check_weights(self, weights, ignore_missing=False, skip=()):
+        """Raise unless ``weights`` fit this network (see ``assign_weights``).
+
+        Returns:
+          (variables to assign, weights to assign, names of variables left
+          without weights), skipped layers left out.
+        """
         skipped = lambda key: key.split("/")[0] in skip
         wanted = {k: v for k, v in self.variables.items() if not skipped(k)}
         given = {k: v for k, v in weights.items() if not skipped(k)}
@@ -302,15 +320,7 @@ class Network(object):
                 "The weights do not match the network (%s). Check --num-classes "
                 "and the model configuration, or that the file was written by "
                 "convert.py / train.py for this network." % "; ".join(problems))
-        # One run feeding every initializer: Variable.load runs the session
-        # once per variable, which took ~1 min for ResNet-101's 528.
-        loads = [(var, given[key]) for key, var in wanted.items() if key in given]
-        session.run([var.initializer for var, _ in loads],
-                    {var.initializer.inputs[1]: np.asarray(value, dtype=np.float32)
-                     for var, value in loads})
-        if missing:
-            log.info("Left %d variables at their initial values: %s",
-                     len(missing), abbreviate(missing))
+        return wanted, given, missing
 
 
 def taps_conv2d(input, weights, pad, dilation):
@@ -346,6 +356,24 @@ def taps_conv2d(input, weights, pad, dilation):
     # Slicing with computed bounds loses the static shape.
     output.set_shape([input.get_shape()[0], None, None, c_o])
     return output
+
+
+def interp_size(size, scale):
+    """Caffe ``Interp`` size of a resize by ``scale``: (size - 1) * scale + 1.
+
+    DeepLab's prototxts shrink inputs with ``Interp`` (``shrink_factor``), which
+    keeps the corner pixels aligned: 321 gives 241 at 0.75 and 161 at 0.5.
+    Fractions are floored.
+
+    Args:
+      size: int32 tensor [2], (height, width).
+    Returns:
+      int32 tensor [2], at least 1 each.
+    """
+    if scale == 1.0:
+        return size
+    scaled = tf.floor(tf.cast(size - 1, tf.float32) * scale)
+    return tf.maximum(tf.cast(scaled, tf.int32) + 1, 1)
 
 
 def caffe_pool_output_size(size, kernel, stride, pad):

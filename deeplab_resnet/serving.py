@@ -174,45 +174,9 @@ def check_output_dir(output_dir, overwrite=False):
                       "--output-dir." % output_dir)
 
 
-def _new_hidden_dir(parent, output_dir, kind):
-    """A new ``.<name>.<kind><n>`` directory in ``parent``.
-
-    Unlike tempfile.mkdtemp (mode 0700) it gets the umask's permissions, so a
-    server running as another user can read the export once it is renamed.
-    """
-    for attempt in range(1000):
-        path = os.path.join(parent, ".%s.%s%d-%d" % (
-            os.path.basename(output_dir), kind, os.getpid(), attempt))
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
-    raise IOError("Could not create a temporary directory in %s; remove old "
-                  ".%s.* directories there." % (parent, os.path.basename(output_dir)))
-
-
 def _move_into_place(staging, output_dir, overwrite):
-    """Rename the finished ``staging`` directory to ``output_dir``.
-
-    A replaced export is moved aside first and deleted only once the new one
-    is in place, so an interruption never leaves neither.
-    """
     check_output_dir(output_dir, overwrite)
-    old = None
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
-        old = _new_hidden_dir(os.path.dirname(staging), output_dir, "old")
-        os.rename(output_dir, os.path.join(old, "export"))
-    try:
-        # rename(2) replaces an empty directory, nothing else.
-        os.rename(staging, output_dir)
-    except OSError:
-        if old is not None:
-            os.rename(os.path.join(old, "export"), output_dir)
-            os.rmdir(old)
-        raise
-    if old is not None:
-        shutil.rmtree(old)
+    files.replace_directory(staging, output_dir)
 
 
 def export(weights, output_dir, num_classes=NUM_CLASSES, *, scales=(1.0,),
@@ -236,7 +200,7 @@ def export(weights, output_dir, num_classes=NUM_CLASSES, *, scales=(1.0,),
                                      flip=flip, bf16=bf16)
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
-    staging = _new_hidden_dir(parent, output_dir, "tmp")
+    staging = files.new_hidden_dir(parent, os.path.basename(output_dir), "tmp")
     try:
         with open(os.path.join(staging, FROZEN_GRAPH_FILE), "wb") as f:
             f.write(graph_def.SerializeToString())

@@ -60,7 +60,8 @@ def test_cli_segments_every_readable_input_and_reports_the_rest(tiny_model, tmp_
         [sys.executable, os.path.join(REPO_ROOT, "inference.py"),
          str(photos / "rgba.png"), missing, str(photos / "notes.txt"),
          str(photos / "*.jpg"), "--model-weights", tiny_model.directory,
-         "--save-dir", str(save_dir), "--save-raw", "--overlay", "jpg"],
+         "--save-dir", str(save_dir), "--save-raw", "--overlay",
+         "--overlay-format", "jpg"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     assert "missing.jpg does not exist" in result.stderr

@@ -305,6 +305,7 @@ def test_bad_data_fails_before_training_and_keeps_snapshots(tmp_path, caplog, br
 def test_bad_label_met_by_the_reader_during_training_stops_the_run(
         tmp_path, caplog, monkeypatch):
     """Labels beyond the checked sample are checked by the reader threads."""
+    caplog.set_level(logging.INFO)
     monkeypatch.setattr(training_loop, "CHECKED_LABELS", 0)
     data_dir = str(tmp_path / "data")
     list_path = write_dataset(data_dir)
@@ -314,7 +315,16 @@ def test_bad_label_met_by_the_reader_during_training_stops_the_run(
                                 "--num-steps", "50")) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and re.search(message, errors[0]), errors
-    assert tf.train.latest_checkpoint(snapshot_dir) is None
+    # The error names the list line, and the steps done before are kept.
+    assert re.search(r"It is line \d of %s\. Fix it, then rerun the same command "
+                     r"to resume from " % re.escape(list_path), errors[0]), errors
+    done = [int(step) for step in re.findall(r"step (\d+)/50 ", caplog.text)]
+    latest = tf.train.latest_checkpoint(snapshot_dir)
+    if done:
+        assert latest == os.path.join(snapshot_dir, "model.ckpt-%d" % max(done))
+        assert errors[0].endswith("resume from %s." % latest)
+    else:
+        assert latest is None and errors[0].endswith("resume from the start.")
 
 
 @pytest.mark.slow

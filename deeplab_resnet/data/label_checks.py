@@ -18,8 +18,8 @@ import numpy as np
 from deeplab_resnet.cli import Progress
 from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES, PALETTE
 from deeplab_resnet.data.label_files import (
-    DATASET, KINDS, MANY_VALUES, MISSING, SIZE, UNMAPPED, VALUES,
-    Problem, UnreadableError, image_size, mode_problem, read_label_file, values_text)
+    DATASET, KINDS, MANY_VALUES, MASK, MASK_VALUE, MISSING, SIZE, UNMAPPED, VALUES,
+    Problem, UnreadableError, image_shapes, mode_problem, read_label_file, values_text)
 from deeplab_resnet.data.label_maps import NUM_VALUES
 
 log = logging.getLogger(__name__)
@@ -179,10 +179,13 @@ def check_label(label, path, num_classes=None, ignore_label=IGNORE_LABEL,
 
 
 def inspect_pair(pair, num_classes=None, ignore_label=IGNORE_LABEL,
-                 label_map=None):
+                 label_map=None, decode_images=False):
     """``inspect_label`` for a listed (image, label) pair of files.
 
-    Reads only the image's header (its size) and decodes the label.
+    Reads the image's header (its size; the whole image with
+    ``decode_images``) and decodes the label. A label may match the photo's
+    raw pixels (VOC's convention) or the photo turned upright by its EXIF
+    orientation, as the reader does.
 
     Returns:
       (histogram or None, problems) as ``inspect_label``.
@@ -195,10 +198,11 @@ def inspect_pair(pair, num_classes=None, ignore_label=IGNORE_LABEL,
             "Check --data-dir, which the listed paths are relative to, or "
             "remove the line from the list.")]
     try:
-        image_shape = image_size(image_path)
+        raw_shape, upright_shape = image_shapes(image_path, decode_images)
         mode, array = read_label_file(label_path)
     except UnreadableError as err:
         return None, [err.problem]
+    image_shape = upright_shape if array.shape[:2] == upright_shape else raw_shape
     problem = mode_problem(label_path, mode, array)
     if problem is not None:
         size = size_problem(label_path, array.shape, image_path, image_shape)
@@ -267,13 +271,38 @@ def dataset_problems(histogram, checked, num_classes, ignore_label):
         "class ids, or check more labels.")]
 
 
+def mask_warning(path, histogram, num_classes, ignore_label=IGNORE_LABEL):
+    """The warning for one label that looks like a binary mask, or None.
+
+    A mask saved as 0/255 passes every value check (background and the
+    ignore label), and 0 with one large id may be a class; but a label of
+    a segmentation dataset that holds nothing else is more likely an
+    object mask saved for viewing, whose object pixels are then ignored or
+    taught as a far class. A warning, not a problem: such labels exist.
+    """
+    values = np.flatnonzero(histogram)
+    if len(values) != 2 or values[0] != 0:
+        return None
+    other = int(values[1])
+    if other != ignore_label and other < MASK_VALUE:
+        return None
+    meaning = ("the ignore label, so its object is never learnt"
+               if other == ignore_label else "class %d" % other)
+    return Problem(MASK, path, "Label %s holds only 0 and %d (%s)." % (
+        path, other, meaning),
+        "If it is a binary object mask saved for viewing, save its object pixels "
+        "as their class id (1 for one class), or map them with --label-map (a "
+        "line '%d 1')." % other)
+
+
 def scan_labels(pairs, num_classes=None, ignore_label=IGNORE_LABEL,
-                label_map=None, workers=1, log_interval=5.0):
+                label_map=None, workers=1, log_interval=5.0, decode_images=False):
     """Inspect the labels of (image, label) path pairs, and the whole lot.
 
     Args:
       pairs: sequence of (image_path, label_path).
       num_classes, ignore_label, label_map: see ``inspect_label``.
+      decode_images: decode every image in full (see ``inspect_pair``).
       workers: processes reading labels in parallel (1: this process).
       log_interval: seconds between progress lines, None for none.
     Returns:
@@ -282,7 +311,8 @@ def scan_labels(pairs, num_classes=None, ignore_label=IGNORE_LABEL,
     pairs = list(pairs)
     result = ScanResult()
     inspect = functools.partial(inspect_pair, num_classes=num_classes,
-                                ignore_label=ignore_label, label_map=label_map)
+                                ignore_label=ignore_label, label_map=label_map,
+                                decode_images=decode_images)
     progress = Progress(len(pairs), unit="label")
     progress.update(0)
     last_log = time.time()
@@ -297,6 +327,10 @@ def scan_labels(pairs, num_classes=None, ignore_label=IGNORE_LABEL,
             if histogram is not None:
                 result.histogram += histogram
                 result.label_counts += histogram > 0
+                warning = mask_warning(pairs[done - 1][1], histogram, num_classes,
+                                       ignore_label)
+                if warning is not None and not problems:
+                    result.warnings.append(warning)
             if log_interval is not None and (
                     done == len(pairs) or time.time() - last_log >= log_interval):
                 log.info("labels %d/%d %d with problems %s", done, len(pairs),
@@ -326,6 +360,39 @@ def scan_error(result, data_list):
 
 
 # ---------------------------------------------------------------- reports
+def _grouped(heading, problems, max_listed):
+    """Report lines for ``Problem`` s grouped by kind and fix, files listed."""
+    groups = collections.OrderedDict()
+    for problem in sorted(problems, key=lambda p: KINDS.index(p.kind)):
+        groups.setdefault((problem.kind, problem.fix), []).append(problem)
+    lines = []
+    for (kind, fix), group in groups.items():
+        lines.append("")
+        if group[0].path is None:
+            lines.append("%s: %s %s" % (heading, group[0].message, fix)
+                         if heading == "warning" else "%s (%s):" % (heading, kind))
+            if heading == "warning":
+                continue
+        else:
+            lines.append("%s (%s), %d label(s):" % (heading, kind, len(group)))
+        for problem in group[:max_listed]:
+            lines.append("  %s" % problem.message)
+        if len(group) > max_listed:
+            lines.append("  ... and %d more" % (len(group) - max_listed))
+        lines.append("  fix: %s" % fix)
+    return lines
+
+
+def log_warnings(warnings, log, max_listed=3):
+    """Log warnings one line per kind: the first few files and the fix."""
+    groups = collections.OrderedDict()
+    for warning in warnings:
+        groups.setdefault((warning.kind, warning.fix), []).append(warning)
+    for (kind, fix), group in groups.items():
+        shown = " ".join(w.message for w in group[:max_listed])
+        more = (" (%d labels like this; dataset/check_labels.py lists them)" % len(group)
+                if len(group) > max_listed else "")
+        log.warning("%s%s %s", shown, more, fix)
 def format_report(result, names, ignore_label=IGNORE_LABEL, max_listed=10):
     """check_labels.py's report: histogram, problems grouped by fix, summary.
 
@@ -358,21 +425,8 @@ def format_report(result, names, ignore_label=IGNORE_LABEL, max_listed=10):
     if absent and result.checked:
         lines.append("classes in no checked label: %s" % ", ".join(absent))
 
-    groups = collections.OrderedDict()
-    for problem in sorted(result.problems, key=lambda p: KINDS.index(p.kind)):
-        groups.setdefault((problem.kind, problem.fix), []).append(problem)
-    for (kind, fix), problems in groups.items():
-        lines.append("")
-        lines.append("problem (%s), %d label(s):" % (kind, len(problems))
-                     if problems[0].path is not None else "problem (%s):" % kind)
-        for problem in problems[:max_listed]:
-            lines.append("  %s" % problem.message)
-        if len(problems) > max_listed:
-            lines.append("  ... and %d more" % (len(problems) - max_listed))
-        lines.append("  fix: %s" % fix)
-    for warning in result.warnings:
-        lines.append("")
-        lines.append("warning: %s %s" % (warning.message, warning.fix))
+    lines += _grouped("problem", result.problems, max_listed)
+    lines += _grouped("warning", result.warnings, max_listed)
     kinds = collections.Counter(p.kind for p in result.problems)
     lines.append("")
     lines.append("summary: %d labels checked, %d with problems%s, %d warning(s)" % (

@@ -40,8 +40,12 @@ MODE = "mode"
 SIZE = "size"
 UNMAPPED = "unmapped"
 VALUES = "values"
+MASK = "mask"
 DATASET = "dataset"
-KINDS = (MISSING, UNREADABLE, COLOUR, MODE, SIZE, UNMAPPED, VALUES, DATASET)
+KINDS = (MISSING, UNREADABLE, COLOUR, MODE, SIZE, UNMAPPED, VALUES, MASK, DATASET)
+# A label of 0 and one id at least this high alone looks like a mask saved
+# for viewing (0/128, 0/200, 0/255) rather than a class.
+MASK_VALUE = 128
 
 
 class Problem(collections.namedtuple("Problem", ["kind", "path", "message", "fix"])):
@@ -54,13 +58,19 @@ class Problem(collections.namedtuple("Problem", ["kind", "path", "message", "fix
         return "%s %s" % (self.message, self.fix)
 
 
-class UnreadableError(IOError):
-    """A file PIL cannot read; ``problem`` is its ``Problem``."""
+# What to do about an unreadable file of a list.
+LIST_FILE_FIX = "Replace the file or remove its line from the list."
 
-    def __init__(self, what, path, reason):
+
+class UnreadableError(IOError):
+    """A file PIL cannot read; ``problem`` is its ``Problem``.
+
+    ``fix`` says what to do; by default, for a file of a list.
+    """
+
+    def __init__(self, what, path, reason, fix=None):
         self.problem = Problem(UNREADABLE, path, "Cannot read %s %s (%s)."
-                               % (what, path, reason),
-                               "Replace the file or remove its line from the list.")
+                               % (what, path, reason), fix or LIST_FILE_FIX)
         super(UnreadableError, self).__init__(str(self.problem))
 
 
@@ -230,15 +240,39 @@ def load_label(path):
     return array
 
 
-def image_size(path):
-    """(height, width) of an image from its header, without decoding it.
+# EXIF orientations that turn the photo on its side (swap height and width).
+SIDEWAYS_ORIENTATIONS = (5, 6, 7, 8)
+EXIF_ORIENTATION = 0x0112
 
+
+def image_size(path):
+    """(height, width) of an image's raw pixels, from its header.
+
+    Raises:
+      UnreadableError (an IOError): the file is not an image PIL reads.
+    """
+    return image_shapes(path)[0]
+
+
+def image_shapes(path, decode=False):
+    """(height, width) of an image from its header, and of it upright.
+
+    Args:
+      decode: decode the whole image too, so that a truncated or corrupt
+        file fails now (the header alone reads fine).
+    Returns:
+      ((height, width) of the raw pixels, (height, width) once its EXIF
+      orientation is applied).
     Raises:
       UnreadableError (an IOError): the file is not an image PIL reads.
     """
     try:
         with Image.open(path) as image:
             width, height = image.size
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            if decode:
+                image.load()
     except DECODE_ERRORS as err:
         raise UnreadableError("image", path, err)
-    return height, width
+    upright = (width, height) if orientation in SIDEWAYS_ORIENTATIONS else (height, width)
+    return (height, width), upright

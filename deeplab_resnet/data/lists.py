@@ -42,7 +42,8 @@ def _join(data_dir, path):
     return os.path.join(data_dir, path.lstrip("/")) if data_dir else path
 
 
-def read_labeled_image_list(data_dir, data_list, check_exists=True):
+def read_labeled_image_list(data_dir, data_list, check_exists=True,
+                            with_line_numbers=False):
     """Image and label paths from a list file, every file checked to exist.
 
     Args:
@@ -51,8 +52,10 @@ def read_labeled_image_list(data_dir, data_list, check_exists=True):
         are skipped.
       check_exists: False leaves missing files to the caller (check_labels.py
         reports them with the other problems).
+      with_line_numbers: also return each pair's line number, for messages.
     Returns:
-      (image_paths, label_paths): two lists of equal length, in list order.
+      (image_paths, label_paths): two lists of equal length, in list order;
+      with ``with_line_numbers``, (image_paths, label_paths, line_numbers).
     Raises:
       IOError: the list file or listed files do not exist (each missing file
         is named with its line number).
@@ -62,7 +65,7 @@ def read_labeled_image_list(data_dir, data_list, check_exists=True):
         raise IOError("List file %r does not exist. Point --data-list at a text "
                       "file of '/JPEGImages/x.jpg /SegmentationClassAug/x.png' "
                       "lines." % data_list)
-    images, labels, missing = [], [], []
+    images, labels, numbers, missing = [], [], [], []
     with open(data_list) as f:
         for number, line in enumerate(f, 1):
             fields = line.split()
@@ -79,6 +82,7 @@ def read_labeled_image_list(data_dir, data_list, check_exists=True):
                            for p in (image, label) if not os.path.isfile(p))
             images.append(image)
             labels.append(label)
+            numbers.append(number)
     if not images:
         raise ValueError("List file %r lists no image/label pairs. Fill it with "
                          "'/JPEGImages/x.jpg /SegmentationClassAug/x.png' lines."
@@ -87,4 +91,4 @@ def read_labeled_image_list(data_dir, data_list, check_exists=True):
         raise IOError("%d file(s) listed in %s do not exist: %s. Check --data-dir "
                       "(%r), which the listed paths are relative to."
                       % (len(missing), data_list, abbreviate(missing, MAX_LISTED, "; "), data_dir))
-    return images, labels
+    return (images, labels, numbers) if with_line_numbers else (images, labels)

@@ -34,12 +34,12 @@ import threading
 import time
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.data import label_checks, label_maps
-from deeplab_resnet.data.label_files import (DECODE_ERRORS, WIDE_MODES, UnreadableError,
-                                             load_label)
+from deeplab_resnet.data.label_files import (DECODE_ERRORS, UNREADABLE, WIDE_MODES,
+                                             UnreadableError, load_label)
 from deeplab_resnet.data.lists import read_labeled_image_list
 from deeplab_resnet.images import bgr_minus_mean
 from deeplab_resnet.runtime import tf
@@ -50,24 +50,29 @@ log = logging.getLogger(__name__)
 EVAL_PREFETCH = 2
 
 
-def load_image(path):
-    """A photo as RGB, whatever its file's mode.
+def load_image(path, orient=False, fix=None):
+    """A photo as RGB, whatever its file's mode, decoded in full.
 
     Grayscale and palette images are expanded to RGB, CMYK is converted,
-    alpha is dropped and 16-bit images are scaled to 8 bits. EXIF orientation
-    is not applied, so pixels stay aligned with label files drawn on the raw
-    pixel grid (as VOC's are).
+    alpha is dropped and 16-bit images are scaled to 8 bits.
 
     Args:
       path: a JPEG, PNG or any other format PIL reads.
+      orient: apply the EXIF orientation, so that the pixels are upright as
+        photo viewers show them (phones store portrait photos on their side
+        with an orientation tag). Off, pixels stay on the raw grid, which is
+        what VOC-style label files are drawn on.
+      fix: what the error tells the user to do (default: for a list file).
     Returns:
       uint8 array [H, W, 3], RGB.
     Raises:
-      IOError: the file cannot be read as an image.
+      IOError: the file cannot be read as an image (a truncated JPEG too).
     """
     try:
         with Image.open(path) as image:
             image.load()
+            if orient:
+                image = ImageOps.exif_transpose(image)
             if image.mode.startswith(WIDE_MODES):
                 wide = np.asarray(image, dtype=np.float64)
                 # 16-bit images use the full range; 8-bit conversion keeps the top byte.
@@ -76,12 +81,16 @@ def load_image(path):
                     np.clip(np.round(wide), 0, 255).astype(np.uint8))
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except DECODE_ERRORS as err:
-        raise UnreadableError("image", path, err)
+        raise UnreadableError("image", path, err, fix)
 
 
 def load_pair(image_path, label_path, num_classes=None,
               ignore_label=IGNORE_LABEL, label_map=None):
     """An image and its label in training ids, checked to fit each other.
+
+    The image stays on its raw pixel grid, VOC's convention for the label
+    files drawn on it, unless only its EXIF-oriented form has the label's
+    size (a labelling tool that showed the photo upright).
 
     Args:
       num_classes: when given, every label value (after ``label_map``) must
@@ -94,22 +103,35 @@ def load_pair(image_path, label_path, num_classes=None,
         (the message says the likely cause and the fix).
     """
     image = load_image(image_path)
-    label = label_checks.check_label(load_label(label_path), label_path, num_classes,
+    label = load_label(label_path)
+    if label.shape != image.shape[:2]:
+        oriented = load_image(image_path, orient=True)
+        if label.shape == oriented.shape[:2]:
+            image = oriented
+    label = label_checks.check_label(label, label_path, num_classes,
                                      ignore_label, label_map, image.shape[:2], image_path)
     return image, label
 
 
 # ------------------------------------------------------------- augmentation
-def image_scaling(image, label, min_scale=0.5, max_scale=1.5):
-    """Rescale image and label by one random factor in [min_scale, max_scale).
+def image_scaling(image, label, min_scale=0.5, max_scale=1.5, scale_set=None):
+    """Rescale image and label by one random factor.
 
     Args:
       image: float32 [H, W, C]; label: [H, W, 1].
+      min_scale, max_scale: the factor is uniform in [min_scale, max_scale)
+        (the original TensorFlow port's --random-scale)...
+      scale_set: ... unless these factors are given: one of them, each as
+        likely (Caffe DeepLab-v2's {0.5, 0.75, 1, 1.25, 1.5}).
     Returns:
       (image, label) at the new size; the label by nearest neighbour (OpenCV's
       INTER_NEAREST sampling), so it only ever holds values it had.
     """
-    scale = tf.random_uniform([], min_scale, max_scale)
+    if scale_set:
+        choices = tf.constant(list(scale_set), tf.float32)
+        scale = tf.gather(choices, tf.random_uniform([], 0, len(scale_set), tf.int32))
+    else:
+        scale = tf.random_uniform([], min_scale, max_scale)
     size = tf.cast(tf.shape(image)[:2], tf.float32) * scale
     size = tf.maximum(tf.cast(tf.round(size), tf.int32), 1)
     image = tf.image.resize_bilinear(image[None], size, half_pixel_centers=True)[0]
@@ -173,6 +195,8 @@ class ImageReader(object):
       data_dir, data_list: see ``read_labeled_image_list``.
       input_size: (height, width) crop for training, or None for evaluation.
       random_scale, random_mirror: augmentations (training only).
+      scale_set: random scales drawn from these factors instead of
+        ``random_scale``'s uniform 0.5-1.5 (training only).
       ignore_label: label value that pads crops (and is left out of the loss).
       coord: the ``tf.train.Coordinator`` the reader threads report to (a new
         one by default).
@@ -183,14 +207,18 @@ class ImageReader(object):
         it nor ``ignore_label`` is an error naming the file.
       label_map: --label-map: a file (see ``label_maps.read_label_map``), a
         ``label_maps.LabelMap`` or None; applied to every label as it is read.
+      skip_bad_images: a pair that cannot be read is logged and replaced by
+        the next readable one in the list, instead of stopping the queues.
     Raises:
       IOError, ValueError: from ``read_labeled_image_list`` and
         ``label_maps.read_label_map``.
     """
 
     def __init__(self, data_dir, data_list, *, input_size=None, random_scale=False,
+                 scale_set=None,
                  random_mirror=False, ignore_label=IGNORE_LABEL, coord=None,
-                 shuffle=True, num_threads=4, num_classes=None, label_map=None):
+                 shuffle=True, num_threads=4, num_classes=None, label_map=None,
+                 skip_bad_images=False):
         self.data_dir = data_dir
         self.data_list = data_list
         self.input_size = tuple(input_size) if input_size is not None else None
@@ -200,9 +228,13 @@ class ImageReader(object):
         self.num_threads = num_threads if shuffle else 1
         self.num_classes = num_classes
         self.label_map = label_maps.read_label_map(label_map, num_classes, ignore_label)
+        self.skip_bad_images = skip_bad_images
         self.failure = None
+        self._skipped = set()
         self._lock = threading.Lock()
-        self.image_list, self.label_list = read_labeled_image_list(data_dir, data_list)
+        self.image_list, self.label_list, self.line_numbers = read_labeled_image_list(
+            data_dir, data_list, with_line_numbers=True)
+        self._index = {path: i for i, path in enumerate(self.image_list)}
         self.num_images = len(self.image_list)
 
         first_runner = len(tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS))
@@ -219,8 +251,8 @@ class ImageReader(object):
             image = bgr_minus_mean(tf.cast(image, tf.float32))
             label = tf.expand_dims(label, axis=2)
             if self.input_size is not None:
-                if random_scale:
-                    image, label = image_scaling(image, label)
+                if random_scale or scale_set:
+                    image, label = image_scaling(image, label, scale_set=scale_set)
                 if random_mirror:
                     image, label = image_mirroring(image, label)
                 image, label = random_crop_and_pad_image_and_labels(
@@ -241,15 +273,17 @@ class ImageReader(object):
         self.image = tf.expand_dims(image, axis=0)
         self.label = tf.expand_dims(label, axis=0)
 
-    def check(self, sample_size=100, seed=0):
-        """Scan a sample of the labels now, so bad labels fail before training.
+    def check(self, sample_size=1000, seed=0):
+        """Scan a sample of the pairs now, so bad files fail before training.
 
         Every listed file was checked to exist when the list was read; this
         runs check_labels.py's scan (``label_checks.scan_labels``) on up to
-        ``sample_size`` pairs (all of a shorter list): label mode, size
-        against the image's header, values (after the label map) when the
-        reader has ``num_classes``, and masks that hold nothing but
-        background and ignore.
+        ``sample_size`` pairs (all of a shorter list): each image decoded in
+        full (a truncated JPEG fails here, not hours into training), label
+        mode, size, values (after the label map) when the reader has
+        ``num_classes``, and masks that hold nothing but background and
+        ignore. Pairs beyond the sample are checked by the reader threads as
+        they come. With ``skip_bad_images`` unreadable files are warnings.
 
         Raises:
           IOError, ValueError: the first problem found, with its fix.
@@ -258,25 +292,57 @@ class ImageReader(object):
         start = time.time()
         result = label_checks.scan_labels(
             [(self.image_list[i], self.label_list[i]) for i in indices],
-            self.num_classes, self.ignore_label, self.label_map, log_interval=None)
+            self.num_classes, self.ignore_label, self.label_map, log_interval=None,
+            decode_images=True)
+        if self.skip_bad_images:
+            unreadable = [p for p in result.problems if p.kind == UNREADABLE]
+            result.problems = [p for p in result.problems if p.kind != UNREADABLE]
+            result.warnings = unreadable + result.warnings
         if result.problems:
             raise ValueError(label_checks.scan_error(result, self.data_list))
-        for warning in result.warnings:
-            log.warning("%s %s", warning.message, warning.fix)
+        label_checks.log_warnings(result.warnings, log)
         log.info("checked %d of %d labels in %s (%.2f s)%s", result.checked,
                  self.num_images, self.data_list, time.time() - start,
                  "; label map " + self.label_map.describe() if self.label_map
                  else "")
 
     def _load(self, image_path, label_path):
+        image_path, label_path = image_path.decode(), label_path.decode()
         try:
-            return load_pair(image_path.decode(), label_path.decode(),
-                             self.num_classes, self.ignore_label, self.label_map)
+            return load_pair(image_path, label_path, self.num_classes,
+                             self.ignore_label, self.label_map)
         except Exception as err:
+            if self.skip_bad_images and isinstance(err, (IOError, ValueError)):
+                return self._replacement(image_path, err)
             with self._lock:
                 if self.failure is None:
                     self.failure = err
             raise
+
+    def _replacement(self, image_path, err):
+        """--skip-bad-images: log the bad pair, read the next good one."""
+        index = self._index[image_path]
+        self._skip(index, err)
+        for step in range(1, self.num_images):
+            other = (index + step) % self.num_images
+            if self.image_list[other] in self._skipped:
+                continue
+            try:
+                return load_pair(self.image_list[other], self.label_list[other],
+                                 self.num_classes, self.ignore_label, self.label_map)
+            except (IOError, ValueError) as other_err:
+                self._skip(other, other_err)
+        raise IOError("No pair in %s can be read; see the warnings above."
+                      % self.data_list)
+
+    def _skip(self, index, err):
+        """Remember a bad pair, and log it the first time."""
+        with self._lock:
+            first_time = self.image_list[index] not in self._skipped
+            self._skipped.add(self.image_list[index])
+        if first_time:
+            log.warning("skipping line %d of %s (--skip-bad-images): %s",
+                        self.line_numbers[index], self.data_list, err)
 
     def dequeue(self, num_elements):
         """A batch of ``num_elements`` training pairs.
@@ -309,8 +375,19 @@ class ImageReader(object):
                 for thread in runner.create_threads(sess, coord=self.coord,
                                                     daemon=True, start=True)]
 
-    def raise_if_failed(self):
-        """Raise the file error a reader thread met, if any (IOError/ValueError
-        whose message names the file)."""
-        if self.failure is not None:
-            raise self.failure
+    def raise_if_failed(self, advice=""):
+        """Raise the file error a reader thread met, if any.
+
+        The error (IOError or ValueError, as the thread met it) names the
+        file, the line of the list that lists it, and ends with ``advice``.
+        """
+        failure = self.failure
+        if failure is None:
+            return
+        text = str(failure)
+        index = next((i for i, pair in enumerate(zip(self.image_list, self.label_list))
+                      if pair[0] in text or pair[1] in text), None)
+        where = ("" if index is None else
+                 " It is line %d of %s." % (self.line_numbers[index], self.data_list))
+        kind = IOError if isinstance(failure, (IOError, OSError)) else ValueError
+        raise kind("%s%s%s" % (text, where, advice)) from failure

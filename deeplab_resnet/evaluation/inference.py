@@ -1,7 +1,8 @@
 """The inference loop inference.py runs: photos in, masks (and raw labels, overlays) out.
 
 Inputs are files, directories (the images directly inside) or glob
-patterns. Inputs are never overwritten, and neither is another input's
+patterns. Photos are turned upright by their EXIF orientation, as viewers
+show them, so masks and overlays line up with the photo. Inputs are never overwritten, and neither is another input's
 output of the same run. A missing or unreadable input is reported by name
 and the others are still processed. With the CRF, a pool of worker
 processes refines earlier photos while the network runs on the next ones.
@@ -19,6 +20,9 @@ from deeplab_resnet.evaluation.predict import Segmenter
 from deeplab_resnet.images import colour_mask, label_dtype_for, overlay
 
 log = logging.getLogger(__name__)
+
+# What to do about a photo that cannot be read.
+INPUT_FIX = "Replace the file, or leave it out of the inputs."
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
                     ".webp", ".ppm", ".pgm")
@@ -178,7 +182,7 @@ def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
                 continue
             written.update((os.path.realpath(t), path) for t in outputs.values())
             try:
-                image = load_image(path)
+                image = load_image(path, orient=True, fix=INPUT_FIX)
                 job = (i, path, image, outputs, start)
                 if crf_pool is None:
                     finished = [(job, segmenter.segment(image))]

@@ -25,6 +25,7 @@ import logging
 from deeplab_resnet import checkpoints, crf
 from deeplab_resnet.images import label_dtype_for, preprocess
 from deeplab_resnet.model import build_model
+from deeplab_resnet.network import interp_size
 from deeplab_resnet.runtime import tf
 
 log = logging.getLogger(__name__)
@@ -34,20 +35,6 @@ Prediction.__doc__ = """Outputs at the input's size.
 
 logits: float32 [N, H, W, C], fused over scales and flips; probs: their
 softmax; pred: int32 [N, H, W] argmax class ids."""
-
-
-def scaled_size(size, scale):
-    """Caffe ``Interp`` size of a resize by ``scale``: (size - 1) * scale + 1.
-
-    Args:
-      size: int32 tensor [2], (height, width).
-    Returns:
-      int32 tensor [2], at least 1 each.
-    """
-    if scale == 1.0:
-        return size
-    scaled = tf.floor(tf.cast(size - 1, tf.float32) * scale)
-    return tf.maximum(tf.cast(scaled, tf.int32) + 1, 1)
 
 
 def build_prediction(images, num_classes, config=None, *, scales=(1.0,), flip=False,
@@ -86,7 +73,7 @@ def build_prediction(images, num_classes, config=None, *, scales=(1.0,), flip=Fa
                 inputs = images
                 if scale != 1.0:
                     inputs = tf.image.resize_bilinear(
-                        images, scaled_size(size, scale), align_corners=True)
+                        images, interp_size(size, scale), align_corners=True)
                 if flip:
                     inputs = tf.concat([inputs, tf.reverse(inputs, [2])], axis=0)
                 if bf16:

@@ -8,9 +8,7 @@ end and on Ctrl-C or SIGTERM. The loop checks the weights before every
 snapshot so that no snapshot holds diverged weights.
 """
 import dataclasses
-import fcntl
 import logging
-import os
 import signal
 import threading
 from typing import Optional, Tuple
@@ -24,14 +22,19 @@ from deeplab_resnet.data.reader import ImageReader
 from deeplab_resnet.images import decode_labels, inv_preprocess
 from deeplab_resnet.model import ModelConfig
 from deeplab_resnet.runtime import session_config, tf
+from deeplab_resnet.training.snapshots import (SnapshotLock, Snapshots,
+                                               check_snapshot_config, divergence_message,
+                                               remove_interrupted_saves)
 from deeplab_resnet.training.solver import (VARIABLE_DEVICE, Trainer,
                                             batchnorm_batch_warning, tower_devices)
+from deeplab_resnet.training.validation import Validation, scalar_summary
 
 log = logging.getLogger(__name__)
 
-# Labels checked for size, colour and values before the first step.
-CHECKED_LABELS = 100
-CHECKPOINT_NAME = "model.ckpt"
+# Pairs checked before the first step: images decoded in full, labels for
+# size, colour and values (about 5 ms a VOC pair; the reader threads check
+# the rest of a longer list as they read it).
+CHECKED_LABELS = 1000
 # Exit status after Ctrl-C, as a shell reports a SIGINT death.
 INTERRUPTED_STATUS = 130
 
@@ -50,14 +53,18 @@ class TrainConfig:
     label_map: Optional[str] = None
     input_size: Tuple[int, int] = (321, 321)
     random_scale: bool = False
+    scale_set: Optional[Tuple[float, ...]] = None
     random_mirror: bool = False
     random_seed: int = 1234
+    skip_bad_images: bool = False
     # Model and its starting point.
     num_classes: int = NUM_CLASSES
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     restore_from: Optional[str] = None
     not_restore_last: bool = False
     is_training: bool = False
+    train_scales: Tuple[float, ...] = (1.0,)
+    train_last_only: bool = False
     # Solver.
     batch_size: int = 10
     learning_rate: float = 2.5e-4
@@ -74,6 +81,11 @@ class TrainConfig:
     save_num_images: int = 2
     keep_checkpoints: int = 5
     log_every: int = 1
+    # Validation during training.
+    val_list: Optional[str] = None
+    val_data_dir: Optional[str] = None
+    val_every: int = 1000
+    val_images: Optional[int] = None
     intra_op_threads: int = 0
     inter_op_threads: int = 0
 
@@ -90,12 +102,6 @@ def image_summary(images, labels, logits, max_outputs):
 
     picture = tf.numpy_function(triplets, [images, labels, pred], tf.uint8)
     return tf.summary.image("images", picture, max_outputs=max_outputs)
-
-
-def scalar_summary(values):
-    """A Summary of Python numbers, e.g. metrics summed over several runs."""
-    return tf.Summary(value=[tf.Summary.Value(tag=tag, simple_value=value)
-                             for tag, value in sorted(values.items())])
 
 
 # ---------------------------------------------------------------- the loop
@@ -129,51 +135,6 @@ class InterruptRequest(object):
             signal.signal(signum, handler)
 
 
-def check_snapshot_config(snapshot_dir, num_classes, config):
-    """Refuse to resume checkpoints of another network.
-
-    Raises:
-      ValueError: ``snapshot_dir`` records another architecture.
-    """
-    saved_classes, saved_config = checkpoints.load_model_config(snapshot_dir)
-    if saved_config != config or saved_classes not in (None, num_classes):
-        raise ValueError(
-            "%s holds checkpoints of another network (num_classes=%s, %s); the "
-            "flags ask for num_classes=%d, %s. Rerun with the flags it was "
-            "trained with to resume, or pick another --snapshot-dir."
-            % (snapshot_dir, saved_classes, saved_config.to_dict(), num_classes,
-               config.to_dict()))
-
-
-class SnapshotLock(object):
-    """One training run per snapshot directory.
-
-    Two runs writing the same directory would interleave their checkpoints
-    and the 'checkpoint' index; the second one fails instead. The lock is an
-    ``flock`` on ``<dir>/.train.lock``, released when the process ends however
-    it ends.
-    """
-
-    def __init__(self, snapshot_dir):
-        self.path = os.path.join(snapshot_dir, ".train.lock")
-        self._file = None
-
-    def __enter__(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self._file = open(self.path, "a")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._file.close()
-            raise IOError("Another train.py is writing to %s. Wait for it to "
-                          "finish or use another --snapshot-dir."
-                          % os.path.dirname(self.path))
-        return self
-
-    def __exit__(self, *exc):
-        self._file.close()
-
-
 def train(config):
     """Everything ``train.py`` does after parsing its flags (see the module doc).
 
@@ -182,9 +143,9 @@ def train(config):
     Returns:
       0 when done, ``INTERRUPTED_STATUS`` after a Ctrl-C/SIGTERM snapshot.
     Raises:
-      IOError, ValueError: bad data, weights or flags, or a non-finite loss.
-        Problems with the data, the flags or the weights are found before the
-        first step, with nothing written.
+      IOError, ValueError: bad data, weights or flags, a non-finite loss, or
+        a snapshot that cannot be written. Problems with the data, the flags
+        or the weights are found before the first step, with nothing written.
     """
     devices = tower_devices(config.num_gpus, config.tower_device)
     with tf.Graph().as_default() as graph:
@@ -192,12 +153,15 @@ def train(config):
         reader = ImageReader(config.data_dir, config.data_list,
                              input_size=config.input_size,
                              random_scale=config.random_scale,
+                             scale_set=config.scale_set,
                              random_mirror=config.random_mirror,
                              ignore_label=config.ignore_label,
-                             num_classes=config.num_classes, label_map=config.label_map)
+                             num_classes=config.num_classes, label_map=config.label_map,
+                             skip_bad_images=config.skip_bad_images)
         reader.check(CHECKED_LABELS)
         with SnapshotLock(config.snapshot_dir):
-            resume = tf.train.latest_checkpoint(config.snapshot_dir)
+            remove_interrupted_saves(config.snapshot_dir)
+            resume, resume_norm = checkpoints.newest_sound_snapshot(config.snapshot_dir)
             if resume:
                 check_snapshot_config(config.snapshot_dir, config.num_classes,
                                       config.model)
@@ -212,7 +176,8 @@ def train(config):
                               num_steps=config.num_steps,
                               weight_decay=config.weight_decay,
                               grad_update_every=config.grad_update_every,
-                              devices=devices)
+                              devices=devices, scales=config.train_scales,
+                              last_only=config.train_last_only)
             if devices:
                 log.info("%d towers on %s, %d images each; variables on %s",
                          len(devices), ", ".join(devices),
@@ -246,15 +211,22 @@ def train(config):
                     log.info("%s is already trained to step %d of --num-steps %d; "
                              "nothing to do.", resume, start_step, config.num_steps)
                     return 0
-                return _run(sess, trainer, reader, saver, images_op, config, start_step)
+                snapshots = Snapshots(saver, config, resume, start_step)
+                snapshots.start(sess, trainer)
+                validation = Validation(config) if config.val_list else None
+                return _run(sess, trainer, reader, snapshots, validation, images_op,
+                            config, start_step)
 
 
 def _restore(sess, saver, trainer, config, resume):
     """Resume a snapshot, restore weights, or start from scratch; the start step."""
     if resume:
-        saver.restore(sess, resume)
-        saver.recover_last_checkpoints(
-            tf.train.get_checkpoint_state(config.snapshot_dir).all_model_checkpoint_paths)
+        try:
+            saver.restore(sess, resume)
+        except tf.errors.OpError as err:
+            raise IOError("Cannot restore %s (%s). Move it away to resume from the "
+                          "snapshot before it." % (resume, err.message.splitlines()[0]))
+        saver.recover_last_checkpoints(checkpoints.snapshot_prefixes(config.snapshot_dir))
         step = int(sess.run(trainer.global_step))
         if config.restore_from:
             log.info("--restore-from %s ignored: resuming the snapshot in %s.",
@@ -276,13 +248,13 @@ def _restore(sess, saver, trainer, config, resume):
     return 0
 
 
-def _run(sess, trainer, reader, saver, images_op, config, start_step):
+def _run(sess, trainer, reader, snapshots, validation, images_op, config, start_step):
     """Train with the reader's threads running; stop them however it ends."""
     threads = reader.start(sess)
     writer = tf.summary.FileWriter(config.snapshot_dir)
     try:
-        return _loop(sess, trainer, reader, saver, writer, images_op, config,
-                     start_step)
+        return _loop(sess, trainer, reader, snapshots, validation, writer, images_op,
+                     config, start_step)
     finally:
         writer.close()
         reader.coord.request_stop()
@@ -293,11 +265,11 @@ def _run(sess, trainer, reader, saver, images_op, config, start_step):
             log.debug("reader stopped with %s", err)
 
 
-def _loop(sess, trainer, reader, saver, writer, images_op, config, start_step):
+def _loop(sess, trainer, reader, snapshots, validation, writer, images_op, config,
+          start_step):
     progress = Progress(config.num_steps)
     images_per_step = config.batch_size * config.grad_update_every
-    prefix = os.path.join(config.snapshot_dir, CHECKPOINT_NAME)
-    last_snapshot = tf.train.latest_checkpoint(config.snapshot_dir)
+    lr = None
     with InterruptRequest() as interrupt:
         for done in range(start_step + 1, config.num_steps + 1):
             with_images = done % config.save_pred_every == 0 or done == start_step + 1
@@ -305,64 +277,54 @@ def _loop(sess, trainer, reader, saver, writer, images_op, config, start_step):
                 result = trainer.step(sess, [images_op] if with_images and images_op
                                       is not None else [])
             except tf.errors.OpError:
-                reader.raise_if_failed()
+                if reader.failure is not None and done - 1 > snapshots.last_step:
+                    # The steps before the bad file are kept.
+                    snapshots.save(sess, trainer, done - 1,
+                                   lr if lr is not None else
+                                   sess.run(trainer.learning_rate))
+                reader.raise_if_failed(" Fix it, then rerun the same command to "
+                                       "resume from %s." % (snapshots.last or
+                                                             "the start"))
                 raise
+            lr = result["lr"]
             if result["bad_labels"]:
                 raise ValueError(_bad_label_message(result, done, config,
-                                                    last_snapshot))
+                                                    snapshots.last))
             for what, value in (("loss", result["loss"]),
                                 ("weight-decay loss (l2)", result["l2"])):
                 if not np.isfinite(value):
                     raise ValueError(divergence_message(
-                        "%s became %s" % (what, value), done, result["lr"], config,
-                        last_snapshot))
-            writer.add_summary(scalar_summary({
-                "loss": result["loss"], "l2_loss": result["l2"],
-                "total_loss": result["loss"] + result["l2"],
-                "accuracy": result["accuracy"], "learning_rate": result["lr"]}), done)
+                        "%s became %s" % (what, value), done, lr, config,
+                        snapshots.last))
+            scalars = {"loss": result["loss"], "l2_loss": result["l2"],
+                       "total_loss": result["loss"] + result["l2"],
+                       "accuracy": result["accuracy"], "learning_rate": lr}
+            if len(result["losses"]) > 1:
+                scalars.update(("loss_%s" % name, value)
+                               for name, value in result["losses"].items())
+            writer.add_summary(scalar_summary(scalars), done)
             if with_images and images_op is not None:
                 writer.add_summary(result["fetched"][0], done)
             if done % config.log_every == 0 or done == config.num_steps or \
                     done == start_step + 1 or interrupt.requested:
-                log.info("step %d/%d loss=%.4f l2=%.4g acc=%.3f lr=%.3e %s %s",
-                         done, config.num_steps, result["loss"], result["l2"],
-                         result["accuracy"], result["lr"],
+                log.info("step %d/%d loss=%.4f%s l2=%.4g acc=%.3f lr=%.3e %s %s",
+                         done, config.num_steps, result["loss"],
+                         _branch_losses(result["losses"]), result["l2"],
+                         result["accuracy"], lr,
                          _images_per_second(progress, done, images_per_step),
                          progress.line(done))
-            if done % config.save_pred_every == 0 or done == config.num_steps or \
-                    interrupt.requested:
-                if not sess.run(trainer.weights_finite):
-                    raise ValueError(divergence_message(
-                        "weights became non-finite or too large (> 1e19)", done,
-                        result["lr"], config, last_snapshot))
-                # Saver writes the data and index files under temporary names,
-                # renames them, and only then rewrites the 'checkpoint' file
-                # (atomically), so a crash mid-save leaves it on the last good one.
-                last_snapshot = saver.save(sess, prefix, global_step=done,
-                                           write_meta_graph=False)
-                log.info("saved %s", last_snapshot)
+            validate = validation is not None and (
+                done % config.val_every == 0 or done == config.num_steps)
+            if validate or done % config.save_pred_every == 0 or \
+                    done == config.num_steps or interrupt.requested:
+                snapshots.save(sess, trainer, done, lr)
+            if validate and not interrupt.requested:
+                validation.run(snapshots.last, done, writer)
             if interrupt.requested:
                 log.info("interrupted at step %d; rerun the same command to resume.",
                          done)
                 return INTERRUPTED_STATUS
     return 0
-
-
-def divergence_message(what, step, lr, config, last_snapshot):
-    """What to check when training diverges: labels first, then the rate."""
-    scratch = ""
-    if not config.restore_from:
-        scratch = (" Training from random weights (no --restore-from) diverges "
-                   "easily: start from converted weights (convert.py)%s."
-                   % ("" if config.is_training else
-                      " or add --is-training so that BatchNorm normalises"))
-    return ("The %s at step %d (lr=%.3g). First check the labels: every label "
-            "value must be a class id below --num-classes %d or --ignore-label "
-            "%d (dataset/check_labels.py lists the files with other values). "
-            "Then try a lower --learning-rate, e.g. a tenth.%s Nothing was "
-            "saved from this run after %s."
-            % (what, step, lr, config.num_classes, config.ignore_label, scratch,
-               last_snapshot or "its start"))
 
 
 def _bad_label_message(result, step, config, last_snapshot):
@@ -373,6 +335,13 @@ def _bad_label_message(result, step, config, last_snapshot):
             "run after %s." % (step, result["bad_labels"], result["max_bad_label"],
                                config.num_classes - 1, config.ignore_label,
                                last_snapshot or "its start"))
+
+
+def _branch_losses(losses):
+    """' (1=0.71 0.75=0.74 0.5=0.83 max=0.69)' with MSC, '' with one scale."""
+    if len(losses) == 1:
+        return ""
+    return " (%s)" % " ".join("%s=%.4f" % item for item in losses.items())
 
 
 def _images_per_second(progress, done, images_per_step):

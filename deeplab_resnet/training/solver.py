@@ -44,6 +44,7 @@ import os
 
 import numpy as np
 
+from deeplab_resnet import checkpoints
 from deeplab_resnet.constants import CLASSIFIER_PREFIX, IGNORE_LABEL
 from deeplab_resnet.network import VARIABLE_OPS
 from deeplab_resnet.runtime import tf
@@ -69,61 +70,94 @@ def _placement(device):
 
 
 def build_towers(image_batch, label_batch, num_classes, *, ignore_label=IGNORE_LABEL,
-                 is_training=False, config=None, devices=None):
+                 is_training=False, config=None, devices=None, scales=(1.0,),
+                 last_only=False):
     """``tower_loss`` on each device's share of the batch, and the summed gradients.
+
+    The objective of one forward pass over all towers: with one scale, the
+    cross-entropy summed over its labelled pixels, divided later by the
+    labelled pixels of every tower and accumulated batch (exactly the update
+    of one device taking all the images). With several scales (MSC), each
+    output's loss is the mean over its own labelled pixels of all towers,
+    summed over the outputs; accumulated batches are then averaged, as
+    Caffe's ``iter_size`` does.
 
     Args:
       image_batch, label_batch: the whole batch, as for ``tower_loss``.
-      num_classes, ignore_label, is_training, config: see ``tower_loss``.
+      num_classes, ignore_label, is_training, config, scales: see ``tower_loss``.
       devices: e.g. ``['/gpu:0', '/gpu:1']``, one tower each, sharing the
         variables (on ``VARIABLE_DEVICE``); None for one tower with
         TensorFlow's default placement.
+      last_only: train the classifier alone (``trained_params``).
     Returns:
-      (towers, params, grad_sums, stat_updates): the ``Tower`` list, the
-      ``trained_params``, per param the gradient of all towers' summed
-      ``loss_sum``, and the BatchNorm moving-average updates (first tower).
+      (towers, params, grad_sums, denominator, stat_updates): the ``Tower``
+      list, the ``trained_params``, per param the gradient of the pass's
+      objective summed over towers, what the accumulated gradients are
+      divided by (labelled pixels with one scale, 1 per pass with several),
+      and the BatchNorm moving-average updates (first tower).
     Raises:
       ValueError: the batch does not split evenly over ``devices``.
     """
-    if not devices:
-        tower = tower_loss(image_batch, label_batch, num_classes,
-                           ignore_label=ignore_label, is_training=is_training,
-                           config=config)
-        params = trained_params(tower.net)
-        grad_sums = tf.gradients(tower.loss_sum, [p.var for p in params])
-        return [tower], params, grad_sums, tf.get_collection(tf.GraphKeys.UPDATE_OPS)
-
-    num_towers = len(devices)
+    num_towers = len(devices) if devices else 1
     batch = tf.dimension_value(image_batch.get_shape()[0])
     if batch is not None and batch % num_towers:
         raise ValueError("A batch of %d images does not split evenly over %d "
                          "devices; use a --batch-size divisible by %d."
                          % (batch, num_towers, num_towers))
-    with tf.device(VARIABLE_DEVICE), tf.name_scope("split_batch"):
-        image_shares = tf.split(image_batch, num_towers)
-        label_shares = tf.split(label_batch, num_towers)
-    towers, tower_grads, params, stat_updates = [], [], None, None
-    for i, device in enumerate(devices):
+    if devices:
+        with tf.device(VARIABLE_DEVICE), tf.name_scope("split_batch"):
+            image_shares = tf.split(image_batch, num_towers)
+            label_shares = tf.split(label_batch, num_towers)
+    else:
+        image_shares, label_shares = [image_batch], [label_batch]
+    towers, stat_updates = [], None
+    for i in range(num_towers):
         updates_before = set(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
-        # Re-entering the root variable scope resets the name scope, so it
-        # goes outside 'tower_i'.
-        with tf.variable_scope(tf.get_variable_scope(), reuse=i > 0), \
-                tf.name_scope("tower_%d" % i), tf.device(_placement(device)):
-            tower = tower_loss(image_shares[i], label_shares[i], num_classes,
-                               ignore_label=ignore_label, is_training=is_training,
-                               config=config)
-            if params is None:
-                params = trained_params(tower.net)
-            tower_grads.append(tf.gradients(tower.loss_sum, [p.var for p in params],
-                                            colocate_gradients_with_ops=True))
+        with _tower_scope(devices, i):
+            towers.append(tower_loss(image_shares[i], label_shares[i], num_classes,
+                                     ignore_label=ignore_label, is_training=is_training,
+                                     config=config, scales=scales))
         if i == 0:
             stat_updates = [op for op in tf.get_collection(tf.GraphKeys.UPDATE_OPS)
                             if op not in updates_before]
-        towers.append(tower)
-    with tf.device(VARIABLE_DEVICE), tf.name_scope("sum_towers"):
-        grad_sums = [None if any(g is None for g in grads) else tf.add_n(list(grads))
+    params = trained_params(towers[0].net, last_only=last_only)
+    multi_scale = len(towers[0].outputs) > 1
+    if multi_scale:
+        with _on_variable_device(devices):
+            # Label counts do not depend on the weights: no gradient flows.
+            counts = [tf.maximum(_total([t.outputs[o].num_valid for t in towers]), 1.0)
+                      for o in range(len(towers[0].outputs))]
+        objectives = [_total([out.loss_sum / count for out, count in
+                              zip(tower.outputs, counts)]) for tower in towers]
+        denominator = tf.constant(1.0)
+    else:
+        objectives = [tower.loss_sum for tower in towers]
+        denominator = None
+    tower_grads = []
+    for i, objective in enumerate(objectives):
+        with _tower_scope(devices, i):
+            tower_grads.append(tf.gradients(objective, [p.var for p in params],
+                                            colocate_gradients_with_ops=bool(devices)))
+    with _on_variable_device(devices), tf.name_scope("sum_towers"):
+        grad_sums = [None if any(g is None for g in grads) else _total(list(grads))
                      for grads in zip(*tower_grads)]
-    return towers, params, grad_sums, stat_updates
+        if denominator is None:
+            denominator = _total([t.num_valid for t in towers])
+    return towers, params, grad_sums, denominator, stat_updates
+
+
+def _tower_scope(devices, i):
+    """Where tower ``i`` is built: its device, variables shared; one tower
+    places freely."""
+    if not devices:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    # Re-entering the root variable scope resets the name scope, so it goes
+    # outside 'tower_i'.
+    stack.enter_context(tf.variable_scope(tf.get_variable_scope(), reuse=i > 0))
+    stack.enter_context(tf.name_scope("tower_%d" % i))
+    stack.enter_context(tf.device(_placement(devices[i])))
+    return stack
 
 
 def tower_devices(num_devices, device_type="gpu"):
@@ -167,22 +201,38 @@ def batchnorm_batch_warning(is_training, batch_size, num_devices=1):
             % (per_device, MIN_BATCHNORM_BATCH))
 
 
-def weights_are_finite(variables):
-    """Scalar bool: every float variable, and their summed squares, finite.
+def weight_statistics(variables):
+    """``checkpoints.weight_statistics`` in the graph: (norm and largest
+    magnitude of the trained weights, all values finite), scalar tensors.
 
-    The sum of squares also catches weights too large to square in float32
-    (|w| > 1e19), which a huge learning rate leaves behind before any NaN.
+    The same rule as for a file, so that a snapshot is judged sound alike
+    when it is written and when it is resumed. float64, so that only
+    non-finite weights give a non-finite norm.
+
+    Args:
+      variables: {name: variable}.
     """
-    squares = [tf.reduce_sum(tf.square(v)) for v in variables
-               if v.dtype.base_dtype.is_floating]
-    return tf.is_finite(tf.add_n(squares))
+    floats = {name: tf.cast(v, tf.float64) for name, v in variables.items()
+              if v.dtype.base_dtype.is_floating}
+    trained = [v for name, v in floats.items() if checkpoints.is_trained(name)] or \
+        [tf.zeros([1], tf.float64)]
+    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(v)) for v in trained]))
+    largest = tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(v)) for v in trained]))
+    finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.is_finite(v))
+                                     for v in floats.values()]))
+    return norm, largest, finite
 
 
-def trained_params(net):
+def trained_params(net, last_only=False):
     """The parameters DeepLab trains, with their learning-rate multipliers.
 
     Convolution weights and biases only; BatchNorm is frozen (see module doc).
 
+    Args:
+      last_only: the classifier ``fc1_voc12_*`` alone (the original project's
+        fine_tune.py). No gradient is then taken for the body, so back-
+        propagation stops at the classifier and a step costs little more
+        than the forward pass.
     Returns:
       list of ``Param(var, lr_mult, decay)``, ``decay`` True for weights.
     """
@@ -190,6 +240,8 @@ def trained_params(net):
     for name, var in sorted(net.variables.items()):
         kind = name.rsplit("/", 1)[-1]
         if kind not in ("weights", "biases"):
+            continue
+        if last_only and not name.startswith(CLASSIFIER_PREFIX):
             continue
         lr_mult = 1.0
         if name.startswith(CLASSIFIER_PREFIX):
@@ -217,42 +269,59 @@ class Trainer(object):
       grad_update_every: batches accumulated per update.
       devices: one tower per device on an equal share of each batch (see
         ``build_towers``); None for one tower.
+      scales: input scales, several for MSC training (``loss.tower_loss``).
+      last_only: train the classifier alone (``trained_params``).
 
     Attributes:
       towers: the ``Tower`` of each device.
       tower: the first tower; its ``net`` holds the shared variables.
       params: ``trained_params(tower.net)``.
-      loss_sum, num_valid, num_correct, num_bad_labels, max_bad_label: over
-        all towers, for the last batch.
+      outputs: per loss term (one, or each scale and the fused output),
+        (name, its loss summed over labelled pixels, their count), over all
+        towers, for the last batch.
+      loss_sum, num_valid: those of the last output; num_correct,
+        num_bad_labels, max_bad_label: over all towers, for the last batch.
       gradients: per param, the gradient the optimizer applies (multiplier
         and weight decay included) once the batches of a step are in.
       l2_loss: ``0.5 * weight_decay * sum(w ** 2)`` over the decayed weights,
         read before the update that ``train_op`` applies.
       learning_rate: the base rate at the current global step.
       global_step: updates done.
-      weights_finite: scalar bool, ``weights_are_finite`` of the network's
-        variables and the momentum.
+      weight_statistics: (norm, largest magnitude) of the network's
+        variables (``weight_statistics``); momentum_statistics: the same of
+        the momentum.
     """
 
     def __init__(self, image_batch, label_batch, num_classes, *,
                  ignore_label=IGNORE_LABEL, is_training=False, config=None,
                  learning_rate=2.5e-4, momentum=0.9, power=0.9, num_steps=20001,
-                 weight_decay=5e-4, grad_update_every=1, devices=None):
+                 weight_decay=5e-4, grad_update_every=1, devices=None, scales=(1.0,),
+                 last_only=False):
         if grad_update_every < 1:
             raise ValueError("--grad-update-every must be at least 1, got %d."
                              % grad_update_every)
+        if last_only and is_training:
+            raise ValueError("--train-last-only trains the classifier alone, with the "
+                             "body (its BatchNorm statistics included) left as it is; "
+                             "leave out --is-training.")
         self.grad_update_every = grad_update_every
         self.global_step = tf.train.get_or_create_global_step()
-        self.towers, self.params, grad_sums, stat_updates = build_towers(
+        self.towers, self.params, grad_sums, denominator, stat_updates = build_towers(
             image_batch, label_batch, num_classes, ignore_label=ignore_label,
-            is_training=is_training, config=config, devices=devices)
+            is_training=is_training, config=config, devices=devices, scales=scales,
+            last_only=last_only)
         self.tower = self.towers[0]
         on_variable_device = functools.partial(_on_variable_device, devices)
         with on_variable_device():
-            self.loss_sum, self.num_valid, self.num_correct, self.num_bad_labels = [
+            self.num_correct, self.num_bad_labels = [
                 _total([getattr(t, name) for t in self.towers])
-                for name in ("loss_sum", "num_valid", "num_correct", "num_bad_labels")]
+                for name in ("num_correct", "num_bad_labels")]
             self.max_bad_label = tf.reduce_max([t.max_bad_label for t in self.towers])
+            # (name, loss summed over towers, labelled pixels) per output.
+            self.outputs = [(out.name, _total([t.outputs[o].loss_sum for t in self.towers]),
+                             _total([t.outputs[o].num_valid for t in self.towers]))
+                            for o, out in enumerate(self.tower.outputs)]
+            self.loss_sum, self.num_valid = self.outputs[-1][1:]
         variables = [p.var for p in self.params]
         self.learning_rate = poly_learning_rate(learning_rate, self.global_step,
                                                 num_steps, power)
@@ -263,10 +332,10 @@ class Trainer(object):
             # BatchNorm's moving averages move with every forward pass.
             with tf.control_dependencies(stat_updates), on_variable_device():
                 self.gradients, self.l2_loss = self._update_gradients(
-                    grad_sums, self.num_valid, weight_decay)
+                    grad_sums, denominator, weight_decay)
             self.train_op = optimizer.apply_gradients(
                 zip(self.gradients, variables), global_step=self.global_step)
-            self.weights_finite = self._weights_finite(optimizer, variables)
+            self._add_statistics(optimizer, variables)
             return
 
         # Sums over the step's batches; local, so never checkpointed.
@@ -281,7 +350,7 @@ class Trainer(object):
                                         collections=[tf.GraphKeys.LOCAL_VARIABLES])
         self.accumulate_op = tf.group(
             [tf.assign_add(acc, grad) for acc, grad in zip(accumulators, grad_sums)]
-            + [tf.assign_add(valid_sum, self.num_valid)] + stat_updates)
+            + [tf.assign_add(valid_sum, denominator)] + stat_updates)
         with on_variable_device():
             self.gradients, self.l2_loss = self._update_gradients(
                 [acc.read_value() for acc in accumulators], valid_sum.read_value(),
@@ -292,15 +361,17 @@ class Trainer(object):
             self.train_op = tf.group(
                 [tf.assign(acc, tf.zeros_like(acc)) for acc in accumulators]
                 + [tf.assign(valid_sum, 0.0)])
-        self.weights_finite = self._weights_finite(optimizer, variables)
+        self._add_statistics(optimizer, variables)
 
-    def _weights_finite(self, optimizer, variables):
-        slots = [optimizer.get_slot(var, "momentum") for var in variables]
-        return weights_are_finite(list(self.tower.net.variables.values()) + slots)
+    def _add_statistics(self, optimizer, variables):
+        self.weight_statistics = weight_statistics(self.tower.net.variables)
+        # Momentum slots, named as their variables, so the same rule applies.
+        self.momentum_statistics = weight_statistics(
+            {var.op.name: optimizer.get_slot(var, "momentum") for var in variables})
 
-    def _update_gradients(self, grad_sums, num_valid, weight_decay):
+    def _update_gradients(self, grad_sums, denominator, weight_decay):
         """The gradients to apply, and the L2 term of the weights they change."""
-        scale = 1.0 / tf.maximum(num_valid, 1.0)
+        scale = 1.0 / tf.maximum(denominator, 1.0)
         gradients = []
         for param, grad in zip(self.params, grad_sums):
             if grad is None:
@@ -322,14 +393,20 @@ class Trainer(object):
         Args:
           fetches: extra tensors evaluated with the step's last batch.
         Returns:
-          dict with ``loss`` (mean cross-entropy over the step's labelled
-          pixels), ``l2`` (the weight-decay term before the update),
-          ``accuracy`` (pixel accuracy), ``lr`` (the base rate used),
-          ``bad_labels`` (pixels whose label is neither a class id nor the
-          ignore label; left out of the loss), ``max_bad_label`` (the largest
-          of them, -1 if none) and ``fetched`` (the values of ``fetches``).
+          dict with ``loss`` (the cross-entropy of each output, averaged over
+          the step's labelled pixels, summed over the outputs: with one
+          scale, that output's mean), ``losses`` ({output name: its mean},
+          e.g. {'1': .., '0.75': .., '0.5': .., 'max': ..} with MSC), ``l2``
+          (the weight-decay term before the update), ``accuracy`` (pixel
+          accuracy of the last output, the fused one with MSC), ``lr`` (the
+          base rate used), ``bad_labels`` (pixels whose label is neither a
+          class id nor the ignore label; left out of the loss),
+          ``max_bad_label`` (the largest of them, -1 if none) and
+          ``fetched`` (the values of ``fetches``).
         """
-        sums = [self.loss_sum, self.num_valid, self.num_correct, self.num_bad_labels]
+        sums = [tensor for _, loss_sum, num_valid in self.outputs
+                for tensor in (loss_sum, num_valid)] + [self.num_correct,
+                                                        self.num_bad_labels]
         metrics = [sums, self.max_bad_label]
         totals, max_bad = np.zeros(len(sums)), -1
         if self.accumulate_op is None:
@@ -344,10 +421,11 @@ class Trainer(object):
                 totals += values
                 max_bad = max(max_bad, batch_max_bad)
             lr, l2, _ = sess.run([self.learning_rate, self.l2_loss, self.train_op])
-        loss_sum, num_valid, num_correct, num_bad = totals
-        valid = max(num_valid, 1.0)
-        return {"loss": loss_sum / valid, "l2": float(l2),
-                "accuracy": num_correct / valid, "lr": float(lr),
+        num_correct, num_bad = totals[-2:]
+        losses = {name: totals[2 * o] / max(totals[2 * o + 1], 1.0)
+                  for o, (name, _, _) in enumerate(self.outputs)}
+        return {"loss": float(sum(losses.values())), "losses": losses, "l2": float(l2),
+                "accuracy": num_correct / max(totals[-3], 1.0), "lr": float(lr),
                 "bad_labels": int(num_bad), "max_bad_label": int(max_bad),
                 "fetched": fetched}
 

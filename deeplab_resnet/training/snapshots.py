@@ -1,0 +1,180 @@
+"""Snapshots: only of sound weights, one run per directory, no half-written files left.
+
+A snapshot is written only after ``checkpoints.soundness_problem`` passes
+on the weights, against the last sound ones, so a diverging run never
+leaves a snapshot that resuming would diverge from again; a save that fails
+(disk full, permission) ends the run with one line, the last snapshot
+intact; and what a killed save left behind is removed at the next start.
+"""
+import fcntl
+import logging
+import os
+import shutil
+
+import numpy as np
+
+from deeplab_resnet import checkpoints, files
+from deeplab_resnet.runtime import tf
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "model.ckpt"
+
+
+def check_snapshot_config(snapshot_dir, num_classes, config):
+    """Refuse to resume checkpoints of another network.
+
+    Raises:
+      ValueError: ``snapshot_dir`` records another architecture.
+    """
+    saved_classes, saved_config = checkpoints.load_model_config(snapshot_dir)
+    if saved_config != config or saved_classes not in (None, num_classes):
+        raise ValueError(
+            "%s holds checkpoints of another network (num_classes=%s, %s); the "
+            "flags ask for num_classes=%d, %s. Rerun with the flags it was "
+            "trained with to resume, or pick another --snapshot-dir."
+            % (snapshot_dir, saved_classes, saved_config.to_dict(), num_classes,
+               config.to_dict()))
+
+
+class SnapshotLock(object):
+    """One training run per snapshot directory.
+
+    Two runs writing the same directory would interleave their checkpoints
+    and the 'checkpoint' index; the second one fails instead. The lock is an
+    ``flock`` on ``<dir>/.train.lock``, released when the process ends however
+    it ends.
+    """
+
+    def __init__(self, snapshot_dir):
+        self.path = os.path.join(snapshot_dir, ".train.lock")
+        self._file = None
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._file = open(self.path, "a")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise IOError("Another train.py is writing to %s. Wait for it to "
+                          "finish or use another --snapshot-dir."
+                          % os.path.dirname(self.path))
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+def remove_interrupted_saves(snapshot_dir):
+    """Delete what a save killed half-way left behind (kill -9, power loss).
+
+    TensorFlow writes a snapshot's data under ``<name>.tempstate<n>`` and
+    renames it when complete; ``files.atomic_write`` uses hidden ``.tmp<pid>``
+    names. Under the snapshot lock no other run is writing here, so any such
+    file is an orphan, often the size of a whole snapshot.
+    """
+    removed = []
+    for name in os.listdir(snapshot_dir):
+        path = os.path.join(snapshot_dir, name)
+        if ".tempstate" in name or (name.startswith(".") and files.is_temporary(name)):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+            removed.append(name)
+    if removed:
+        log.warning("removed %d file(s) an interrupted save left in %s: %s",
+                    len(removed), snapshot_dir, ", ".join(sorted(removed)))
+
+
+class Snapshots(object):
+    """Snapshots of sound weights only, and the one message for a failed save.
+
+    Before every save the weights are checked with
+    ``checkpoints.soundness_problem`` against the last sound ones: those of
+    the last snapshot, or of the run's start. So a diverging run never
+    leaves a snapshot that resuming would diverge from again.
+
+    Attributes:
+      last: the last sound snapshot (this run's, or the one it resumed).
+      last_step: its step.
+    """
+
+    def __init__(self, saver, config, last=None, last_step=0):
+        self.saver = saver
+        self.config = config
+        self.prefix = os.path.join(config.snapshot_dir, CHECKPOINT_NAME)
+        self.last = last
+        self.last_step = last_step
+        self.reference_norm = None
+
+    def start(self, sess, trainer):
+        """Take the weights the run starts from as the reference."""
+        statistics = sess.run(trainer.weight_statistics)
+        if checkpoints.soundness_problem(*statistics) is None:
+            self.reference_norm = statistics[0]
+
+    def check(self, sess, trainer, step, lr):
+        """Raise the divergence error unless the weights are sound now.
+
+        Returns:
+          The norm of the trained weights.
+        """
+        weights, momentum = sess.run([trainer.weight_statistics,
+                                      trainer.momentum_statistics])
+        problem = (checkpoints.soundness_problem(*weights,
+                                                 reference_norm=self.reference_norm)
+                   or (None if momentum[2] and np.isfinite(momentum[0]) else
+                       "momentum became non-finite"))
+        if problem is not None:
+            raise ValueError(divergence_message(problem, step, lr, self.config,
+                                                self.last))
+        return weights[0]
+
+    def save(self, sess, trainer, step, lr):
+        """Check the weights, then write the snapshot of ``step``.
+
+        Saver writes the data and index files under temporary names, renames
+        them, and only then rewrites the 'checkpoint' file (atomically), so a
+        failure mid-save leaves it on the last good snapshot.
+
+        Raises:
+          ValueError: the weights diverged (nothing is written).
+          IOError: the snapshot could not be written (disk full, no
+            permission); the last snapshot is intact.
+        """
+        norm = self.check(sess, trainer, step, lr)
+        try:
+            path = self.saver.save(sess, self.prefix, global_step=step,
+                                   write_meta_graph=False)
+        except (tf.errors.OpError, OSError) as err:
+            reason = getattr(err, "message", None) or str(err)
+            raise IOError("Could not write the snapshot of step %d to %s (%s). %s "
+                          "Free some space or fix the permissions, then rerun the "
+                          "same command to resume." % (
+                              step, self.config.snapshot_dir,
+                              reason.strip().splitlines()[0],
+                              "%s is intact." % self.last if self.last else
+                              "Nothing was saved from this run."))
+        self.last, self.last_step, self.reference_norm = path, step, norm
+        log.info("saved %s", path)
+        return path
+
+
+def divergence_message(what, step, lr, config, last_snapshot):
+    """What to check when training diverges: labels first, then the rate."""
+    scratch = ""
+    if not config.restore_from:
+        scratch = (" Training from random weights (no --restore-from) diverges "
+                   "easily: start from converted weights (convert.py)%s."
+                   % ("" if config.is_training else
+                      " or add --is-training so that BatchNorm normalises"))
+    return ("The %s at step %d (lr=%.3g). First check the labels: every label "
+            "value must be a class id below --num-classes %d or --ignore-label "
+            "%d (dataset/check_labels.py lists the files with other values). "
+            "Then try a lower --learning-rate, e.g. a tenth.%s Nothing was "
+            "saved from this run after %s"
+            % (what, step, lr, config.num_classes, config.ignore_label, scratch,
+               "%s. That is the last sound snapshot: rerunning resumes from it."
+               % last_snapshot if last_snapshot else "its start."))
