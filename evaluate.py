@@ -12,10 +12,14 @@ convert.py) are the published ResNet-101.
 Example:
   python evaluate.py --data-dir VOCdevkit/VOC2012 --data-list dataset/val.txt \\
       --restore-from snapshots/ --scales 0.5,0.75,1.0 --flip --crf
+
+Several machines: the same command on each, with the TF_CONFIG of train.py;
+each worker scores rows i::N of the list and worker 0 prints the scores of
+the summed confusion matrices, as one process scoring the whole list would.
 """
 import argparse
 
-from deeplab_resnet import cli, metrics
+from deeplab_resnet import cli, distributed, metrics
 from deeplab_resnet.data import label_maps
 from deeplab_resnet.evaluation.evaluate import evaluate
 
@@ -49,13 +53,18 @@ def main(argv=None):
     names = label_maps.class_names(args.num_classes, args.class_names)
     metrics.check_confusion_path(args.save_confusion)
     crf = cli.crf_params(args)
+    task = distributed.task_from_env()
     confusion = evaluate(
         args.data_dir, args.data_list, args.restore_from, num_classes=args.num_classes,
         ignore_label=args.ignore_label, label_map=args.label_map,
         num_images=args.num_steps, scales=cli.parse_scales(args.scales),
         flip=args.flip, bf16=args.bf16, crf=crf,
-        crf_workers=cli.crf_workers(args) if crf else 0, save_dir=args.save_dir,
-        intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads)
+        crf_workers=cli.crf_workers(args) if crf else 0, crf_backend=args.crf_backend,
+        save_dir=args.save_dir,
+        intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads,
+        task=task)
+    if task is not None and not task.is_chief:
+        return 0
     if args.save_confusion:
         metrics.save_confusion(confusion, args.save_confusion)
     scores = metrics.segmentation_scores(confusion)

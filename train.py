@@ -12,6 +12,12 @@ Snapshots go to --snapshot-dir with model_config.json (the architecture, so
 evaluate.py and inference.py rebuild the same net). Rerunning the same command
 resumes from the last snapshot there, global step, momentum and learning-rate
 schedule included; Ctrl-C (or SIGTERM) saves a snapshot and stops.
+
+Several machines: run the same command on each, with TF_CONFIG saying who is
+who ({"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type":
+"worker", "index": 0}}). Training is synchronous; --batch-size is then the
+batch of all workers together (each takes --batch-size / workers, rows i::N of
+the list); worker 0 writes --snapshot-dir (shared storage). See the README.
 Progress lines and TensorBoard logs (in the same directory) show the
 segmentation loss and the weight-decay term (l2) apart, with accuracy,
 learning rate and image/label/prediction triplets.
@@ -23,7 +29,7 @@ Example (fine-tune the ImageNet init model converted by convert.py):
 import argparse
 import dataclasses
 
-from deeplab_resnet import cli, training
+from deeplab_resnet import cli, distributed, training
 from deeplab_resnet.model import ModelConfig
 
 # DeepLab-v2's recipe, as training.TrainConfig holds it.
@@ -36,8 +42,9 @@ def get_arguments(argv=None):
     cli.add_data_flags(parser, data_list=DEFAULTS.data_list)
     cli.add_model_flags(parser, restore_required=False)
     parser.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS.batch_size,
-                        help="Images per batch, all --num-gpus devices "
-                             "together (default: %(default)s).")
+                        help="Images per batch, all --num-gpus devices and all "
+                             "TF_CONFIG workers together: each worker takes "
+                             "batch-size / workers (default: %(default)s).")
     parser.add_argument("--num-gpus", type=cli.positive_int, default=DEFAULTS.num_gpus,
                         help="Devices to split each batch over, one tower each; "
                              "--batch-size must be a multiple (default: "
@@ -84,6 +91,14 @@ def get_arguments(argv=None):
                              "network with shared weights on each scaled copy of "
                              "the batch and sums one loss per scale and one on "
                              "their max-fusion (default: %(default)s, one scale).")
+    parser.add_argument("--bf16", action="store_true",
+                        help="Mixed-precision training: convolutions and the "
+                             "activations between them in bfloat16; weights, "
+                             "momentum, checkpoints, BatchNorm statistics, the "
+                             "loss and the update in float32 (a bf16 run resumes "
+                             "as float32 and back). No loss scaling is needed "
+                             "(bfloat16 has float32's exponent range). Fast on "
+                             "CPUs with AVX512_BF16/AMX and on GPUs (default: off).")
     parser.add_argument("--train-last-only", action="store_true",
                         help="Train the classifier fc1_voc12_* alone, the body "
                              "left bit-identical (the original fine_tune.py); a "
@@ -93,6 +108,10 @@ def get_arguments(argv=None):
                         help="Log an image or label that cannot be read and go on "
                              "with the next pair, instead of saving a snapshot and "
                              "stopping (default: off, stop so that it gets fixed).")
+    parser.add_argument("--no-shuffle", dest="shuffle", action="store_false",
+                        help="Read the list in its order, batches included, "
+                             "instead of shuffling it every pass, e.g. to "
+                             "reproduce a run exactly (default: shuffle).")
     parser.add_argument("--random-seed", type=int, default=DEFAULTS.random_seed,
                         help="Graph-level random seed (default: %(default)s).")
     parser.add_argument("--not-restore-last", action="store_true",
@@ -148,6 +167,19 @@ def get_arguments(argv=None):
     parser.add_argument("--aspp-rates", type=cli.int_list,
                         default=",".join(map(str, DEFAULTS.model.aspp_rates)),
                         help="Dilation of each ASPP branch (default: %(default)s).")
+    parser.add_argument("--step-timeout", type=float, default=DEFAULTS.step_timeout,
+                        help="Several workers: seconds a worker waits for the "
+                             "others within a step; more than the chief's "
+                             "snapshot and validation take (default: "
+                             "%(default)s).")
+    parser.add_argument("--startup-timeout", type=float,
+                        default=DEFAULTS.startup_timeout,
+                        help="Several workers: seconds for all of them to "
+                             "start and join (default: %(default)s).")
+    parser.add_argument("--peer-timeout", type=float, default=DEFAULTS.peer_timeout,
+                        help="Several workers: a worker that answers no probe "
+                             "for this long is lost and the others stop; more "
+                             "than the longest op (default: %(default)s).")
     cli.add_runtime_flags(parser)
     args = parser.parse_args(argv)
     if args.scale_set and args.random_scale:
@@ -173,7 +205,7 @@ def train_config(args):
 def main(argv=None):
     args = get_arguments(argv)
     cli.setup_logging()
-    return training.train(train_config(args))
+    return training.train(train_config(args), task=distributed.task_from_env())
 
 
 if __name__ == "__main__":

@@ -186,6 +186,28 @@ def weight_statistics(weights):
     return norm, largest, finite
 
 
+def graph_weight_statistics(variables):
+    """``weight_statistics`` in the graph: (norm and largest
+    magnitude of the trained weights, all values finite), scalar tensors.
+
+    The same rule as for a file, so that a snapshot is judged sound alike
+    when it is written and when it is resumed. float64, so that only
+    non-finite weights give a non-finite norm.
+
+    Args:
+      variables: {name: variable}.
+    """
+    floats = {name: tf.cast(v, tf.float64) for name, v in variables.items()
+              if v.dtype.base_dtype.is_floating}
+    trained = [v for name, v in floats.items() if is_trained(name)] or \
+        [tf.zeros([1], tf.float64)]
+    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(v)) for v in trained]))
+    largest = tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(v)) for v in trained]))
+    finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.is_finite(v))
+                                     for v in floats.values()]))
+    return norm, largest, finite
+
+
 def soundness_problem(norm, largest, finite=True, reference_norm=None):
     """Why weights with these ``weight_statistics`` are not a sound model,
     or None.

@@ -50,14 +50,6 @@ def parse_size(text):
     return height, width
 
 
-def size(text):
-    """argparse type of ``parse_size``."""
-    try:
-        return parse_size(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err))
-
-
 def parse_scales(text):
     """'0.5,0.75,1.0' -> (0.5, 0.75, 1.0).
 
@@ -74,12 +66,19 @@ def parse_scales(text):
     return scales
 
 
-def scales(text):
-    """argparse type of ``parse_scales``."""
-    try:
-        return parse_scales(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err))
+def argument_type(parse):
+    """An argparse type from a parser that raises ValueError with its message."""
+    def parse_argument(text):
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err))
+    parse_argument.__name__ = parse.__name__
+    return parse_argument
+
+
+size = argument_type(parse_size)
+scales = argument_type(parse_scales)
 
 
 # ------------------------------------------------------------------ flags
@@ -191,6 +190,13 @@ def add_crf_flags(parser):
     group.add_argument("--crf-bi-rgb-std", type=float, default=defaults.bi_rgb_std,
                        help="Width in intensity levels (0..255) of the bilateral "
                             "kernel (default: %(default)s).")
+    group.add_argument("--crf-backend", choices=crf.BACKENDS, default="pydensecrf",
+                       help="Where the CRF runs: 'pydensecrf' (Kraehenbuehl & "
+                            "Koltun's C++ on --crf-workers processes) or "
+                            "'tensorflow' (the same model as TensorFlow ops, in "
+                            "this process beside the network; GPUs run it too; "
+                            "labels agree with pydensecrf, at the same speed on "
+                            "2 CPU cores) (default: %(default)s).")
     group.add_argument("--crf-workers", type=int, default=None,
                        help="Processes running the CRF while the network goes "
                             "on with the next images; results keep the input "
@@ -211,10 +217,11 @@ def crf_params(args):
     from deeplab_resnet import crf
     params = crf.CrfParams(args.crf_iters, args.crf_pos_w, args.crf_pos_xy_std,
                            args.crf_bi_w, args.crf_bi_xy_std, args.crf_bi_rgb_std)
-    try:
-        crf.require_pydensecrf()
-    except ImportError as err:
-        raise ValueError(str(err))
+    if args.crf_backend == "pydensecrf":
+        try:
+            crf.require_pydensecrf()
+        except ImportError as err:
+            raise ValueError(str(err))
     return params
 
 
@@ -225,6 +232,9 @@ def crf_workers(args):
       ValueError: a negative count.
     """
     workers = args.crf_workers
+    if getattr(args, "crf_backend", "pydensecrf") == "tensorflow":
+        # TensorFlow's own threads run it, in this process.
+        return 0
     if workers is None:
         workers = available_cores()
     if workers < 0:
@@ -282,14 +292,19 @@ def run_main(main):
     their messages already say what to do, so no traceback is shown.
     """
     try:
-        status = main()
+        status = main() or 0
     except (IOError, OSError, ValueError) as err:
         logging.getLogger("__main__").error("error: %s", err)
-        sys.exit(2)
+        status = 2
     except KeyboardInterrupt:
         logging.getLogger("__main__").error("interrupted")
-        sys.exit(130)
-    sys.exit(status or 0)
+        status = 130
+    distributed = sys.modules.get("deeplab_resnet.distributed")
+    if distributed is not None and distributed.active():
+        # One of several workers: leave without interpreter teardown
+        # (``distributed.exit_process`` says why).
+        distributed.exit_process(status)
+    sys.exit(status)
 
 
 def format_duration(seconds):

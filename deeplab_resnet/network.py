@@ -87,11 +87,16 @@ class Network(object):
         ``compute_dtype`` where used. Inference in bfloat16 stores them in
         bfloat16 instead, so that no run casts all of ResNet-101's weights.
       config: passed to ``setup`` as ``self.config``.
+      narrow_taps: run stride-1 convolutions with fewer than ``FEW_OUTPUTS``
+        outputs (the ASPP classifier) as ``taps_conv2d``. None: in bfloat16
+        only, where oneDNN's narrow convolutions are slow. CPU training sets
+        it in float32 too: its backward pass is 3-5x faster than the dilated
+        convolution's (space-to-batch at rates 6-24 computes mostly padding).
     """
 
     def __init__(self, inputs, num_classes, is_training=False, trainable=True,
                  fold_batchnorm=False, compute_dtype=tf.float32, config=None,
-                 variable_dtype=tf.float32):
+                 variable_dtype=tf.float32, narrow_taps=None):
         self.inputs = inputs
         self.num_classes = num_classes
         self.is_training = is_training
@@ -99,6 +104,8 @@ class Network(object):
         self.fold_batchnorm = fold_batchnorm
         self.compute_dtype = tf.as_dtype(compute_dtype)
         self.variable_dtype = tf.as_dtype(variable_dtype)
+        self.narrow_taps = (self.compute_dtype == tf.bfloat16 if narrow_taps is None
+                            else bool(narrow_taps))
         self.config = config
         self.terminals = []
         self._terminal_names = []
@@ -134,13 +141,21 @@ class Network(object):
         ident = sum(t.startswith(prefix) for t in self.layers) + 1
         return "%s_%d" % (prefix, ident)
 
-    def make_var(self, name, shape, initializer):
-        """Create a ``variable_dtype`` variable, returned in the compute dtype."""
+    def make_var(self, name, shape, initializer, dtype=None):
+        """Create a ``variable_dtype`` variable, returned in ``dtype``.
+
+        ``dtype`` defaults to the compute dtype; BatchNorm asks for float32,
+        which fused_batch_norm wants, so that float32 parameters are not
+        rounded through bfloat16 on the way. Mixed-precision training keeps
+        float32 variables: the cast's gradient brings their gradients back to
+        float32.
+        """
         var = tf.get_variable(name, shape, dtype=self.variable_dtype,
                               initializer=initializer, trainable=self.trainable)
         self.variables[var.op.name] = var
-        if self.compute_dtype != self.variable_dtype:
-            return tf.cast(var, self.compute_dtype)
+        dtype = tf.as_dtype(dtype or self.compute_dtype)
+        if dtype != self.variable_dtype:
+            return tf.cast(var, dtype)
         return var
 
     def _record(self, name, kind, **params):
@@ -165,7 +180,7 @@ class Network(object):
             weights = self.make_var(
                 "weights", [k_h, k_w, c_i, c_o],
                 tf.variance_scaling_initializer(2.0, "fan_in", "truncated_normal"))
-            if (self.compute_dtype == tf.bfloat16 and c_o < FEW_OUTPUTS
+            if (self.narrow_taps and c_o < FEW_OUTPUTS
                     and (s_h, s_w) == (1, 1) and (k_h, k_w) != (1, 1)):
                 output = taps_conv2d(input, weights, padding, dilation)
             else:
@@ -239,8 +254,9 @@ class Network(object):
         return output
 
     def _batch_norm(self, input, c):
-        scale = self.make_var("scale", [c], tf.ones_initializer())
-        offset = self.make_var("offset", [c], tf.zeros_initializer())
+        # fused_batch_norm wants float32 parameters whatever the input dtype.
+        scale32 = self.make_var("scale", [c], tf.ones_initializer(), tf.float32)
+        offset32 = self.make_var("offset", [c], tf.zeros_initializer(), tf.float32)
         # Statistics are never trained by gradient descent.
         mean_var = tf.get_variable("mean", [c], tf.float32, tf.zeros_initializer(),
                                    trainable=False)
@@ -248,9 +264,6 @@ class Network(object):
                                        tf.ones_initializer(), trainable=False)
         self.variables[mean_var.op.name] = mean_var
         self.variables[variance_var.op.name] = variance_var
-        # fused_batch_norm wants float32 parameters whatever the input dtype.
-        scale32 = tf.cast(scale, tf.float32)
-        offset32 = tf.cast(offset, tf.float32)
         if not self.is_training:
             output, _, _ = tf.nn.fused_batch_norm(
                 input, scale32, offset32, mean_var, variance_var,
@@ -343,16 +356,7 @@ def taps_conv2d(input, weights, pad, dilation):
     k_h, k_w, c_i, c_o = weights.get_shape().as_list()
     taps = tf.reshape(tf.transpose(weights, [2, 0, 1, 3]), [1, 1, c_i, k_h * k_w * c_o])
     products = tf.nn.conv2d(input, taps, [1, 1, 1, 1], "VALID")
-    products = tf.pad(tf.cast(products, tf.float32),
-                      [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    shape = tf.shape(products)
-    height = shape[1] - dilation * (k_h - 1)
-    width = shape[2] - dilation * (k_w - 1)
-    shifted = [products[:, i * dilation:i * dilation + height,
-                        j * dilation:j * dilation + width,
-                        (i * k_w + j) * c_o:(i * k_w + j + 1) * c_o]
-               for i in range(k_h) for j in range(k_w)]
-    output = tf.cast(tf.add_n(shifted), input.dtype)
+    output = _shifted_sum(products, k_h, k_w, c_o, pad, dilation)
     # Slicing with computed bounds loses the static shape.
     output.set_shape([input.get_shape()[0], None, None, c_o])
     return output
@@ -374,6 +378,45 @@ def interp_size(size, scale):
         return size
     scaled = tf.floor(tf.cast(size - 1, tf.float32) * scale)
     return tf.maximum(tf.cast(scaled, tf.int32) + 1, 1)
+
+
+def _shifted_sum(products, k_h, k_w, c_o, pad, dilation):
+    """``sum_ij pad(products)[:, i d:i d + h, j d:j d + w, tap ij]``, float32 sums.
+
+    It has its own gradient: each tap's product map receives the output
+    gradient shifted back, so back-propagation is one pad, the slices and a
+    concat of ``c_o``-channel maps, then the 1x1 convolution's two backprops
+    (GEMMs as wide as the forward one). Autodiff of the slices would build
+    one full-size ``k_h * k_w * c_o``-channel map per tap.
+    """
+    @tf.custom_gradient
+    def shifted_sum(products):
+        padded = tf.pad(tf.cast(products, tf.float32),
+                        [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+        shape = tf.shape(padded)
+        height = shape[1] - dilation * (k_h - 1)
+        width = shape[2] - dilation * (k_w - 1)
+        shifted = [padded[:, i * dilation:i * dilation + height,
+                          j * dilation:j * dilation + width,
+                          (i * k_w + j) * c_o:(i * k_w + j + 1) * c_o]
+                   for i in range(k_h) for j in range(k_w)]
+        output = tf.cast(tf.add_n(shifted), products.dtype)
+
+        def grad(dy):
+            # products[y, x, tap ij] fed output[y + pad - i d, x + pad - j d].
+            in_shape = tf.shape(products)
+            top = max(0, dilation * (k_h - 1) - pad)
+            left = max(0, dilation * (k_w - 1) - pad)
+            dy_pad = tf.pad(dy, [[0, 0], [top, top], [left, left], [0, 0]])
+            windows = [tf.slice(dy_pad, [0, pad - i * dilation + top,
+                                         pad - j * dilation + left, 0],
+                                [-1, in_shape[1], in_shape[2], -1])
+                       for i in range(k_h) for j in range(k_w)]
+            return tf.concat(windows, axis=3)
+
+        return output, grad
+
+    return shifted_sum(products)
 
 
 def caffe_pool_output_size(size, kernel, stride, pad):

@@ -15,9 +15,12 @@ Prints a table (or JSON with --json) of:
     network, upsampling, argmax, confusion matrix) on generated 500x375
     image/label pairs, as a fraction of the bare network's speed at that
     size (timed just before and after, under the same load);
-  * train: a training step (train.py's graph: ResNet-101, frozen BatchNorm,
-    fp32) at --train-batch, alone and split by --grad-update-every, each in
-    its own process, with that process's peak memory (ru_maxrss);
+  * train: a training step (train.py's graph: ResNet-101, frozen BatchNorm)
+    at --train-batch for each of --train-variants (fp32, bf16 mixed
+    precision, MSC, classifier only), fp32 also split by --grad-update-every,
+    each in its own process, with the forward pass's share, the ratio of
+    backward to forward time, the bf16 speed-up and the process's peak
+    memory (ru_maxrss);
   * crf: the dense CRF's time per 500x375 image (21 classes, DeepLab's
     parameters).
 and checks the project's speed and memory targets against the figures.
@@ -320,10 +323,20 @@ def evaluate_against_bare(weights, data_dir, list_path, dtype_name, config, args
 
 
 # ----------------------------------------------------------------- train
-def train_worker(batch, grad_update_every, size, num_classes, steps, threads,
+# Training variants: Trainer keywords.
+TRAIN_VARIANTS = collections.OrderedDict([
+    ("fp32", {}),
+    ("bf16", {"compute_dtype": tf.bfloat16}),
+    ("msc", {"scales": (1.0, 0.75, 0.5)}),
+    ("last-only", {"last_only": True}),
+])
+
+
+def train_worker(variant, batch, grad_update_every, size, num_classes, steps, threads,
                  results):
-    """One training configuration, in its own process: median s/step and
-    the process's peak resident memory, put on ``results``."""
+    """One training configuration, in its own process: median s/step, the
+    forward pass's s/step alone, and the process's peak resident memory,
+    put on ``results``."""
     cli.setup_logging()
     try:
         with tf.Graph().as_default():
@@ -332,25 +345,29 @@ def train_worker(batch, grad_update_every, size, num_classes, steps, threads,
             labels = tf.cast(tf.random_uniform((batch,) + size + (1,), 0, num_classes,
                                                dtype=tf.int32), tf.uint8)
             trainer = Trainer(images, labels, num_classes,
-                              grad_update_every=grad_update_every)
+                              grad_update_every=grad_update_every,
+                              **TRAIN_VARIANTS[variant])
             init = tf.group(tf.global_variables_initializer(),
                             tf.local_variables_initializer())
             with tf.Session(config=session_config(*threads)) as sess:
                 sess.run(init)
                 seconds = median_seconds(lambda: trainer.step(sess), steps)
-        results.put({"seconds": seconds, "peak_bytes": 1024 * resource.getrusage(
-            resource.RUSAGE_SELF).ru_maxrss})
+                forward = grad_update_every * median_seconds(
+                    lambda: sess.run(trainer.loss_sum.op), steps)
+        results.put({"seconds": seconds, "forward_seconds": forward,
+                     "peak_bytes": 1024 * resource.getrusage(
+                         resource.RUSAGE_SELF).ru_maxrss})
     except tf.errors.ResourceExhaustedError as err:
         results.put({"error": "out of memory: %s" % err.message.splitlines()[0]})
 
 
-def train_step(batch, grad_update_every, size, num_classes, steps, threads):
+def train_step(variant, batch, grad_update_every, size, num_classes, steps, threads):
     """Run ``train_worker`` in a fresh process (spawned, so no memory is
     shared with this one). Returns its result, or {'error': ...}."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     worker = context.Process(target=train_worker, args=(
-        batch, grad_update_every, size, num_classes, steps, threads, results))
+        variant, batch, grad_update_every, size, num_classes, steps, threads, results))
     worker.start()
     result = None
     while result is None:
@@ -363,26 +380,28 @@ def train_step(batch, grad_update_every, size, num_classes, steps, threads):
     if result is None:
         result = {"error": "the process died (exit code %s)%s" % (
             worker.exitcode, ", killed: out of memory?" if worker.exitcode == -9 else "")}
-    result.update(batch=batch, grad_update_every=grad_update_every)
+    result.update(variant=variant, batch=batch, grad_update_every=grad_update_every)
     return result
 
 
 def train_steps(args, threads):
-    """The --train-batch step, then the same images split by
-    --grad-update-every; if the full batch fails, the largest that runs."""
+    """Each --train-variants at --train-batch (fp32 first; if it fails, the
+    largest batch that runs), then fp32 split by --grad-update-every."""
     size = (args.train_size, args.train_size)
-    runs = [train_step(args.train_batch, 1, size, args.num_classes,
-                       args.train_steps, threads)]
-    batch = args.train_batch
-    while "error" in runs[-1] and batch > 1:
-        batch //= 2
-        log.info("batch %d failed (%s); trying %d", runs[-1]["batch"],
-                 runs[-1]["error"], batch)
-        runs.append(train_step(batch, 1, size, args.num_classes, args.train_steps,
-                               threads))
+    runs = []
+    for variant in args.train_variants:
+        runs.append(train_step(variant, args.train_batch, 1, size, args.num_classes,
+                               args.train_steps, threads))
+        batch = args.train_batch
+        while variant == "fp32" and "error" in runs[-1] and batch > 1:
+            batch //= 2
+            log.info("batch %d failed (%s); trying %d", runs[-1]["batch"],
+                     runs[-1]["error"], batch)
+            runs.append(train_step(variant, batch, 1, size, args.num_classes,
+                                   args.train_steps, threads))
     k = args.grad_update_every
     if k > 1:
-        runs.append(train_step(max(args.train_batch // k, 1), k, size,
+        runs.append(train_step("fp32", max(args.train_batch // k, 1), k, size,
                                args.num_classes, args.train_steps, threads))
     return runs
 
@@ -518,7 +537,8 @@ def check_targets(report):
     train = report.get("train")
     if train:
         full = train["runs"][0]
-        fits = [r for r in train["runs"] if "error" not in r and r["grad_update_every"] == 1]
+        fits = [r for r in train["runs"] if "error" not in r and r["grad_update_every"] == 1
+                and r["variant"] == full["variant"]]
         if "error" in full:
             text = "batch %d failed (%s); largest that ran: %s" % (
                 full["batch"], full["error"], fits[0]["batch"] if fits else "none")
@@ -615,19 +635,29 @@ def format_table(report):
             report["crf_s"])]
     train = report.get("train")
     if train:
-        lines += ["", "training step (ResNet-101 %dx%d, frozen BatchNorm, fp32, "
-                  "median)" % (train["size"], train["size"]),
-                  "%-6s %18s %8s %9s %12s" % ("batch", "grad-update-every", "s/step",
-                                              "s/image", "peak memory")]
+        lines += ["", "training step (ResNet-101 %dx%d, frozen BatchNorm, median; "
+                  "backward = step - forward)" % (train["size"], train["size"]),
+                  "%-10s %-6s %18s %8s %9s %17s %12s" % (
+                      "variant", "batch", "grad-update-every", "s/step", "s/image",
+                      "backward/forward", "peak memory")]
+        done = {}
         for run in train["runs"]:
             if "error" in run:
-                lines.append("%-6d %18d  %s" % (run["batch"], run["grad_update_every"],
-                                                run["error"]))
+                lines.append("%-10s %-6d %18d  %s" % (run["variant"], run["batch"],
+                                                      run["grad_update_every"],
+                                                      run["error"]))
                 continue
             images = run["batch"] * run["grad_update_every"]
-            lines.append("%-6d %18d %8.2f %9.2f %8.1f GiB" % (
-                run["batch"], run["grad_update_every"], run["seconds"],
-                run["seconds"] / images, run["peak_bytes"] / GIB))
+            ratio = (run["seconds"] - run["forward_seconds"]) / run["forward_seconds"]
+            lines.append("%-10s %-6d %18d %8.2f %9.2f %17.2f %8.1f GiB" % (
+                run["variant"], run["batch"], run["grad_update_every"], run["seconds"],
+                run["seconds"] / images, ratio, run["peak_bytes"] / GIB))
+            if run["grad_update_every"] == 1:
+                done.setdefault((run["variant"], run["batch"]), run["seconds"])
+        for (variant, batch), seconds in done.items():
+            if variant == "bf16" and ("fp32", batch) in done:
+                lines.append("training bf16 speed-up over fp32: %.2fx"
+                             % (done["fp32", batch] / seconds))
     if report["targets"]:
         lines += ["", "speed and memory targets"]
         for description, measured, met in report["targets"]:
@@ -647,6 +677,15 @@ def parse_sizes(text):
             raise argparse.ArgumentTypeError(
                 "expected sizes such as 321,513 or 375x500; got %r" % text)
     return sizes
+
+
+def parse_variants(text):
+    variants = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(TRAIN_VARIANTS))
+    if unknown:
+        raise argparse.ArgumentTypeError("unknown variants %s; choose from %s"
+                                         % (", ".join(unknown), ",".join(TRAIN_VARIANTS)))
+    return variants
 
 
 def parse_parts(text):
@@ -682,6 +721,9 @@ def get_arguments(argv=None):
     parser.add_argument("--grad-update-every", type=cli.positive_int, default=2,
                         help="Also time --train-batch split into this many "
                              "accumulated batches; 1 to skip (default: %(default)s).")
+    parser.add_argument("--train-variants", type=parse_variants, default="fp32,bf16",
+                        help="Training variants to time: %s (default: "
+                             "%%(default)s)." % ",".join(TRAIN_VARIANTS))
     parser.add_argument("--train-steps", type=cli.positive_int, default=2,
                         help="Timed training steps after one warm-up step "
                              "(default: %(default)s).")

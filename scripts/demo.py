@@ -40,6 +40,10 @@ def run(script, *args):
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-flags", default="",
+                        help="Extra train.py flags, e.g. '--train-scales 1,0.75,0.5' "
+                             "for DeepLab-v2's multi-scale training or '--bf16' "
+                             "(default: none).")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "demo"),
                         help="Where the dataset, snapshots and outputs go "
                              "(default: demo/ in the repository).")
@@ -49,7 +53,7 @@ def main():
     run("dataset/make_demo.py", "--output-dir", data)
     run("train.py", "--data-dir", data,
         "--data-list", os.path.join(data, "train.txt"),
-        "--snapshot-dir", snapshots, *(MODEL_FLAGS + TRAIN_FLAGS))
+        "--snapshot-dir", snapshots, *(MODEL_FLAGS + TRAIN_FLAGS + args.train_flags.split()))
     run("evaluate.py", "--data-dir", data,
         "--data-list", os.path.join(data, "val.txt"),
         "--restore-from", snapshots, "--num-classes", "5",

@@ -8,21 +8,38 @@ import re
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from conftest import REPO_ROOT
 
 
-def test_demo_trains_evaluates_and_segments(tmp_path):
-    out = tmp_path / "demo"
+def run_demo(out, *train_flags):
+    """scripts/demo.py into ``out``: (its output, the val mIoU)."""
     result = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "scripts", "demo.py"),
-         "--output-dir", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200)
+         "--output-dir", str(out), "--train-flags", " ".join(train_flags)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=2400)
     assert result.returncode == 0, result.stdout[-3000:]
     scores = re.findall(r"^mIoU (\d\.\d+)$", result.stdout, re.MULTILINE)
     assert len(scores) == 1, result.stdout[-3000:]
-    assert float(scores[0]) >= 0.7
+    return result.stdout, float(scores[0])
+
+
+@pytest.mark.slow
+def test_demo_trained_multi_scale_still_meets_its_promise(tmp_path):
+    # Four summed losses give about four times the gradient: a quarter of the
+    # demo's from-scratch rate (0.01 gave 0.67 at 2000 steps, 0.0025 gave 0.88).
+    output, miou = run_demo(tmp_path / "demo", "--train-scales", "1,0.75,0.5",
+                            "--learning-rate", "0.0025")
+    assert re.search(r"loss=\S+ \(1=\S+ 0\.75=\S+ 0\.5=\S+ max=\S+\)", output)
+    assert miou >= 0.7
+
+
+def test_demo_trains_evaluates_and_segments(tmp_path):
+    out = tmp_path / "demo"
+    _, miou = run_demo(out)
+    assert miou >= 0.7
 
     val_list = (out / "data" / "val.txt").read_text().split("\n")
     assert len(os.listdir(out / "val_predictions")) == len([l for l in val_list if l])

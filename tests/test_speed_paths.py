@@ -40,9 +40,10 @@ SMALL_CONFIG = ModelConfig(blocks=(1, 1, 1, 1), base_depth=16)
 # (Goyal et al., "Accurate, Large Minibatch SGD", 2017) leaves it small.
 RESIDUAL_GAIN = 0.1
 # The project's target for bf16 against float32 is 2% of the logits' range
-# and 99.5% argmax agreement. On SMALL_CONFIG the logits moved 1.7% on an
-# AVX512_BF16 Xeon and move 2.02% on the AMX Xeon (family 6, model 207)
-# where oneDNN picks other bf16 kernels, so the test allows 2.5%.
+# and 99.5% argmax agreement. On SMALL_CONFIG the logits moved 1.7% on a CPU
+# with native bfloat16 and move 2.02% on an AVX2-only AMD EPYC (family 25,
+# model 1), where TensorFlow emulates bfloat16 with other roundings, so the
+# test allows 2.5%.
 BF16_RELATIVE_ERROR = 2.5e-2
 BF16_AGREEMENT = 0.995
 # Through ResNet-101's 104 convolutions, rounding just the weights and the

@@ -42,6 +42,7 @@ import collections
 import numpy as np
 
 INSTALL_HINT = "pip install pydensecrf2"
+BACKENDS = ("pydensecrf", "tensorflow")
 # Probabilities are clipped before the log so that a confident 0 from the
 # softmax is a large but finite energy.
 PROB_EPSILON = 1e-8
@@ -94,19 +95,12 @@ def unary_from_probs(probs):
     return np.ascontiguousarray(unary, dtype=np.float32)
 
 
-def dense_crf(image, probs, params=DEFAULTS):
-    """Mean-field inference of the dense CRF on one image.
+def check_inputs(image, probs):
+    """(image, probs) as arrays, checked to be an RGB image and its probabilities.
 
-    Args:
-      image: uint8 RGB array [H, W, 3], the photo the network saw.
-      probs: float array [H, W, C], softmax output at the image's size.
-      params: ``CrfParams``.
-    Returns:
-      float32 array [H, W, C]: the CRF's marginals (argmax them for labels).
     Raises:
-      ValueError: image and probabilities of different sizes, or an image
-        that is not RGB.
-      ImportError: pydensecrf is not installed.
+      ValueError: image and probabilities of different sizes, an image that
+        is not RGB, or an empty one.
     """
     image = np.asarray(image)
     probs = np.asarray(probs)
@@ -116,6 +110,42 @@ def dense_crf(image, probs, params=DEFAULTS):
     if probs.ndim != 3 or probs.shape[:2] != image.shape[:2]:
         raise ValueError("The CRF needs probabilities [H, W, C] at the image's "
                          "size %s; got shape %s." % (image.shape[:2], probs.shape))
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError("The CRF needs a non-empty image; got shape %s."
+                         % (image.shape,))
+    return image, probs
+
+
+# The TensorFlow CRF of each parameter set, built once per process.
+_TENSORFLOW_CRFS = {}
+
+
+def dense_crf(image, probs, params=DEFAULTS, backend="pydensecrf"):
+    """Mean-field inference of the dense CRF on one image.
+
+    Args:
+      image: uint8 RGB array [H, W, 3], the photo the network saw.
+      probs: float array [H, W, C], softmax output at the image's size.
+      params: ``CrfParams``.
+      backend: 'pydensecrf' (Kraehenbuehl & Koltun's code) or 'tensorflow'
+        (``lattice.TensorFlowCrf``: the same model and inference as
+        TensorFlow ops, one graph for every image, kept for the process).
+    Returns:
+      float32 array [H, W, C]: the CRF's marginals (argmax them for labels).
+    Raises:
+      ValueError: image and probabilities of different sizes, an image that
+        is not RGB, or an unknown backend.
+      ImportError: pydensecrf is not installed.
+    """
+    image, probs = check_inputs(image, probs)
+    if backend == "tensorflow":
+        from deeplab_resnet.crf import lattice
+        if params not in _TENSORFLOW_CRFS:
+            _TENSORFLOW_CRFS[params] = lattice.TensorFlowCrf(params)
+        return _TENSORFLOW_CRFS[params].marginals(image, probs)
+    if backend != "pydensecrf":
+        raise ValueError("Unknown CRF backend %r; choose from %s."
+                         % (backend, ", ".join(BACKENDS)))
     densecrf = require_pydensecrf()
     height, width, classes = probs.shape
     crf = densecrf.DenseCRF2D(width, height, classes)
@@ -130,11 +160,11 @@ def dense_crf(image, probs, params=DEFAULTS):
     return marginals.reshape(classes, height, width).transpose(1, 2, 0)
 
 
-def crf_labels(image, probs, params=DEFAULTS):
+def crf_labels(image, probs, params=DEFAULTS, backend="pydensecrf"):
     """Class ids after the CRF: the argmax of ``dense_crf``'s marginals.
 
     Returns:
       int32 array [H, W]. This is what ``CrfPool`` workers compute and send
       back (a quarter of the int64 argmax, a C-th of the marginals).
     """
-    return dense_crf(image, probs, params).argmax(axis=2).astype(np.int32)
+    return dense_crf(image, probs, params, backend).argmax(axis=2).astype(np.int32)

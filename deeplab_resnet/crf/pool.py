@@ -59,10 +59,11 @@ class CrfPool(object):
         names the image.
     """
 
-    def __init__(self, params, workers, max_pending=None):
+    def __init__(self, params, workers, max_pending=None, backend="pydensecrf"):
         if workers < 0:
             raise ValueError("CRF workers must be 0 or more, got %d." % workers)
         self.params = params
+        self.backend = backend
         self.workers = workers
         self.max_pending = max_pending or 2 * max(workers, 1)
         self._pending = collections.deque()
@@ -94,9 +95,10 @@ class CrfPool(object):
           one are always handed back before its ``CrfError`` is raised.
         """
         if self._executor is None:
-            return [(tag, self._call(crf_labels, name, image, probs, self.params))]
+            return [(tag, self._call(crf_labels, name, image, probs, self.params,
+                                     self.backend))]
         future = self._call(self._executor.submit, name, crf_labels, image, probs,
-                            self.params)
+                            self.params, self.backend)
         self._pending.append((name, tag, future))
         finished = []
         if len(self._pending) > self.max_pending:

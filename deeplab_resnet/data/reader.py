@@ -209,6 +209,10 @@ class ImageReader(object):
         ``label_maps.LabelMap`` or None; applied to every label as it is read.
       skip_bad_images: a pair that cannot be read is logged and replaced by
         the next readable one in the list, instead of stopping the queues.
+      shard: (index, count): read rows index::count of the list only, worker
+        ``index``'s share of ``count`` (a strided shard, so that the workers'
+        batches of one step together are one process's batch of the list
+        in order); None for the whole list.
     Raises:
       IOError, ValueError: from ``read_labeled_image_list`` and
         ``label_maps.read_label_map``.
@@ -218,7 +222,7 @@ class ImageReader(object):
                  scale_set=None,
                  random_mirror=False, ignore_label=IGNORE_LABEL, coord=None,
                  shuffle=True, num_threads=4, num_classes=None, label_map=None,
-                 skip_bad_images=False):
+                 skip_bad_images=False, shard=None):
         self.data_dir = data_dir
         self.data_list = data_list
         self.input_size = tuple(input_size) if input_size is not None else None
@@ -234,6 +238,15 @@ class ImageReader(object):
         self._lock = threading.Lock()
         self.image_list, self.label_list, self.line_numbers = read_labeled_image_list(
             data_dir, data_list, with_line_numbers=True)
+        self.num_listed = len(self.image_list)
+        if shard is not None:
+            index, count = shard
+            self.image_list, self.label_list, self.line_numbers = (
+                rows[index::count] for rows in (self.image_list, self.label_list,
+                                                self.line_numbers))
+            if not self.image_list:
+                raise ValueError("%s lists too few images for worker %d of %d."
+                                 % (data_list, index, count))
         self._index = {path: i for i, path in enumerate(self.image_list)}
         self.num_images = len(self.image_list)
 

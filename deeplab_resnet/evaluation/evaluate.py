@@ -5,20 +5,24 @@ confusion matrix is accumulated over all pixels whose label is not the
 ignore label. With the CRF, a pool of worker processes refines earlier
 images while the network runs on the next ones, and results keep the list
 order. The benchmark, the tests and evaluate.py all call ``evaluate``.
+
+Several workers (TF_CONFIG, ``distributed``) each score rows i::N of the
+list and add up their confusion matrices, integers, so the result is exactly
+that of one process scoring the whole list.
 """
 import logging
 import os
 
 import numpy as np
 
-from deeplab_resnet import checkpoints, files, metrics
+from deeplab_resnet import checkpoints, distributed, files, metrics
 from deeplab_resnet.cli import Progress
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.crf.pool import CrfPool
 from deeplab_resnet.data.reader import ImageReader
 from deeplab_resnet.evaluation.predict import build_prediction
 from deeplab_resnet.images import inv_preprocess, label_dtype_for
-from deeplab_resnet.runtime import tf
+from deeplab_resnet.runtime import session_config, tf
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,9 @@ def _predictions(sess, fetches, num_steps, reader, crf_pool=None):
 
 def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_LABEL,
              label_map=None, num_images=None, scales=(1.0,), flip=False, bf16=False,
-             crf=None, crf_workers=0, save_dir=None, intra_op_threads=0,
-             inter_op_threads=0, on_image=None, log_every=LOG_EVERY):
+             crf=None, crf_workers=0, crf_backend="pydensecrf", save_dir=None,
+             intra_op_threads=0, inter_op_threads=0, on_image=None, log_every=LOG_EVERY, task=None,
+             timeout=1800.0):
     """Score the weights on a list: the confusion matrix of all its images.
 
     Args:
@@ -79,34 +84,53 @@ def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_L
       num_images: evaluate the first ``num_images`` of the list (all: None).
       scales, flip, bf16: see ``predict.build_prediction``.
       crf: ``crf.CrfParams`` to refine each prediction, or None.
+      crf_backend: 'pydensecrf' or 'tensorflow' (``crf.dense_crf``).
       crf_workers: processes running the CRF beside the network (0: in this
         process).
       save_dir: write each prediction as ``<save_dir>/<image name>.png``.
       on_image: called as ``on_image(step, path, pred)`` after each image
         (the benchmark times the loop with it).
       log_every: images between progress lines.
+      task: a ``distributed.WorkerTask``: score this worker's share of the
+        (first ``num_images`` of the) list, rows i::N, every worker reading
+        ``weights`` itself (shared storage), and return the confusion matrix
+        summed over the workers, on every worker.
+      timeout: with ``task``, seconds to wait for the other workers to
+        start, and for the slowest to finish its share.
     Returns:
       int64 [num_classes, num_classes]: rows ground truth, columns prediction.
     Raises:
-      IOError, ValueError: bad data, weights or arguments.
+      IOError, ValueError: bad data, weights or arguments; IOError: a worker
+        was lost.
     """
     if num_images is not None and num_images < 1:
         raise ValueError("--num-steps must be at least 1, got %d." % num_images)
     path, config = checkpoints.resolve_model(weights, num_classes)
     reader = ImageReader(data_dir, data_list, ignore_label=ignore_label, shuffle=False,
-                         num_classes=num_classes, label_map=label_map)
-    num_steps = reader.num_images
+                         num_classes=num_classes, label_map=label_map,
+                         shard=(task.index, task.num_workers) if task else None)
+    num_steps = reader.num_listed
     if num_images is not None:
-        if num_images > reader.num_images:
+        if num_images > reader.num_listed:
             log.warning("--num-steps %d is more than the %d listed images; "
-                        "evaluating each once.", num_images, reader.num_images)
-        num_steps = min(num_images, reader.num_images)
+                        "evaluating each once.", num_images, reader.num_listed)
+        num_steps = min(num_images, reader.num_listed)
+    cluster = None
+    if task is not None:
+        # This worker's rows of the first num_steps.
+        num_steps = len(range(task.index, num_steps, task.num_workers))
+        cluster = distributed.start(
+            task, config=session_config(intra_op_threads, inter_op_threads),
+            step_timeout=timeout, startup_timeout=timeout)
+        _collective(cluster, cluster.join)
+        cluster.watchdog.started()
     if save_dir:
         check_save_dir(reader, save_dir)
         os.makedirs(save_dir, exist_ok=True)
 
     # Before the graph: CRF workers start while it is built.
-    crf_pool = CrfPool(crf, crf_workers) if crf is not None else None
+    crf_pool = (CrfPool(crf, crf_workers, backend=crf_backend) if crf is not None
+                else None)
     try:
         net, prediction = build_prediction(reader.image, num_classes, config,
                                            scales=scales, flip=flip, bf16=bf16)
@@ -121,11 +145,26 @@ def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_L
                  data_list, ",".join("%g" % s for s in scales),
                  ", flip" if flip else "", ", CRF" if crf else "",
                  ", bf16" if bf16 else "")
-        return _score(sess, fetches, num_steps, reader, crf_pool, num_classes,
-                      ignore_label, save_dir, on_image, log_every)
+        confusion = _score(sess, fetches, num_steps, reader, crf_pool, num_classes,
+                           ignore_label, save_dir, on_image, log_every)
     finally:
         if crf_pool is not None:
             crf_pool.close()
+    if cluster is None:
+        return confusion
+    log.info("worker %d of %d: scored %d images; adding up the confusion matrices",
+             task.index, task.num_workers, num_steps)
+    total = _collective(cluster, lambda: cluster.sum_array(confusion))
+    cluster.watchdog.stop()
+    return total
+
+
+def _collective(cluster, run):
+    """``run()``; a failed collective becomes an IOError naming the lost worker."""
+    try:
+        return run()
+    except tf.errors.OpError as err:
+        raise IOError(cluster.describe_failure(err))
 
 
 def _score(sess, fetches, num_steps, reader, crf_pool, num_classes, ignore_label,

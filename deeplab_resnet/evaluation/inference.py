@@ -2,10 +2,11 @@
 
 Inputs are files, directories (the images directly inside) or glob
 patterns. Photos are turned upright by their EXIF orientation, as viewers
-show them, so masks and overlays line up with the photo. Inputs are never overwritten, and neither is another input's
-output of the same run. A missing or unreadable input is reported by name
-and the others are still processed. With the CRF, a pool of worker
-processes refines earlier photos while the network runs on the next ones.
+show them, so masks and overlays line up with the photo. Inputs are never
+overwritten, and neither is another input's output of the same run. A
+missing or unreadable input is reported by name and the others are still
+processed. With the CRF, a pool of worker processes refines earlier photos
+while the network runs on the next ones.
 """
 import glob
 import logging
@@ -113,8 +114,8 @@ def write_outputs(image, label, outputs, overlay_alpha=0.5):
 
 def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
                    overlay_format=None, overlay_alpha=0.5, scales=(1.0,), flip=False,
-                   bf16=False, crf=None, crf_workers=0, intra_op_threads=0,
-                   inter_op_threads=0):
+                   bf16=False, crf=None, crf_workers=0, crf_backend="pydensecrf",
+                   intra_op_threads=0, inter_op_threads=0):
     """Segment every photo the inputs name and write its outputs to ``save_dir``.
 
     Args:
@@ -124,7 +125,8 @@ def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
       overlay_format: 'png' or 'jpg' to also write ``<name>_overlay.<fmt>``.
       overlay_alpha: weight of the mask in the overlay, 0..1.
       scales, flip, bf16: see ``predict.build_prediction``.
-      crf: ``crf.CrfParams`` or None; crf_workers: processes running it.
+      crf: ``crf.CrfParams`` or None; crf_workers: processes running it;
+        crf_backend: 'pydensecrf' or 'tensorflow' (``crf.dense_crf``).
     Returns:
       (segmented, failures): how many inputs were segmented, and one message
       per input that failed (already logged).
@@ -164,7 +166,8 @@ def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
                  progress.line(i))
 
     # Before the graph: CRF workers start while it is built.
-    crf_pool = CrfPool(crf, crf_workers) if crf is not None else None
+    crf_pool = (CrfPool(crf, crf_workers, backend=crf_backend) if crf is not None
+                else None)
     segmenter = None
     try:
         segmenter = Segmenter(weights, num_classes, scales=scales, flip=flip,

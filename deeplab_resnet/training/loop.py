@@ -7,6 +7,7 @@ TensorBoard summaries, and snapshots every ``save_pred_every`` steps, at the
 end and on Ctrl-C or SIGTERM. The loop checks the weights before every
 snapshot so that no snapshot holds diverged weights.
 """
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -15,13 +16,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from deeplab_resnet import checkpoints
+from deeplab_resnet import checkpoints, distributed
 from deeplab_resnet.cli import Progress
 from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES
 from deeplab_resnet.data.reader import ImageReader
 from deeplab_resnet.images import decode_labels, inv_preprocess
 from deeplab_resnet.model import ModelConfig
 from deeplab_resnet.runtime import session_config, tf
+from deeplab_resnet.training import gradients
 from deeplab_resnet.training.snapshots import (SnapshotLock, Snapshots,
                                                check_snapshot_config, divergence_message,
                                                remove_interrupted_saves)
@@ -57,6 +59,7 @@ class TrainConfig:
     random_mirror: bool = False
     random_seed: int = 1234
     skip_bad_images: bool = False
+    shuffle: bool = True
     # Model and its starting point.
     num_classes: int = NUM_CLASSES
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -65,6 +68,7 @@ class TrainConfig:
     is_training: bool = False
     train_scales: Tuple[float, ...] = (1.0,)
     train_last_only: bool = False
+    bf16: bool = False
     # Solver.
     batch_size: int = 10
     learning_rate: float = 2.5e-4
@@ -88,6 +92,10 @@ class TrainConfig:
     val_images: Optional[int] = None
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    # Several workers (TF_CONFIG; see ``distributed``).
+    step_timeout: float = 1800.0
+    startup_timeout: float = 300.0
+    peer_timeout: float = 45.0
 
 
 def image_summary(images, labels, logits, max_outputs):
@@ -135,19 +143,44 @@ class InterruptRequest(object):
             signal.signal(signum, handler)
 
 
-def train(config):
+def train(config, task=None):
     """Everything ``train.py`` does after parsing its flags (see the module doc).
 
     Args:
       config: ``TrainConfig``.
+      task: a ``distributed.WorkerTask`` to train synchronously with the
+        other workers of TF_CONFIG (``config.batch_size`` is then the batch
+        of all workers together; worker i reads rows i::N of the list);
+        worker 0, the chief, alone resumes, writes the snapshot directory
+        and validates. None: this process alone.
     Returns:
-      0 when done, ``INTERRUPTED_STATUS`` after a Ctrl-C/SIGTERM snapshot.
+      0 when done, ``INTERRUPTED_STATUS`` after a Ctrl-C/SIGTERM snapshot,
+      ``distributed.EXIT_LOST_WORKER`` when a worker was lost.
     Raises:
       IOError, ValueError: bad data, weights or flags, a non-finite loss, or
         a snapshot that cannot be written. Problems with the data, the flags
         or the weights are found before the first step, with nothing written.
     """
     devices = tower_devices(config.num_gpus, config.tower_device)
+    workers, index = (task.num_workers, task.index) if task else (1, 0)
+    chief = index == 0
+    if config.batch_size % (workers * config.num_gpus):
+        raise ValueError("--batch-size %d (all workers together) does not split over "
+                         "%d worker(s) x %d tower(s); use a multiple of %d."
+                         % (config.batch_size, workers, config.num_gpus,
+                            workers * config.num_gpus))
+    session = session_config(config.intra_op_threads, config.inter_op_threads)
+    if devices and config.tower_device == "cpu":
+        # Logical CPU devices for this session: what
+        # tf.config.set_logical_device_configuration sets up, but a Session
+        # given a ConfigProto (and a server) reads only the ConfigProto.
+        session.device_count["CPU"] = len(devices)
+    cluster = None
+    if task is not None:
+        cluster = distributed.start(task, config=session,
+                                    step_timeout=config.step_timeout,
+                                    startup_timeout=config.startup_timeout,
+                                    peer_timeout=config.peer_timeout)
     with tf.Graph().as_default() as graph:
         tf.set_random_seed(config.random_seed)
         reader = ImageReader(config.data_dir, config.data_list,
@@ -157,17 +190,16 @@ def train(config):
                              random_mirror=config.random_mirror,
                              ignore_label=config.ignore_label,
                              num_classes=config.num_classes, label_map=config.label_map,
-                             skip_bad_images=config.skip_bad_images)
+                             skip_bad_images=config.skip_bad_images,
+                             shuffle=config.shuffle,
+                             shard=(index, workers) if task else None)
         reader.check(CHECKED_LABELS)
-        with SnapshotLock(config.snapshot_dir):
-            remove_interrupted_saves(config.snapshot_dir)
-            resume, resume_norm = checkpoints.newest_sound_snapshot(config.snapshot_dir)
-            if resume:
-                check_snapshot_config(config.snapshot_dir, config.num_classes,
-                                      config.model)
-            elif config.restore_from:
-                checkpoints.resolve_checkpoint(config.restore_from)
-            image_batch, label_batch = reader.dequeue(config.batch_size)
+        # The snapshot directory is the chief's alone (shared storage).
+        with SnapshotLock(config.snapshot_dir) if chief else contextlib.nullcontext():
+            resume = None
+            if chief:
+                resume = _find_resume(config)
+            image_batch, label_batch = reader.dequeue(config.batch_size // workers)
             trainer = Trainer(image_batch, label_batch, config.num_classes,
                               ignore_label=config.ignore_label,
                               is_training=config.is_training, config=config.model,
@@ -177,13 +209,14 @@ def train(config):
                               weight_decay=config.weight_decay,
                               grad_update_every=config.grad_update_every,
                               devices=devices, scales=config.train_scales,
-                              last_only=config.train_last_only)
+                              last_only=config.train_last_only, cluster=cluster,
+                              compute_dtype=_compute_dtype(config.bf16))
             if devices:
                 log.info("%d towers on %s, %d images each; variables on %s",
                          len(devices), ", ".join(devices),
-                         config.batch_size // len(devices), VARIABLE_DEVICE)
+                         config.batch_size // workers // len(devices), VARIABLE_DEVICE)
             warning = batchnorm_batch_warning(config.is_training, config.batch_size,
-                                              config.num_gpus)
+                                              config.num_gpus * workers)
             if warning:
                 log.warning(warning)
             images_op = None
@@ -195,27 +228,74 @@ def train(config):
                                    save_relative_paths=True)
             init_op = tf.group(tf.global_variables_initializer(),
                                tf.local_variables_initializer())
+            if cluster is not None:
+                sync_op = cluster.broadcast_from_chief(tf.global_variables())
+                final_barrier = cluster.barrier("final")
             graph.finalize()
-            session = session_config(config.intra_op_threads, config.inter_op_threads)
-            if devices and config.tower_device == "cpu":
-                # Logical CPU devices for this session: what
-                # tf.config.set_logical_device_configuration sets up, but
-                # a Session given a ConfigProto reads only the ConfigProto.
-                session.device_count["CPU"] = len(devices)
-            with tf.Session(config=session) as sess:
+            with (cluster.session() if cluster else tf.Session(config=session)) as sess:
                 sess.run(init_op)
-                start_step = _restore(sess, saver, trainer, config, resume)
-                checkpoints.save_model_config(config.snapshot_dir, config.num_classes,
-                                              config.model)
+                start_step = _restore(sess, saver, trainer, config, resume) if chief else 0
+                if cluster is not None:
+                    start_step = _join(sess, sync_op, cluster, trainer)
+                    if start_step is None:
+                        return distributed.EXIT_LOST_WORKER
+                if chief:
+                    checkpoints.save_model_config(config.snapshot_dir,
+                                                  config.num_classes, config.model)
                 if start_step >= config.num_steps:
                     log.info("%s is already trained to step %d of --num-steps %d; "
                              "nothing to do.", resume, start_step, config.num_steps)
                     return 0
-                snapshots = Snapshots(saver, config, resume, start_step)
+                snapshots = Snapshots(saver, config, resume, start_step, write=chief)
                 snapshots.start(sess, trainer)
-                validation = Validation(config) if config.val_list else None
-                return _run(sess, trainer, reader, snapshots, validation, images_op,
-                            config, start_step)
+                validation = Validation(config) if config.val_list and chief else None
+                status = _run(sess, trainer, reader, snapshots, validation,
+                              images_op if chief else None, config, start_step, cluster)
+                if cluster is not None and status != distributed.EXIT_LOST_WORKER:
+                    status = _leave(sess, final_barrier, cluster, status)
+                return status
+
+
+def _find_resume(config):
+    """The snapshot to resume (after clearing interrupted saves), or None;
+    checks --restore-from otherwise."""
+    remove_interrupted_saves(config.snapshot_dir)
+    resume, _ = checkpoints.newest_sound_snapshot(config.snapshot_dir)
+    if resume:
+        check_snapshot_config(config.snapshot_dir, config.num_classes, config.model)
+    elif config.restore_from:
+        checkpoints.resolve_checkpoint(config.restore_from)
+    return resume
+
+
+def _join(sess, sync_op, cluster, trainer):
+    """Wait for every worker and take the chief's variables: the start step.
+
+    The broadcast is the first collective, so it also waits for the others
+    (up to --startup-timeout). None if a worker was lost.
+    """
+    try:
+        sess.run(sync_op)
+    except tf.errors.OpError as err:
+        log.error(cluster.describe_failure(err))
+        return None
+    cluster.watchdog.started()
+    step = int(sess.run(trainer.global_step))
+    log.info("worker %d of %d: all workers joined; starting at global step %d",
+             cluster.index, cluster.num_workers, step)
+    return step
+
+
+def _leave(sess, final_barrier, cluster, status):
+    """Nobody leaves before the chief's last snapshot is written."""
+    try:
+        sess.run(final_barrier)
+    except tf.errors.OpError as err:
+        log.error(cluster.describe_failure(err))
+        return distributed.EXIT_LOST_WORKER
+    cluster.watchdog.stop()
+    log.info("worker %d of %d: done", cluster.index, cluster.num_workers)
+    return status
 
 
 def _restore(sess, saver, trainer, config, resume):
@@ -248,13 +328,15 @@ def _restore(sess, saver, trainer, config, resume):
     return 0
 
 
-def _run(sess, trainer, reader, snapshots, validation, images_op, config, start_step):
+def _run(sess, trainer, reader, snapshots, validation, images_op, config, start_step,
+         cluster=None):
     """Train with the reader's threads running; stop them however it ends."""
     threads = reader.start(sess)
-    writer = tf.summary.FileWriter(config.snapshot_dir)
+    writer = (tf.summary.FileWriter(config.snapshot_dir)
+              if cluster is None or cluster.is_chief else _NoWriter())
     try:
         return _loop(sess, trainer, reader, snapshots, validation, writer, images_op,
-                     config, start_step)
+                     config, start_step, cluster)
     finally:
         writer.close()
         reader.coord.request_stop()
@@ -265,8 +347,22 @@ def _run(sess, trainer, reader, snapshots, validation, images_op, config, start_
             log.debug("reader stopped with %s", err)
 
 
+class _NoWriter(object):
+    """The FileWriter of a worker that is not the chief: TensorBoard is the chief's."""
+
+    def add_summary(self, *args):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
 def _loop(sess, trainer, reader, snapshots, validation, writer, images_op, config,
-          start_step):
+          start_step, cluster=None):
+    chief = cluster is None or cluster.is_chief
     progress = Progress(config.num_steps)
     images_per_step = config.batch_size * config.grad_update_every
     lr = None
@@ -275,8 +371,11 @@ def _loop(sess, trainer, reader, snapshots, validation, writer, images_op, confi
             with_images = done % config.save_pred_every == 0 or done == start_step + 1
             try:
                 result = trainer.step(sess, [images_op] if with_images and images_op
-                                      is not None else [])
-            except tf.errors.OpError:
+                                      is not None else [], interrupt=interrupt.requested)
+            except tf.errors.OpError as err:
+                if cluster is not None and reader.failure is None:
+                    log.error(cluster.describe_failure(err))
+                    return distributed.EXIT_LOST_WORKER
                 if reader.failure is not None and done - 1 > snapshots.last_step:
                     # The steps before the bad file are kept.
                     snapshots.save(sess, trainer, done - 1,
@@ -287,6 +386,9 @@ def _loop(sess, trainer, reader, snapshots, validation, writer, images_op, confi
                                                              "the start"))
                 raise
             lr = result["lr"]
+            if result.get("interrupted"):
+                # Some worker was asked to stop: all stop after this step.
+                interrupt.requested = True
             if result["bad_labels"]:
                 raise ValueError(_bad_label_message(result, done, config,
                                                     snapshots.last))
@@ -305,8 +407,8 @@ def _loop(sess, trainer, reader, snapshots, validation, writer, images_op, confi
             writer.add_summary(scalar_summary(scalars), done)
             if with_images and images_op is not None:
                 writer.add_summary(result["fetched"][0], done)
-            if done % config.log_every == 0 or done == config.num_steps or \
-                    done == start_step + 1 or interrupt.requested:
+            if chief and (done % config.log_every == 0 or done == config.num_steps or
+                          done == start_step + 1 or interrupt.requested):
                 log.info("step %d/%d loss=%.4f%s l2=%.4g acc=%.3f lr=%.3e %s %s",
                          done, config.num_steps, result["loss"],
                          _branch_losses(result["losses"]), result["l2"],
@@ -347,3 +449,15 @@ def _branch_losses(losses):
 def _images_per_second(progress, done, images_per_step):
     rate = progress.rate(done, images_per_step)
     return "-- img/s" if rate is None else "%.3g img/s" % rate
+
+
+def _compute_dtype(bf16):
+    """bfloat16 for --bf16, with a warning where the CPU would emulate it."""
+    if not bf16:
+        return tf.float32
+    if not tf.config.list_physical_devices("GPU") and not gradients.onednn_handles(
+            "bfloat16"):
+        log.warning("--bf16 on a CPU without native bfloat16 (AVX512_BF16 or AMX): "
+                    "training stays correct (backprops run in float32) but will be "
+                    "slower than float32.")
+    return tf.bfloat16

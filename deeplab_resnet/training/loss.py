@@ -81,7 +81,8 @@ def scale_name(scale):
     return "%g" % scale
 
 
-def multi_scale_logits(images, num_classes, scales, is_training=False, config=None):
+def multi_scale_logits(images, num_classes, scales, is_training=False, config=None,
+                       **model_kwargs):
     """DeepLab-v2's multi-scale inputs (MSC): one shared network per scale.
 
     Each scale's input is the batch resized bilinearly to Caffe ``Interp``'s
@@ -93,6 +94,8 @@ def multi_scale_logits(images, num_classes, scales, is_training=False, config=No
 
     With ``is_training``, BatchNorm statistics of the first scale's branch
     alone update the moving averages, as one network would.
+
+    ``model_kwargs`` go to ``build_model`` (dtypes, ``narrow_taps``).
 
     Returns:
       (net, [(name, logits float32 [N, h_s, w_s, C])] for each scale and then
@@ -107,8 +110,10 @@ def multi_scale_logits(images, num_classes, scales, is_training=False, config=No
             with tf.name_scope("scale_%s" % scale_name(scale)):
                 inputs = images if scale == 1.0 else tf.image.resize_bilinear(
                     images, interp_size(size, scale), align_corners=True)
+                inputs = tf.cast(inputs, model_kwargs.get("compute_dtype", tf.float32))
             branch_net, logits = build_model(inputs, num_classes,
-                                             is_training=is_training, config=config)
+                                             is_training=is_training, config=config,
+                                             **model_kwargs)
             if net is None:
                 net = branch_net
             else:
@@ -124,7 +129,8 @@ def multi_scale_logits(images, num_classes, scales, is_training=False, config=No
 
 
 def tower_loss(images, labels, num_classes, *, ignore_label=IGNORE_LABEL,
-               is_training=False, config=None, scales=(1.0,)):
+               is_training=False, config=None, scales=(1.0,), compute_dtype=tf.float32,
+               on_gpu=None):
     """DeepLab on one batch and its summed pixel losses: what one device computes.
 
     Args:
@@ -137,6 +143,14 @@ def tower_loss(images, labels, num_classes, *, ignore_label=IGNORE_LABEL,
         (``multi_scale_logits``): one loss per scale's output and one on
         their fusion, each on labels shrunk to its own grid by nearest
         neighbour.
+      compute_dtype: tf.bfloat16 for mixed precision: activations and
+        convolutions in bfloat16, weights kept in float32 and cast where
+        used (their gradients come back float32 through the casts),
+        BatchNorm parameters and statistics, logits, loss and accuracy in
+        float32. bfloat16 has float32's exponent range, so no loss scaling.
+      on_gpu: whether the tower's convolutions run on a GPU (None: whether
+        TensorFlow sees one). On CPU the narrow ASPP classifier is built as
+        ``network.taps_conv2d``, whose backward pass is the fast one there.
     Returns:
       ``Tower``: ``net``, the inputs ``images`` and ``labels``, ``logits``
       float32 [N, h, w, C] at 1/8 size (the fused output with several
@@ -148,14 +162,22 @@ def tower_loss(images, labels, num_classes, *, ignore_label=IGNORE_LABEL,
       ``ignore_label``; left out of the loss) and ``max_bad_label`` (the
       largest such value, -1 if none).
     """
+    compute_dtype = tf.as_dtype(compute_dtype)
+    if on_gpu is None:
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    model_kwargs = dict(compute_dtype=compute_dtype, variable_dtype=tf.float32,
+                        narrow_taps=None if on_gpu else True)
     with tf.get_default_graph().gradient_override_map({"Conv2D": CONV2D_GRADIENT}):
         if tuple(scales) == (1.0,):
-            net, logits = build_model(images, num_classes, is_training=is_training,
-                                      config=config)
+            data = images if images.dtype == compute_dtype else tf.cast(images,
+                                                                        compute_dtype)
+            net, logits = build_model(data, num_classes, is_training=is_training,
+                                      config=config, **model_kwargs)
             branches = [(scale_name(1.0), tf.cast(logits, tf.float32))]
         else:
             net, branches = multi_scale_logits(images, num_classes, scales,
-                                               is_training=is_training, config=config)
+                                               is_training=is_training, config=config,
+                                               **model_kwargs)
     outputs = []
     for name, logits in branches:
         label, loss_sum, num_valid, valid, bad = pixel_losses(logits, labels,

@@ -96,13 +96,18 @@ class Snapshots(object):
     the last snapshot, or of the run's start. So a diverging run never
     leaves a snapshot that resuming would diverge from again.
 
+    With several workers every one checks (the weights are bitwise equal on
+    all, so all stop together on a diverged run) and only the chief writes
+    (``write=False`` on the others).
+
     Attributes:
       last: the last sound snapshot (this run's, or the one it resumed).
       last_step: its step.
     """
 
-    def __init__(self, saver, config, last=None, last_step=0):
+    def __init__(self, saver, config, last=None, last_step=0, write=True):
         self.saver = saver
+        self.write = write
         self.config = config
         self.prefix = os.path.join(config.snapshot_dir, CHECKPOINT_NAME)
         self.last = last
@@ -145,6 +150,10 @@ class Snapshots(object):
             permission); the last snapshot is intact.
         """
         norm = self.check(sess, trainer, step, lr)
+        if not self.write:
+            self.last, self.last_step, self.reference_norm = (
+                "%s-%d" % (self.prefix, step), step, norm)
+            return self.last
         try:
             path = self.saver.save(sess, self.prefix, global_step=step,
                                    write_meta_graph=False)

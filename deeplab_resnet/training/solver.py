@@ -71,7 +71,7 @@ def _placement(device):
 
 def build_towers(image_batch, label_batch, num_classes, *, ignore_label=IGNORE_LABEL,
                  is_training=False, config=None, devices=None, scales=(1.0,),
-                 last_only=False):
+                 last_only=False, cluster=None, compute_dtype=tf.float32):
     """``tower_loss`` on each device's share of the batch, and the summed gradients.
 
     The objective of one forward pass over all towers: with one scale, the
@@ -89,6 +89,12 @@ def build_towers(image_batch, label_batch, num_classes, *, ignore_label=IGNORE_L
         variables (on ``VARIABLE_DEVICE``); None for one tower with
         TensorFlow's default placement.
       last_only: train the classifier alone (``trained_params``).
+      compute_dtype: tf.bfloat16 for mixed-precision training (see
+        ``loss.tower_loss``); variables, gradients and the update stay float32.
+      cluster: a ``distributed.Cluster``: with several scales, each output's
+        labelled pixels are counted over all workers' towers (one small
+        all-reduce per pass), so that the workers' summed gradients are
+        those of one process taking every worker's share.
     Returns:
       (towers, params, grad_sums, denominator, stat_updates): the ``Tower``
       list, the ``trained_params``, per param the gradient of the pass's
@@ -116,7 +122,9 @@ def build_towers(image_batch, label_batch, num_classes, *, ignore_label=IGNORE_L
         with _tower_scope(devices, i):
             towers.append(tower_loss(image_shares[i], label_shares[i], num_classes,
                                      ignore_label=ignore_label, is_training=is_training,
-                                     config=config, scales=scales))
+                                     config=config, scales=scales,
+                                     compute_dtype=compute_dtype,
+                                     on_gpu=_on_gpu(devices, i)))
         if i == 0:
             stat_updates = [op for op in tf.get_collection(tf.GraphKeys.UPDATE_OPS)
                             if op not in updates_before]
@@ -125,8 +133,11 @@ def build_towers(image_batch, label_batch, num_classes, *, ignore_label=IGNORE_L
     if multi_scale:
         with _on_variable_device(devices):
             # Label counts do not depend on the weights: no gradient flows.
-            counts = [tf.maximum(_total([t.outputs[o].num_valid for t in towers]), 1.0)
+            counts = [_total([t.outputs[o].num_valid for t in towers])
                       for o in range(len(towers[0].outputs))]
+            if cluster is not None:
+                counts = cluster.all_reduce_sum(counts)
+            counts = [tf.maximum(count, 1.0) for count in counts]
         objectives = [_total([out.loss_sum / count for out, count in
                               zip(tower.outputs, counts)]) for tower in towers]
         denominator = tf.constant(1.0)
@@ -144,6 +155,13 @@ def build_towers(image_batch, label_batch, num_classes, *, ignore_label=IGNORE_L
         if denominator is None:
             denominator = _total([t.num_valid for t in towers])
     return towers, params, grad_sums, denominator, stat_updates
+
+
+def _on_gpu(devices, i):
+    """Whether tower ``i`` runs on a GPU; None (ask TensorFlow) without devices."""
+    if not devices:
+        return None
+    return (tf.DeviceSpec.from_string(devices[i]).device_type or "").upper() == "GPU"
 
 
 def _tower_scope(devices, i):
@@ -201,28 +219,6 @@ def batchnorm_batch_warning(is_training, batch_size, num_devices=1):
             % (per_device, MIN_BATCHNORM_BATCH))
 
 
-def weight_statistics(variables):
-    """``checkpoints.weight_statistics`` in the graph: (norm and largest
-    magnitude of the trained weights, all values finite), scalar tensors.
-
-    The same rule as for a file, so that a snapshot is judged sound alike
-    when it is written and when it is resumed. float64, so that only
-    non-finite weights give a non-finite norm.
-
-    Args:
-      variables: {name: variable}.
-    """
-    floats = {name: tf.cast(v, tf.float64) for name, v in variables.items()
-              if v.dtype.base_dtype.is_floating}
-    trained = [v for name, v in floats.items() if checkpoints.is_trained(name)] or \
-        [tf.zeros([1], tf.float64)]
-    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(v)) for v in trained]))
-    largest = tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(v)) for v in trained]))
-    finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.is_finite(v))
-                                     for v in floats.values()]))
-    return norm, largest, finite
-
-
 def trained_params(net, last_only=False):
     """The parameters DeepLab trains, with their learning-rate multipliers.
 
@@ -271,6 +267,14 @@ class Trainer(object):
         ``build_towers``); None for one tower.
       scales: input scales, several for MSC training (``loss.tower_loss``).
       last_only: train the classifier alone (``trained_params``).
+      compute_dtype: tf.bfloat16 for mixed-precision training (see
+        ``loss.tower_loss``); variables, gradients and the update stay float32.
+      cluster: a ``distributed.Cluster`` to train synchronously with other
+        workers, each on its own batch: the gradient sums and labelled
+        pixels (and the reported sums) of every worker are added up before
+        the one division, so an update is that of one process taking all
+        the workers' batches (with frozen BatchNorm). None: one process,
+        and no collective op in the graph.
 
     Attributes:
       towers: the ``Tower`` of each device.
@@ -287,8 +291,9 @@ class Trainer(object):
         read before the update that ``train_op`` applies.
       learning_rate: the base rate at the current global step.
       global_step: updates done.
-      weight_statistics: (norm, largest magnitude) of the network's
-        variables (``weight_statistics``); momentum_statistics: the same of
+      weight_statistics: (norm, largest magnitude, all finite) of the
+        network's variables (``checkpoints.graph_weight_statistics``);
+        momentum_statistics: the same of
         the momentum.
     """
 
@@ -296,7 +301,7 @@ class Trainer(object):
                  ignore_label=IGNORE_LABEL, is_training=False, config=None,
                  learning_rate=2.5e-4, momentum=0.9, power=0.9, num_steps=20001,
                  weight_decay=5e-4, grad_update_every=1, devices=None, scales=(1.0,),
-                 last_only=False):
+                 last_only=False, cluster=None, compute_dtype=tf.float32):
         if grad_update_every < 1:
             raise ValueError("--grad-update-every must be at least 1, got %d."
                              % grad_update_every)
@@ -309,7 +314,7 @@ class Trainer(object):
         self.towers, self.params, grad_sums, denominator, stat_updates = build_towers(
             image_batch, label_batch, num_classes, ignore_label=ignore_label,
             is_training=is_training, config=config, devices=devices, scales=scales,
-            last_only=last_only)
+            last_only=last_only, cluster=cluster, compute_dtype=compute_dtype)
         self.tower = self.towers[0]
         on_variable_device = functools.partial(_on_variable_device, devices)
         with on_variable_device():
@@ -322,10 +327,21 @@ class Trainer(object):
                              _total([t.outputs[o].num_valid for t in self.towers]))
                             for o, out in enumerate(self.tower.outputs)]
             self.loss_sum, self.num_valid = self.outputs[-1][1:]
+        # What step() reports, summed over towers (and batches, and workers).
+        self._sums = [tensor for _, loss_sum, num_valid in self.outputs
+                      for tensor in (loss_sum, num_valid)] + [self.num_correct,
+                                                              self.num_bad_labels]
+        self._synchronous = None
         variables = [p.var for p in self.params]
         self.learning_rate = poly_learning_rate(learning_rate, self.global_step,
                                                 num_steps, power)
         optimizer = tf.train.MomentumOptimizer(self.learning_rate, momentum)
+        if cluster is not None:
+            with on_variable_device():
+                self._synchronous_update(cluster, optimizer, variables, grad_sums,
+                                         denominator, stat_updates, weight_decay)
+            self._add_statistics(optimizer, variables)
+            return
 
         if grad_update_every == 1:
             self.accumulate_op = None
@@ -364,10 +380,70 @@ class Trainer(object):
         self._add_statistics(optimizer, variables)
 
     def _add_statistics(self, optimizer, variables):
-        self.weight_statistics = weight_statistics(self.tower.net.variables)
+        self.weight_statistics = checkpoints.graph_weight_statistics(
+            self.tower.net.variables)
         # Momentum slots, named as their variables, so the same rule applies.
-        self.momentum_statistics = weight_statistics(
+        self.momentum_statistics = checkpoints.graph_weight_statistics(
             {var.op.name: optimizer.get_slot(var, "momentum") for var in variables})
+
+    def _synchronous_update(self, cluster, optimizer, variables, grad_sums, denominator,
+                            stat_updates, weight_decay):
+        """``train_op`` of a worker: the update of every worker's batches together.
+
+        The local sums (of the step's batches, accumulated here as without a
+        cluster) are all-reduced in ``train_op`` only, so one exchange per
+        update however many batches it takes: the gradient sums and the
+        labelled-pixel count in packed float32 collectives, the reported
+        sums and the interrupt flag in one float64 vector (exact counts),
+        the largest bad label by 'Max'. Every loop decision is then taken on
+        values equal on all workers, so they all take the same branch.
+        """
+        multi_scale = len(self.outputs) > 1
+        self.interrupt = tf.placeholder_with_default(0.0, [], name="interrupt")
+        batch_stats = tf.stack([tf.cast(t, tf.float64) for t in self._sums])
+        batch_max_bad = tf.cast(self.max_bad_label, tf.float64)
+        accumulators, before = [], stat_updates
+        if self.grad_update_every == 1:
+            self.accumulate_op = None
+            local = (grad_sums, denominator, batch_stats, batch_max_bad)
+        else:
+            with tf.variable_scope("grad_accumulation"):
+                sums = [_local_sum("sum_%d" % i, var.get_shape(), tf.float32)
+                        for i, var in enumerate(variables)]
+                valid_sum = _local_sum("num_valid", [], tf.float32)
+                stats_sum = _local_sum("stats", [len(self._sums)], tf.float64)
+                max_bad = _local_sum("max_bad_label", [], tf.float64, -1.0)
+            self.accumulate_op = tf.group(
+                [tf.assign_add(acc, grad) for acc, grad in zip(sums, grad_sums)]
+                + [tf.assign_add(valid_sum, denominator),
+                   tf.assign_add(stats_sum, batch_stats),
+                   tf.assign(max_bad, tf.maximum(max_bad, batch_max_bad))] + stat_updates)
+            local = ([acc.read_value() for acc in sums], valid_sum.read_value(),
+                     stats_sum.read_value(), max_bad.read_value())
+            accumulators = [(v, 0.0) for v in sums + [valid_sum, stats_sum]]
+            accumulators.append((max_bad, -1.0))
+            before = []
+        grads, count, stats, largest = local
+        stats = tf.concat([stats, [tf.cast(self.interrupt, tf.float64)]], 0)
+        with tf.control_dependencies(before):
+            if multi_scale:
+                # Each output is already divided by its pixels over all
+                # workers; the denominator counts passes, not workers.
+                grads = cluster.all_reduce_sum(grads)
+            else:
+                *grads, count = cluster.all_reduce_sum(grads + [tf.reshape(count, [1])])
+                count = tf.reshape(count, [])
+            stats = cluster.all_reduce(stats)
+            largest = cluster.all_reduce(largest, merge_op="Max")
+            self.gradients, self.l2_loss = self._update_gradients(grads, count,
+                                                                  weight_decay)
+        apply_op = optimizer.apply_gradients(zip(self.gradients, variables),
+                                             global_step=self.global_step)
+        # Reset only once the update and the sums have read them.
+        with tf.control_dependencies([apply_op, stats, largest]):
+            self.train_op = tf.group([tf.assign(v, tf.zeros_like(v) + initial)
+                                      for v, initial in accumulators] or [tf.no_op()])
+        self._synchronous = (stats, largest)
 
     def _update_gradients(self, grad_sums, denominator, weight_decay):
         """The gradients to apply, and the L2 term of the weights they change."""
@@ -387,11 +463,13 @@ class Trainer(object):
         gated = tf.tuple(gradients + [l2_loss])
         return gated[:-1], gated[-1]
 
-    def step(self, sess, fetches=()):
+    def step(self, sess, fetches=(), interrupt=False):
         """Run one update: forward/backward over the step's batches, then SGD.
 
         Args:
           fetches: extra tensors evaluated with the step's last batch.
+          interrupt: (with a cluster) this worker asks every worker to stop
+            after this step; ``interrupted`` in the result says if any did.
         Returns:
           dict with ``loss`` (the cross-entropy of each output, averaged over
           the step's labelled pixels, summed over the outputs: with one
@@ -404,11 +482,10 @@ class Trainer(object):
           ``max_bad_label`` (the largest of them, -1 if none) and
           ``fetched`` (the values of ``fetches``).
         """
-        sums = [tensor for _, loss_sum, num_valid in self.outputs
-                for tensor in (loss_sum, num_valid)] + [self.num_correct,
-                                                        self.num_bad_labels]
-        metrics = [sums, self.max_bad_label]
-        totals, max_bad = np.zeros(len(sums)), -1
+        if self._synchronous is not None:
+            return self._synchronous_step(sess, fetches, interrupt)
+        metrics = [self._sums, self.max_bad_label]
+        totals, max_bad = np.zeros(len(self._sums)), -1
         if self.accumulate_op is None:
             (values, max_bad), fetched, lr, l2, _ = sess.run(
                 [metrics, fetches, self.learning_rate, self.l2_loss, self.train_op])
@@ -421,6 +498,30 @@ class Trainer(object):
                 totals += values
                 max_bad = max(max_bad, batch_max_bad)
             lr, l2, _ = sess.run([self.learning_rate, self.l2_loss, self.train_op])
+        return self._result(totals, max_bad, lr, l2, fetched)
+
+    def _synchronous_step(self, sess, fetches, interrupt):
+        """``step`` with a cluster: the sums reported are over all workers, and
+        ``interrupted`` says whether any worker asked to stop (``interrupt``
+        is this worker's request)."""
+        fetched = []
+        if self.accumulate_op is not None:
+            for i in range(self.grad_update_every):
+                last = i == self.grad_update_every - 1
+                fetched, _ = sess.run([fetches if last else (), self.accumulate_op])
+        update_fetches = [self.learning_rate, self.l2_loss, list(self._synchronous),
+                          self.train_op]
+        if self.accumulate_op is None:
+            update_fetches.append(fetches)
+        values = sess.run(update_fetches, {self.interrupt: float(bool(interrupt))})
+        lr, l2, (totals, max_bad) = values[:3]
+        if self.accumulate_op is None:
+            fetched = values[4]
+        result = self._result(totals[:-1], max_bad, lr, l2, fetched)
+        result["interrupted"] = bool(totals[-1] > 0)
+        return result
+
+    def _result(self, totals, max_bad, lr, l2, fetched):
         num_correct, num_bad = totals[-2:]
         losses = {name: totals[2 * o] / max(totals[2 * o + 1], 1.0)
                   for o, (name, _, _) in enumerate(self.outputs)}
@@ -428,6 +529,12 @@ class Trainer(object):
                 "accuracy": num_correct / max(totals[-3], 1.0), "lr": float(lr),
                 "bad_labels": int(num_bad), "max_bad_label": int(max_bad),
                 "fetched": fetched}
+
+
+def _local_sum(name, shape, dtype, initial=0.0):
+    """A per-worker accumulator: local, so never checkpointed nor broadcast."""
+    return tf.get_variable(name, shape, dtype, tf.constant_initializer(initial),
+                           trainable=False, collections=[tf.GraphKeys.LOCAL_VARIABLES])
 
 
 def _total(values):
