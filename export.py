@@ -14,7 +14,10 @@ folding are inside the graph:
   output  label          uint8   [1, H, W]     class ids (int32 if > 256 classes)
   output  probabilities  float32 [1, H, W, C]  softmax
 
---scales, --flip and --bf16 are baked into the graph. The architecture is
+--scales, --flip and --bf16 are baked into the graph. --crf adds the dense
+CRF (TensorFlow ops, the --crf-* parameters baked in) after the network:
+label and probabilities are then the CRF's, as inference.py --crf
+--crf-backend tensorflow gives them. The architecture is
 read from model_config.json beside the checkpoint, as for evaluate.py.
 
 Example:
@@ -39,6 +42,7 @@ def get_arguments(argv=None):
                         help="Replace an existing --output-dir once the new "
                              "export is complete (default: refuse).")
     cli.add_prediction_flags(parser)
+    cli.add_crf_flags(parser, runtime=False)
     return parser.parse_args(argv)
 
 
@@ -46,15 +50,17 @@ def main(argv=None):
     args = get_arguments(argv)
     cli.setup_logging()
     scales = cli.parse_scales(args.scales)
+    crf = cli.crf_params(args)
     info = serving.export(args.restore_from, args.output_dir, args.num_classes,
-                          scales=scales, flip=args.flip, bf16=args.bf16,
+                          scales=scales, flip=args.flip, bf16=args.bf16, crf=crf,
                           overwrite=args.overwrite)
     log.info("input %s uint8 [1, H, W, 3] RGB; outputs %s %s [1, H, W], %s "
-             "float32 [1, H, W, %d]; scales %s%s%s", serving.INPUT_NAME,
+             "float32 [1, H, W, %d]; scales %s%s%s%s", serving.INPUT_NAME,
              serving.LABEL_NAME, info["outputs"][serving.LABEL_NAME]["dtype"],
              serving.PROBS_NAME, args.num_classes,
              ",".join("%g" % s for s in scales), ", flip" if args.flip else "",
-             ", bfloat16 network" if args.bf16 else "")
+             ", bfloat16 network" if args.bf16 else "",
+             ", dense CRF (%d iterations)" % crf.iterations if crf else "")
     print("exported %s" % args.output_dir)
     return 0
 

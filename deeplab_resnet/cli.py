@@ -163,16 +163,27 @@ def add_prediction_flags(parser):
                              "of pixels (default: off, float32).")
 
 
-def add_crf_flags(parser):
-    """``--crf`` and one flag per CRF parameter, shared by evaluate/inference."""
+def add_crf_flags(parser, runtime=True):
+    """``--crf`` and one flag per CRF parameter, shared by evaluate/inference.
+
+    Args:
+      runtime: also ``--crf-backend`` and ``--crf-workers`` (where the CRF
+        runs); export.py bakes the TensorFlow CRF into its graph instead.
+    """
     from deeplab_resnet import crf
     defaults = crf.DEFAULTS
+    if runtime:
+        about = ("Fully connected CRF post-processing (the 'pydensecrf' "
+                 "backend needs `%s`)." % crf.INSTALL_HINT)
+        what = "Refine the prediction with the dense CRF (default: off)."
+    else:
+        about = ("The fully connected CRF as TensorFlow ops inside the "
+                 "exported graph, its parameters baked in.")
+        what = ("Put the dense CRF into the exported graph: 'label' and "
+                "'probabilities' are then the CRF's (default: off).")
     group = parser.add_argument_group(
-        "dense CRF", "Fully connected CRF post-processing (needs `%s`).\n"
-        "Defaults: DeepLab-v2 ResNet-101 on PASCAL VOC." % crf.INSTALL_HINT)
-    group.add_argument("--crf", action="store_true",
-                       help="Refine the prediction with the dense CRF "
-                            "(default: off).")
+        "dense CRF", about + "\nDefaults: DeepLab-v2 ResNet-101 on PASCAL VOC.")
+    group.add_argument("--crf", action="store_true", help=what)
     group.add_argument("--crf-iters", type=int, default=defaults.iterations,
                        help="Mean-field iterations (default: %(default)s).")
     group.add_argument("--crf-pos-w", type=float, default=defaults.pos_w,
@@ -190,6 +201,8 @@ def add_crf_flags(parser):
     group.add_argument("--crf-bi-rgb-std", type=float, default=defaults.bi_rgb_std,
                        help="Width in intensity levels (0..255) of the bilateral "
                             "kernel (default: %(default)s).")
+    if not runtime:
+        return
     group.add_argument("--crf-backend", choices=crf.BACKENDS, default="pydensecrf",
                        help="Where the CRF runs: 'pydensecrf' (Kraehenbuehl & "
                             "Koltun's C++ on --crf-workers processes) or "
@@ -209,15 +222,16 @@ def crf_params(args):
     """``crf.CrfParams`` from ``add_crf_flags`` flags, or None without --crf.
 
     Raises:
-      ValueError: a parameter out of range, or --crf without pydensecrf
-        installed (raised now, before any image is processed).
+      ValueError: a parameter out of range, or --crf with the pydensecrf
+        backend but without pydensecrf installed (raised now, before any
+        image is processed).
     """
     if not args.crf:
         return None
     from deeplab_resnet import crf
     params = crf.CrfParams(args.crf_iters, args.crf_pos_w, args.crf_pos_xy_std,
                            args.crf_bi_w, args.crf_bi_xy_std, args.crf_bi_rgb_std)
-    if args.crf_backend == "pydensecrf":
+    if getattr(args, "crf_backend", "tensorflow") == "pydensecrf":
         try:
             crf.require_pydensecrf()
         except ImportError as err:

@@ -11,6 +11,11 @@ label          uint8 [1, H, W]           class ids at the input size (int32
 probabilities  float32 [1, H, W, C]      softmax at the input size
 =============  ========================  ======================================
 
+With ``crf`` (export.py --crf) the dense CRF of ``crf.lattice`` runs in the
+graph after the network, its parameters baked in: ``probabilities`` are
+then the CRF's marginals and ``label`` their argmax, the result of
+``inference.py --crf --crf-backend tensorflow``.
+
 The batch dimension of 1 follows DeepLab's own export (``ImageTensor`` in
 tensorflow/models research/deeplab) and lets TF Serving's row ("instances")
 JSON format carry one image; images of different sizes cannot share a batch.
@@ -31,7 +36,8 @@ when complete (built under a temporary name, then renamed)::
                                         probabilities:0
   <output-dir>/saved_model/             tag 'serve', signature 'serving_default'
   <output-dir>/export_info.json         the names above, classes, scales,
-                                        flip, bf16, source weights
+                                        flip, bf16, CRF parameters, source
+                                        weights
 """
 import logging
 import os
@@ -39,6 +45,7 @@ import shutil
 
 from deeplab_resnet import checkpoints, files
 from deeplab_resnet.constants import NUM_CLASSES
+from deeplab_resnet.crf import lattice
 from deeplab_resnet.evaluation.predict import build_prediction
 from deeplab_resnet.images import bgr_minus_mean
 from deeplab_resnet.network import VARIABLE_OPS
@@ -65,7 +72,7 @@ def label_dtype(num_classes):
 
 
 def build_serving_graph(num_classes, config=None, *, scales=(1.0,), flip=False,
-                        bf16=False):
+                        bf16=False, crf=None):
     """The serving graph in the default graph: placeholder to named outputs.
 
     Args:
@@ -75,6 +82,7 @@ def build_serving_graph(num_classes, config=None, *, scales=(1.0,), flip=False,
         ``predict.build_prediction``.
       bf16: the network in bfloat16 with bfloat16 weights (half the size),
         as ``predict.build_prediction``; the outputs stay as above.
+      crf: ``crf.CrfParams`` to refine the prediction in the graph, or None.
     Returns:
       (net, image, outputs): ``net`` holds the variables to restore (folded
       form), ``image`` the uint8 [1, H, W, 3] placeholder and ``outputs`` a
@@ -85,8 +93,14 @@ def build_serving_graph(num_classes, config=None, *, scales=(1.0,), flip=False,
         bgr = bgr_minus_mean(tf.cast(image, tf.float32))
     net, prediction = build_prediction(bgr, num_classes, config, scales=scales,
                                        flip=flip, fold_batchnorm=True, bf16=bf16)
-    label = _named_as(prediction.pred, label_dtype(num_classes), LABEL_NAME)
-    probs = _named_as(prediction.probs, tf.float32, PROBS_NAME)
+    pred, probs = prediction.pred, prediction.probs
+    if crf is not None:
+        marginals = lattice.dense_crf_graph(image[0], tf.cast(probs[0], tf.float32),
+                                            crf)
+        probs = marginals[None]
+        pred = tf.argmax(probs, axis=3, output_type=tf.int32)
+    label = _named_as(pred, label_dtype(num_classes), LABEL_NAME)
+    probs = _named_as(probs, tf.float32, PROBS_NAME)
     # The signature then shows the batch of one (MSC/flip lose it).
     label.set_shape([1, None, None])
     probs.set_shape([1, None, None, num_classes])
@@ -101,14 +115,15 @@ def _named_as(tensor, dtype, name):
     return tf.cast(tensor, dtype, name=name)
 
 
-def freeze(weights, num_classes, *, scales=(1.0,), flip=False, bf16=False):
+def freeze(weights, num_classes, *, scales=(1.0,), flip=False, bf16=False,
+           crf=None):
     """A GraphDef of the serving graph with the weights as constants.
 
     Args:
       weights: .npz, checkpoint prefix or directory (``checkpoints.restore``); the
         architecture comes from ``model_config.json`` beside it.
       num_classes: must match the weights' classifier.
-      scales, flip, bf16: as ``build_serving_graph``.
+      scales, flip, bf16, crf: as ``build_serving_graph``.
     Returns:
       (GraphDef, path of the weights used, ModelConfig).
     Raises:
@@ -118,7 +133,7 @@ def freeze(weights, num_classes, *, scales=(1.0,), flip=False, bf16=False):
     path, config = checkpoints.resolve_model(weights, num_classes)
     with tf.Graph().as_default() as graph:
         net, _, outputs = build_serving_graph(num_classes, config, scales=scales,
-                                              flip=flip, bf16=bf16)
+                                              flip=flip, bf16=bf16, crf=crf)
         sess = checkpoints.open_session(net, path)
         try:
             graph_def = tf.graph_util.convert_variables_to_constants(
@@ -180,14 +195,14 @@ def _move_into_place(staging, output_dir, overwrite):
 
 
 def export(weights, output_dir, num_classes=NUM_CLASSES, *, scales=(1.0,),
-           flip=False, bf16=False, overwrite=False):
+           flip=False, bf16=False, crf=None, overwrite=False):
     """Write the frozen graph, the SavedModel and export_info.json.
 
     Args:
       weights: .npz, checkpoint prefix or directory.
       output_dir: created with its parents; must be absent or empty unless
         ``overwrite``.
-      num_classes, scales, flip, bf16: as ``freeze``.
+      num_classes, scales, flip, bf16, crf: as ``freeze``.
     Returns:
       The dict written as export_info.json.
     Raises:
@@ -197,7 +212,7 @@ def export(weights, output_dir, num_classes=NUM_CLASSES, *, scales=(1.0,),
     output_dir = os.path.normpath(output_dir)
     check_output_dir(output_dir, overwrite)
     graph_def, path, config = freeze(weights, num_classes, scales=scales,
-                                     flip=flip, bf16=bf16)
+                                     flip=flip, bf16=bf16, crf=crf)
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     staging = files.new_hidden_dir(parent, os.path.basename(output_dir), "tmp")
@@ -218,6 +233,8 @@ def export(weights, output_dir, num_classes=NUM_CLASSES, *, scales=(1.0,),
             "scales": list(scales),
             "flip": bool(flip),
             "bf16": bool(bf16),
+            # The CRF's parameters as baked in, or null without one.
+            "crf": dict(crf._asdict()) if crf is not None else None,
             "weights": os.path.abspath(path),
             "model_config": config.to_dict(),
         }

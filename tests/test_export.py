@@ -270,3 +270,71 @@ def test_resnet101_export_matches_prediction(tmp_path):
     outputs = frozen_outputs(load_frozen(os.path.join(out, "frozen_graph.pb")), images)
     assert outputs["97x130"][0].shape == (97, 130)
     assert_same_prediction(outputs, reference)
+
+
+def blocky_images(seed=3):
+    """Photos of a few flat colour regions plus noise, where the CRF's
+    bilateral kernel has edges to follow (white noise gives it none)."""
+    rng = np.random.RandomState(seed)
+    images = {}
+    for height, width in SIZES[:2]:
+        colours = rng.randint(0, 256, (3, 3, 3))
+        rows = np.minimum(np.arange(height) * 3 // height, 2)
+        cols = np.minimum(np.arange(width) * 3 // width, 2)
+        image = colours[rows[:, None], cols[None, :]] + rng.randint(-8, 9, (height, width, 3))
+        images["%dx%d" % (height, width)] = np.clip(image, 0, 255).astype(np.uint8)
+    return images
+
+
+def test_crf_export_matches_inference_with_the_tensorflow_crf_in_a_fresh_process(
+        tiny_model, tmp_path):
+    from deeplab_resnet import crf
+    from deeplab_resnet.crf import lattice
+    directory = tiny_model.directory
+    out = str(tmp_path / "exported")
+    # A strong bilateral kernel, so that the CRF visibly changes the labels.
+    flags = ["--crf", "--crf-iters", "5", "--crf-bi-w", "10", "--crf-bi-xy-std", "20",
+             "--crf-bi-rgb-std", "10"]
+    params = crf.CrfParams(5, 3.0, 3.0, 10.0, 20.0, 10.0)
+    assert load_script("export").main(
+        ["--restore-from", directory, "--output-dir", out] + flags) == 0
+    with open(os.path.join(out, "export_info.json")) as f:
+        info = json.load(f)
+    assert info["crf"] == dict(params._asdict())
+    images = blocky_images()
+    np.savez(str(tmp_path / "images.npz"), **images)
+    script = tmp_path / "load_export.py"
+    script.write_text(LOAD_EXPORT)
+    result = subprocess.run(
+        [sys.executable, str(script), out, str(tmp_path / "images.npz"),
+         str(tmp_path / "results.npz")],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=""))
+    assert result.returncode == 0, result.stderr
+    served = np.load(str(tmp_path / "results.npz"))
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for key, image in images.items():
+        Image.fromarray(image).save(str(photos / (key + ".png")))
+    save_dir = str(tmp_path / "inference")
+    assert load_script("inference").main(
+        [str(photos), "--model-weights", directory, "--save-dir", save_dir,
+         "--save-raw", "--crf-backend", "tensorflow"] + flags) == 0
+    network = reference_prediction(directory, images)
+    changed = []
+    with lattice.TensorFlowCrf(params) as tf_crf:
+        for key, image in images.items():
+            marginals = tf_crf.marginals(image, network[key][1])
+            expected_label = np.array(Image.open(os.path.join(save_dir,
+                                                              key + "_label.png")))
+            np.testing.assert_array_equal(expected_label, marginals.argmax(-1))
+            changed.append(np.mean(expected_label != network[key][0]))
+            for form in ("saved", "frozen"):
+                label = served["%s_label_%s" % (form, key)]
+                probs = served["%s_probs_%s" % (form, key)]
+                assert label.dtype == np.uint8 and label.shape == (1,) + image.shape[:2]
+                np.testing.assert_array_equal(label[0], expected_label)
+                np.testing.assert_allclose(probs[0], marginals, atol=1e-5, rtol=0)
+    # The CRF is really in the graph: it moved labels of the plain network.
+    assert max(changed) > 0.02, changed
