@@ -21,8 +21,18 @@ Prints a table (or JSON with --json) of:
     each in its own process, with the forward pass's share, the ratio of
     backward to forward time, the bf16 speed-up and the process's peak
     memory (ru_maxrss);
-  * crf: the dense CRF's time per 500x375 image (21 classes, DeepLab's
-    parameters).
+  * crf: the dense CRF's two backends, pydensecrf and TensorFlow
+    (crf.lattice), with DeepLab's parameters on a 500x375 photo (the VOC
+    sample ../shared/data/voc_sample/2007_000129 turned and resized when it is
+    there, else a synthetic scene) and 21-class probabilities like a
+    network's (its label pooled to 1/8, blurred, upsampled): each backend's
+    s/image and the TensorFlow speed-up, how often their labels agree, their
+    largest marginal difference and the share of labels the CRF changes;
+    each backend's peak memory (VmHWM, the peak resident set, of a fresh
+    process running one CRF) at 500x375 and at --crf-large-size; and
+    evaluate.py --crf's s/image on --crf-eval-images generated pairs with each
+    backend and its default --crf-workers, fp32 and bf16 (bf16 also
+    pydensecrf on one worker, the baseline of its target).
 and checks the project's speed and memory targets against the figures.
 
 Weights are random (He-initialised): speed does not depend on their values.
@@ -42,20 +52,23 @@ import os
 import queue
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 import scipy.ndimage
+from PIL import Image
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Run as `python misc/benchmark.py` without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
 
 from deeplab_resnet import cli, crf, files, testing  # noqa: E402
 from deeplab_resnet.caffe import convert, prototxt  # noqa: E402
 from deeplab_resnet.checkpoints import restore  # noqa: E402
-from deeplab_resnet.constants import CLASSIFIER_PREFIX, IGNORE_LABEL, NUM_CLASSES  # noqa: E402
+from deeplab_resnet.constants import CLASSIFIER_PREFIX, IGNORE_LABEL  # noqa: E402
 from deeplab_resnet.data import lists  # noqa: E402
 from deeplab_resnet.evaluation.evaluate import evaluate  # noqa: E402
 from deeplab_resnet.model import build_model  # noqa: E402
@@ -73,6 +86,8 @@ BF16_SPEEDUP_TARGET = 1.7
 OPENCV_SPEEDUP_TARGET = 2.0
 TRAIN_MEMORY_TARGET_GIB = 24.0
 EVALUATE_FRACTION_TARGET = 0.90
+CRF_SPEEDUP_TARGET = 3.0
+EVALUATE_CRF_SPEEDUP_TARGET = 2.0
 TARGET_SIZE = (513, 513)
 # VOC photos are mostly 500x375.
 EVAL_SIZE = (375, 500)
@@ -407,16 +422,209 @@ def train_steps(args, threads):
 
 
 # ------------------------------------------------------------------- crf
-def crf_seconds(size, num_classes, repeats):
-    """Median s/image of ``crf.dense_crf`` with DeepLab's parameters."""
-    rng = np.random.RandomState(0)
-    image, _ = synthetic_pair(rng, size, num_classes)
-    logits = scipy.ndimage.zoom(rng.normal(size=(size[0] // 8 + 1, size[1] // 8 + 1,
-                                                 num_classes)) * 3, (8, 8, 1),
-                                order=1)[:size[0], :size[1]]
-    probs = np.exp(logits - logits.max(axis=2, keepdims=True))
-    probs /= probs.sum(axis=2, keepdims=True)
-    return median_seconds(lambda: crf.dense_crf(image, probs), repeats)
+VOC_SAMPLE = os.path.join(ROOT, os.pardir, "shared", "data", "voc_sample", "2007_000129")
+# One CRF in a fresh interpreter; argv: an .npz of image and probs, the backend.
+# It imports numpy and deeplab_resnet.crf alone, TensorFlow only for the
+# 'tensorflow' backend, so that its peak memory is what a process running that
+# backend needs. An 8x8 crop goes first, untimed: it builds TensorFlow's graph.
+# The peak is VmHWM (Linux), that of the process's own address space:
+# ru_maxrss would not do, as Linux carries the parent's peak over into it
+# through fork and exec (a child of this ~1 GiB process started at 1 GiB).
+CRF_PROCESS = """
+import json, sys, time
+import numpy as np
+from deeplab_resnet import crf
+inputs = np.load(sys.argv[1])
+image, probs = inputs["image"], inputs["probs"]
+crf.dense_crf(image[:8, :8], probs[:8, :8], backend=sys.argv[2])
+start = time.perf_counter()
+crf.dense_crf(image, probs, backend=sys.argv[2])
+seconds = time.perf_counter() - start
+with open("/proc/self/status") as status:
+    kib = [line.split()[1] for line in status if line.startswith("VmHWM:")]
+print(json.dumps({"seconds": seconds, "peak_bytes": 1024 * int(kib[0])}))
+"""
+
+
+def crf_inputs(size, num_classes):
+    """(image, probs, source): an RGB photo at ``size`` and probabilities
+    like a network's, ``testing.network_like_probs`` of its label.
+
+    The photo is the VOC sample (2007_000129, 334x500 portrait) turned to
+    the orientation of ``size`` and resized (bicubic; nearest for the label)
+    when it is there; else ``synthetic_pair``'s scene of coloured rectangles
+    on a shaded, textured, grainy background.
+    """
+    height, width = size
+    if not (os.path.exists(VOC_SAMPLE + ".jpg") and os.path.exists(VOC_SAMPLE + ".png")):
+        image, label = synthetic_pair(np.random.RandomState(0), size, num_classes)
+        return image, testing.network_like_probs(label, num_classes), "synthetic scene"
+    photo = Image.open(VOC_SAMPLE + ".jpg").convert("RGB")
+    label = Image.open(VOC_SAMPLE + ".png")
+    source = "VOC sample 2007_000129, resized"
+    if (photo.height > photo.width) != (height > width):
+        photo, label = (im.transpose(Image.Transpose.ROTATE_90) for im in (photo, label))
+        source = source.replace("resized", "turned and resized")
+    image = np.asarray(photo.resize((width, height), Image.BICUBIC))
+    label = np.asarray(label.resize((width, height), Image.NEAREST))
+    return image, testing.network_like_probs(label, num_classes), source
+
+
+def crf_backend_seconds(image, probs, repeats):
+    """({backend: median s/image of ``crf.dense_crf``}, {backend: marginals}).
+
+    Each backend first runs once untimed (TensorFlow builds its graph then);
+    then they take turns, run by run, so that both see the same load.
+    """
+    marginals = {b: crf.dense_crf(image, probs, crf.DEFAULTS, b) for b in crf.BACKENDS}
+    times = collections.defaultdict(list)
+    for _ in range(repeats):
+        for backend in crf.BACKENDS:
+            start = time.perf_counter()
+            crf.dense_crf(image, probs, crf.DEFAULTS, backend)
+            times[backend].append(time.perf_counter() - start)
+    return {b: statistics.median(t) for b, t in times.items()}, marginals
+
+
+def crf_agreement(probs, marginals):
+    """How alike the backends' marginals are: the share of pixels whose
+    labels (argmax) agree and the largest absolute difference; and, so that
+    agreement means something, the share of labels each CRF changes."""
+    reference, ours = marginals["pydensecrf"], marginals["tensorflow"]
+    before = probs.argmax(axis=2)
+    return {"label_agreement": float(np.mean(reference.argmax(axis=2) == ours.argmax(axis=2))),
+            "max_abs_difference": float(np.abs(reference - ours).max()),
+            "changed": {b: float(np.mean(m.argmax(axis=2) != before))
+                        for b, m in marginals.items()}}
+
+
+def crf_processes(size, num_classes, directory):
+    """{backend: {peak_bytes, seconds}}: ``CRF_PROCESS`` on ``crf_inputs(size)``,
+    one fresh process per backend; {'error': ...} for one that failed."""
+    image, probs, _ = crf_inputs(size, num_classes)
+    path = os.path.join(directory, "crf_inputs.npz")
+    np.savez(path, image=image, probs=probs)
+    del image, probs
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    results = {}
+    for backend in crf.BACKENDS:
+        log.info("CRF peak memory: %s at %s, in a fresh process", backend, size_name(size))
+        done = subprocess.run([sys.executable, "-c", CRF_PROCESS, path, backend],
+                              env=env, capture_output=True, text=True)
+        if done.returncode == 0:
+            results[backend] = json.loads(done.stdout.splitlines()[-1])
+        else:
+            results[backend] = {"error": "the process failed (exit code %d)%s" % (
+                done.returncode, ", killed: out of memory?" if done.returncode == -9
+                else ": " + (done.stderr.strip().splitlines() or [""])[-1])}
+    os.remove(path)
+    return results
+
+
+def default_crf_workers(backend):
+    """evaluate.py's --crf-workers default for a CRF backend."""
+    return cli.crf_workers(argparse.Namespace(crf_backend=backend, crf_workers=None))
+
+
+def crf_eval_variants(dtype_name):
+    """[(CRF backend, CRF workers)] evaluate.py --crf runs at a dtype: each
+    backend with evaluate.py's default --crf-workers and, at bf16, pydensecrf
+    on one worker, the baseline of the bf16 CRF target."""
+    variants = [(backend, default_crf_workers(backend)) for backend in crf.BACKENDS]
+    if dtype_name == "bf16" and ("pydensecrf", 1) not in variants:
+        variants.append(("pydensecrf", 1))
+    return variants
+
+
+class LoopStart(logging.Handler):
+    """The time ``evaluation.evaluate`` logs 'Evaluating ...', just before
+    its loop starts (and its progress line's clock with it)."""
+
+    def __init__(self):
+        super(LoopStart, self).__init__(logging.INFO)
+        self.time = None
+
+    def emit(self, record):
+        if self.time is None and str(record.msg).startswith("Evaluating "):
+            self.time = record.created
+
+
+def evaluate_loop_seconds(weights, data_dir, list_path, bf16, args, **options):
+    """evaluate.py's time per image from the start of its loop to the last
+    result, every image included: the rate its progress line reports.
+
+    Not the median interval of ``evaluate_seconds``: with the CRF on worker
+    processes, results come back in bursts once the workers have started
+    (they import the main script, TensorFlow with it, inside the loop), so
+    over a handful of images the intervals say little. The first image's
+    warm-up and the workers' start count here, as in a short evaluate.py run.
+    ``options``: more keyword arguments of ``evaluate`` (the CRF's).
+    """
+    logger = logging.getLogger(evaluate.__module__)
+    start, level = LoopStart(), logger.level
+    logger.addHandler(start)
+    logger.setLevel(logging.INFO)
+    times = []
+    try:
+        with tf.Graph().as_default():
+            evaluate(data_dir, list_path, weights, num_classes=args.num_classes,
+                     bf16=bf16, intra_op_threads=args.intra_op_threads,
+                     inter_op_threads=args.inter_op_threads,
+                     on_image=lambda *_: times.append(time.time()), **options)
+    finally:
+        logger.removeHandler(start)
+        logger.setLevel(level)
+    if start.time is None:
+        raise RuntimeError("evaluation.evaluate no longer logs 'Evaluating ...' before "
+                           "its loop; the benchmark times the loop from that line.")
+    return (times[-1] - start.time) / len(times)
+
+
+def evaluate_with_crf(weights, directory, args):
+    """evaluate.py --crf's s/image (``evaluate_loop_seconds``) for each dtype
+    and ``crf_eval_variants``, on --crf-eval-images generated 500x375 pairs.
+
+    The TensorFlow CRF's graph, built by ``crf_backend_seconds`` before, is
+    reused, as evaluate.py reuses it after its first image.
+    """
+    data_dir = os.path.join(directory, "crf_data")
+    list_path = write_eval_data(data_dir, args.crf_eval_images, EVAL_SIZE,
+                                args.num_classes)
+    runs = []
+    for name in DTYPES:
+        for backend, workers in crf_eval_variants(name):
+            log.info("evaluate.py --crf (%s, %s on %d workers) on %d images", name,
+                     backend, workers, args.crf_eval_images)
+            runs.append({"dtype": name, "backend": backend, "workers": workers,
+                         "seconds": evaluate_loop_seconds(
+                             weights, data_dir, list_path, name == "bf16", args,
+                             crf=crf.DEFAULTS, crf_backend=backend, crf_workers=workers)})
+    return {"images": args.crf_eval_images, "size": size_name(EVAL_SIZE), "runs": runs}
+
+
+def measure_crf(directory, weights, args):
+    """The crf part's figures (see the module docstring)."""
+    image, probs, source = crf_inputs(EVAL_SIZE, args.num_classes)
+    report = {"input": source, "size": size_name(EVAL_SIZE),
+              "classes": args.num_classes, "iterations": crf.DEFAULTS.iterations}
+    log.info("dense CRF, %s: %s", ", ".join(crf.BACKENDS), source)
+    report["seconds"], marginals = crf_backend_seconds(image, probs, args.repeats)
+    report.update(crf_agreement(probs, marginals))
+    sizes = [EVAL_SIZE] + ([args.crf_large_size] if args.crf_large_size else [])
+    report["fresh_process"] = {size_name(s): crf_processes(s, args.num_classes, directory)
+                               for s in sizes}
+    if args.crf_eval_images:
+        report["evaluate"] = evaluate_with_crf(weights["npz"], directory, args)
+    return report
+
+
+def crf_eval_seconds(report, dtype_name, backend, workers):
+    """The s/image of one ``evaluate_with_crf`` run in the crf report, or None."""
+    for run in report.get("evaluate", {}).get("runs", ()):
+        if (run["dtype"], run["backend"], run["workers"]) == (dtype_name, backend, workers):
+            return run["seconds"]
+    return None
 
 
 # ----------------------------------------------------------------- run
@@ -429,7 +637,8 @@ def measure(args):
                                      sizes=[size_name(s) for s in args.sizes])
     with tempfile.TemporaryDirectory(prefix="deeplab_benchmark_") as tmp:
         weights = None
-        if {"inference", "opencv", "evaluate"} & set(parts):
+        if {"inference", "opencv", "evaluate"} & set(parts) or (
+                "crf" in parts and args.crf_eval_images):
             log.info("writing random ResNet-101 weights")
             weights = write_weights(tmp, args.num_classes,
                                     "opencv" in parts and cv_version is not None)
@@ -470,8 +679,7 @@ def measure(args):
                     evaluate_against_bare(weights["npz"], data_dir, list_path, name,
                                           config, args)
         if "crf" in parts:
-            log.info("dense CRF")
-            report["crf_s"] = crf_seconds(EVAL_SIZE, args.num_classes, args.repeats)
+            report["crf"] = measure_crf(tmp, weights, args)
         if "train" in parts:
             log.info("training steps (a process each)")
             report["train"] = {"size": args.train_size,
@@ -555,6 +763,22 @@ def check_targets(report):
                             % (name, 100 * EVALUATE_FRACTION_TARGET),
                             "%.0f%%" % (100 * fraction),
                             fraction >= EVALUATE_FRACTION_TARGET))
+    dense_crf = report.get("crf")
+    if dense_crf:
+        seconds = dense_crf["seconds"]
+        speedup = seconds["pydensecrf"] / seconds["tensorflow"]
+        targets.append(("%s TensorFlow CRF >= %.0fx faster than pydensecrf"
+                        % (dense_crf["size"], CRF_SPEEDUP_TARGET),
+                        "%.2fx" % speedup, speedup >= CRF_SPEEDUP_TARGET))
+        ours = crf_eval_seconds(dense_crf, "bf16", "tensorflow",
+                                default_crf_workers("tensorflow"))
+        baseline = crf_eval_seconds(dense_crf, "bf16", "pydensecrf", 1)
+        if ours and baseline:
+            targets.append(("evaluate.py --crf --bf16: tensorflow >= %.0fx faster than "
+                            "pydensecrf on 1 worker" % EVALUATE_CRF_SPEEDUP_TARGET,
+                            "%.2fx (%.2f vs %.2f s/image)" % (baseline / ours, ours,
+                                                              baseline),
+                            baseline / ours >= EVALUATE_CRF_SPEEDUP_TARGET))
     return targets
 
 
@@ -629,10 +853,8 @@ def format_table(report):
             bare = evaluate[name + "_bare_s"]
             lines.append("%-7s %9.3f %13.3f %8.0f%%" % (
                 name, evaluate[name + "_s"], bare, 100 * bare / evaluate[name + "_s"]))
-    if "crf_s" in report:
-        lines += ["", "dense CRF (%s, %d classes, %d iterations): %.3f s/image" % (
-            size_name(EVAL_SIZE), NUM_CLASSES, crf.DEFAULTS.iterations,
-            report["crf_s"])]
+    if "crf" in report:
+        lines += format_crf(report["crf"])
     train = report.get("train")
     if train:
         lines += ["", "training step (ResNet-101 %dx%d, frozen BatchNorm, median; "
@@ -666,6 +888,51 @@ def format_table(report):
     return "\n".join(lines)
 
 
+def format_bytes(count):
+    return "%.0f MiB" % (count / 2.0 ** 20) if count < GIB else "%.2f GiB" % (count / GIB)
+
+
+def format_crf(report):
+    """The crf part's lines of the table."""
+    lines = ["", "dense CRF (%s, %d classes, %d iterations, median s/image) on %s, with "
+             "probabilities from its label pooled to 1/8, blurred, upsampled" % (
+                 report["size"], report["classes"], report["iterations"], report["input"]),
+             "%-11s %8s %15s" % ("backend", "s/image", "labels changed")]
+    for backend, seconds in report["seconds"].items():
+        lines.append("%-11s %8.3f %14.2f%%" % (backend, seconds,
+                                               100 * report["changed"][backend]))
+    lines += ["tensorflow CRF speed-up over pydensecrf: %.2fx" % (
+                  report["seconds"]["pydensecrf"] / report["seconds"]["tensorflow"]),
+              "labels agree on %.3f%% of pixels; marginals differ by at most %.1e" % (
+                  100 * report["label_agreement"], report["max_abs_difference"]),
+              "peak memory (VmHWM of a fresh process running one CRF, inputs and, "
+              "for tensorflow, TensorFlow's import included) and that run's s/image:",
+              "%-11s %s" % ("size", "".join("%-22s" % b for b in crf.BACKENDS))]
+    for size, runs in report["fresh_process"].items():
+        lines.append("%-11s %s" % (size, "".join(
+            "%-22s" % (run["error"] if "error" in run else "%s, %.2f s" % (
+                format_bytes(run["peak_bytes"]), run["seconds"]))
+            for run in (runs[b] for b in crf.BACKENDS))))
+    evaluate = report.get("evaluate")
+    if evaluate:
+        lines += ["", "evaluate.py --crf end to end (%d generated %s JPEG/PNG pairs; s/image "
+                  "from the loop's start to the last result, warm-up and CRF workers' "
+                  "start included)" % (evaluate["images"], evaluate["size"]),
+                  "%-7s %-11s %12s %9s" % ("dtype", "CRF backend", "CRF workers",
+                                           "s/image")]
+        for run in evaluate["runs"]:
+            lines.append("%-7s %-11s %12s %9.3f" % (
+                run["dtype"], run["backend"], run["workers"] or "0 (in loop)",
+                run["seconds"]))
+        for name in DTYPES:
+            ours, theirs = (crf_eval_seconds(report, name, b, default_crf_workers(b))
+                            for b in ("tensorflow", "pydensecrf"))
+            if ours and theirs:
+                lines.append("evaluate.py %s: tensorflow CRF speed-up over pydensecrf "
+                             "(default workers): %.2fx" % (name, theirs / ours))
+    return lines
+
+
 def parse_sizes(text):
     """'321,513' -> [(321, 321), (513, 513)]; '375x500' -> [(375, 500)]."""
     sizes = []
@@ -677,6 +944,17 @@ def parse_sizes(text):
             raise argparse.ArgumentTypeError(
                 "expected sizes such as 321,513 or 375x500; got %r" % text)
     return sizes
+
+
+def parse_large_size(text):
+    """'1500x2000' -> (1500, 2000); '0' -> None."""
+    if text.strip() == "0":
+        return None
+    sizes = parse_sizes(text)
+    if len(sizes) != 1:
+        raise argparse.ArgumentTypeError("expected one size such as 1500x2000, or 0; "
+                                         "got %r" % text)
+    return sizes[0]
 
 
 def parse_variants(text):
@@ -727,6 +1005,16 @@ def get_arguments(argv=None):
     parser.add_argument("--train-steps", type=cli.positive_int, default=2,
                         help="Timed training steps after one warm-up step "
                              "(default: %(default)s).")
+    parser.add_argument("--crf-large-size", type=parse_large_size, default="1500x2000",
+                        help="HxW (or N for NxN) of the large image whose CRF "
+                             "peak memory and time are measured besides 500x375's "
+                             "(the default is a 2000x1500 photo, where pydensecrf "
+                             "takes ~30-60 s); 0 to skip (default: %(default)s).")
+    parser.add_argument("--crf-eval-images", type=int, default=3,
+                        help="Generated 500x375 images evaluate.py --crf runs on "
+                             "for each CRF backend and dtype, warm-up and CRF "
+                             "workers' start included (more come closer to a "
+                             "long evaluation); 0 to skip (default: %(default)s).")
     parser.add_argument("--trace-dir", default=None,
                         help="Write Chrome traces of one inference run per size "
                              "and dtype here (default: none).")
@@ -739,6 +1027,8 @@ def get_arguments(argv=None):
     args = parser.parse_args(argv)
     if args.eval_images < 2 and "evaluate" in args.parts:
         parser.error("--eval-images must be at least 2 (the first is warm-up).")
+    if args.crf_eval_images < 0:
+        parser.error("--crf-eval-images must be 0 (skip) or more.")
     return args
 
 

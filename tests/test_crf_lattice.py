@@ -15,6 +15,7 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from deeplab_resnet.crf import lattice
+from deeplab_resnet.testing import network_like_probs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOC_SAMPLE = os.path.join(REPO_ROOT, os.pardir, "shared", "data", "voc_sample")
@@ -244,28 +245,6 @@ def test_keys_that_do_not_fit_int64_are_a_clear_error():
 
 
 # --------------------------------------------------------------- VOC photo
-def voc_coarse_probs(label, classes=21, factor=8, temperature=0.25):
-    """Network-like probabilities from a label map: one-hot (void as
-    background), mean-pooled to 1/8, blurred, upsampled bilinearly, then a
-    softmax of the result / temperature."""
-    label = np.where(label == 255, 0, label)
-    height, width = label.shape
-    onehot = np.eye(classes, dtype=np.float32)[label]
-    hp, wp = -(-height // factor) * factor, -(-width // factor) * factor
-    onehot = np.pad(onehot, ((0, hp - height), (0, wp - width), (0, 0)), mode="edge")
-    small = onehot.reshape(hp // factor, factor, wp // factor, factor, classes).mean((1, 3))
-    taps = np.array([1, 4, 6, 4, 1], np.float32) / 16
-    for axis in (0, 1):
-        pad = [(0, 0)] * 3
-        pad[axis] = (2, 2)
-        padded = np.pad(small, pad, mode="edge")
-        small = sum(t * np.take(padded, np.arange(i, i + small.shape[axis]), axis=axis)
-                    for i, t in enumerate(taps))
-    up = np.stack([np.asarray(Image.fromarray(small[:, :, c], mode="F").resize(
-        (wp, hp), Image.BILINEAR)) for c in range(classes)], -1)[:height, :width]
-    return softmax(up / temperature).astype(np.float32)
-
-
 @pytest.mark.slow
 def test_voc_photo_labels_agree_with_pydensecrf():
     dcrf = pytest.importorskip("pydensecrf.densecrf")
@@ -273,7 +252,8 @@ def test_voc_photo_labels_agree_with_pydensecrf():
     if not os.path.exists(path + ".jpg"):
         pytest.skip("no VOC sample at %s" % VOC_SAMPLE)
     image = np.array(Image.open(path + ".jpg").convert("RGB"))
-    probs = voc_coarse_probs(np.array(Image.open(path + ".png")))
+    # Network-like: the label pooled to 1/8, blurred, upsampled.
+    probs = network_like_probs(np.array(Image.open(path + ".png")))
     height, width, classes = probs.shape
     crf = dcrf.DenseCRF2D(width, height, classes)
     crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(probs, 1e-8, 1)).reshape(-1, classes).T))

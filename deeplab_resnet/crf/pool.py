@@ -1,6 +1,9 @@
 """The dense CRF of a stream of images on worker processes, results in input order.
 
-numpy only: workers import this module and ``crf``, never TensorFlow.
+The CRF itself needs numpy only (this module and ``crf``). Workers still
+re-import the main script, as Python does for every forkserver or spawn
+child, and with it TensorFlow when the script imports it at the top: about
+5 s and 0.5 GiB per worker, once per pool.
 """
 import collections
 import concurrent.futures
@@ -24,7 +27,8 @@ def _worker_context():
     The caller runs TensorFlow, whose thread pools may hold locks at any
     moment; a forked child inherits those locks but not the threads. A
     forkserver is a fresh interpreter that forks the workers; it imports this
-    module (numpy only) once, and every worker then starts in milliseconds.
+    module (numpy only) once, and each worker then imports the main script
+    (see the module doc).
     Without forkserver (Windows), workers are spawned.
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
