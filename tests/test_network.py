@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tensorflow.compat.v1 as tf
-from deeplab_resnet.network import BN_EPSILON, Network, caffe_pool_output_size
+from deeplab_resnet.network import BN_EPSILON, Network, caffe_pool_output_size, frozen_batch_norm
 from deeplab_resnet import checkpoints
 from deeplab_resnet import constants
 from deeplab_resnet.model import build_model
@@ -170,3 +170,50 @@ def test_assign_weights_lists_missing_extra_and_mismatched(tiny_config):
         np.testing.assert_array_equal(sess.run(net.variables["conv1/weights"]),
                                       weights["conv1/weights"])
         assert sess.run(net.variables["bn2a_branch2b/variance"]).tolist() == [1.0] * 4
+
+
+def test_frozen_batch_norm_gradients_equal_tensorflows_own():
+    """The one-multiply gradient against TensorFlow's FusedBatchNormGradV3."""
+    rng = np.random.RandomState(0)
+    c = 7
+    x0 = rng.normal(size=(2, 5, 6, c)).astype(np.float32)
+    dy0 = rng.normal(size=x0.shape).astype(np.float32)
+    stats = [rng.uniform(0.5, 2, c), rng.normal(size=c), rng.normal(size=c),
+             rng.uniform(0.1, 3, c)]
+    scale, offset, mean, variance = [tf.constant(v.astype(np.float32)) for v in stats]
+    results = {}
+    with tf.Session() as sess:
+        for dtype in (tf.float32, tf.bfloat16):
+            x = tf.cast(tf.placeholder_with_default(x0, x0.shape), dtype)
+            dy = tf.cast(tf.constant(dy0), dtype)
+            ours = frozen_batch_norm(x, scale, offset, mean, variance)
+            theirs, _, _ = tf.nn.fused_batch_norm(x, scale, offset, mean, variance,
+                                                  epsilon=BN_EPSILON, is_training=False)
+            results[dtype] = sess.run(
+                [ours, theirs, tf.gradients(ours, [x, scale, offset], dy),
+                 tf.gradients(theirs, [x, scale, offset], dy)])
+    out, expected, grads, expected_grads = results[tf.float32]
+    # The forward is the same op (Grappler may rewrite either into x * a + b).
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    for got, want in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # Independently: dx = dy * scale / sqrt(variance + eps).
+    factor = stats[0] / np.sqrt(stats[3] + BN_EPSILON)
+    np.testing.assert_allclose(grads[0], dy0 * factor, rtol=2e-5)  # float32 rsqrt
+    out, expected, grads, expected_grads = results[tf.bfloat16]
+    np.testing.assert_allclose(np.float32(out), np.float32(expected), rtol=2.0 ** -7)
+    got, want = np.float32(grads[0]), np.float32(expected_grads[0])
+    # Both round dy * factor to bfloat16; ours rounds the factor first.
+    assert np.all(np.abs(got - want) <= 2.0 ** -7 * np.abs(want))
+    assert np.mean(got != want) < 0.5
+
+
+def test_training_with_frozen_batch_norm_takes_no_batch_norm_gradient():
+    from deeplab_resnet.testing import TINY_CONFIG
+    from deeplab_resnet.training import Trainer
+    images = tf.zeros([1, 33, 33, 3])
+    labels = tf.zeros([1, 33, 33, 1], tf.uint8)
+    Trainer(images, labels, 5, config=TINY_CONFIG)
+    kinds = {op.type for op in tf.get_default_graph().get_operations()}
+    assert "FusedBatchNormV3" in kinds
+    assert not any(kind.startswith("FusedBatchNormGrad") for kind in kinds)
