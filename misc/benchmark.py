@@ -20,7 +20,7 @@ Prints a table (or JSON with --json) of:
     precision, MSC, classifier only), fp32 also split by --grad-update-every,
     each in its own process, with the forward pass's share, the ratio of
     backward to forward time, the bf16 speed-up and the process's peak
-    memory (ru_maxrss);
+    memory (VmHWM);
   * crf: the dense CRF's two backends, pydensecrf and TensorFlow
     (crf.lattice), with DeepLab's parameters on a 500x375 photo (the VOC
     sample ../shared/data/voc_sample/2007_000129 turned and resized when it is
@@ -38,8 +38,9 @@ and checks the project's speed and memory targets against the figures.
 Weights are random (He-initialised): speed does not depend on their values.
 Ratios are only meaningful within one run: machines are shared, so compare
 figures printed together, not across runs. --trace-dir writes a Chrome
-trace (chrome://tracing) of one inference run per size and dtype, and the
-report lists where the time goes by op type.
+trace (chrome://tracing) of one inference run per size and dtype and of one
+training step per variant, and the report lists where the time goes by op
+type.
 
 Example (quick): python misc/benchmark.py --parts peak,inference --sizes 321
 """
@@ -173,6 +174,13 @@ def op_time_shares(run_metadata, top=5):
     return collections.OrderedDict((k, v / total) for k, v in times.most_common(top))
 
 
+def write_chrome_trace(run_metadata, path):
+    """A traced run as a Chrome trace (chrome://tracing)."""
+    from tensorflow.python.client import timeline
+    with open(path, "w") as f:
+        f.write(timeline.Timeline(run_metadata.step_stats).generate_chrome_trace_format())
+
+
 class BareNetwork(object):
     """The bare network in the inference form predict.build_prediction uses
     (BatchNorm folded, weights stored in the compute dtype), on a
@@ -216,10 +224,7 @@ class BareNetwork(object):
         self.sess.run(self.logits, self.feed(size), run_metadata=metadata,
                       options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE))
         if path:
-            from tensorflow.python.client import timeline
-            with open(path, "w") as f:
-                f.write(timeline.Timeline(metadata.step_stats)
-                        .generate_chrome_trace_format())
+            write_chrome_trace(metadata, path)
         return op_time_shares(metadata)
 
     def close(self):
@@ -347,11 +352,26 @@ TRAIN_VARIANTS = collections.OrderedDict([
 ])
 
 
+def peak_bytes():
+    """This process's peak resident memory: VmHWM on Linux, which counts its
+    own address space only (ru_maxrss carries a parent's peak over through
+    fork and exec); ru_maxrss elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return 1024 * int(line.split()[1])
+    except OSError:
+        pass
+    return 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def train_worker(variant, batch, grad_update_every, size, num_classes, steps, threads,
-                 results):
+                 trace_path, results):
     """One training configuration, in its own process: median s/step, the
     forward pass's s/step alone, and the process's peak resident memory,
-    put on ``results``."""
+    put on ``results``; with ``trace_path``, one more step traced: its op
+    time shares, and a Chrome trace written there."""
     cli.setup_logging()
     try:
         with tf.Graph().as_default():
@@ -369,20 +389,30 @@ def train_worker(variant, batch, grad_update_every, size, num_classes, steps, th
                 seconds = median_seconds(lambda: trainer.step(sess), steps)
                 forward = grad_update_every * median_seconds(
                     lambda: sess.run(trainer.loss_sum.op), steps)
-        results.put({"seconds": seconds, "forward_seconds": forward,
-                     "peak_bytes": 1024 * resource.getrusage(
-                         resource.RUSAGE_SELF).ru_maxrss})
+                result = {"seconds": seconds, "forward_seconds": forward,
+                          "peak_bytes": peak_bytes()}
+                if trace_path and grad_update_every == 1:
+                    metadata = tf.RunMetadata()
+                    sess.run(trainer.train_op, run_metadata=metadata,
+                             options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE))
+                    write_chrome_trace(metadata, trace_path)
+                    result["op_shares"] = op_time_shares(metadata, top=6)
+        results.put(result)
     except tf.errors.ResourceExhaustedError as err:
         results.put({"error": "out of memory: %s" % err.message.splitlines()[0]})
 
 
-def train_step(variant, batch, grad_update_every, size, num_classes, steps, threads):
+def train_step(variant, batch, grad_update_every, size, num_classes, steps, threads,
+               trace_dir=None):
     """Run ``train_worker`` in a fresh process (spawned, so no memory is
     shared with this one). Returns its result, or {'error': ...}."""
+    trace_path = trace_dir and os.path.join(
+        trace_dir, "train_%s_batch%d.json" % (variant, batch))
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     worker = context.Process(target=train_worker, args=(
-        variant, batch, grad_update_every, size, num_classes, steps, threads, results))
+        variant, batch, grad_update_every, size, num_classes, steps, threads,
+        trace_path, results))
     worker.start()
     result = None
     while result is None:
@@ -406,7 +436,7 @@ def train_steps(args, threads):
     runs = []
     for variant in args.train_variants:
         runs.append(train_step(variant, args.train_batch, 1, size, args.num_classes,
-                               args.train_steps, threads))
+                               args.train_steps, threads, args.trace_dir))
         batch = args.train_batch
         while variant == "fp32" and "error" in runs[-1] and batch > 1:
             batch //= 2
@@ -880,6 +910,11 @@ def format_table(report):
             if variant == "bf16" and ("fp32", batch) in done:
                 lines.append("training bf16 speed-up over fp32: %.2fx"
                              % (done["fp32", batch] / seconds))
+        for run in train["runs"]:
+            if run.get("op_shares"):
+                lines.append("where the time goes (%s, batch %d, traced step): %s" % (
+                    run["variant"], run["batch"], ", ".join(
+                        "%s %.0f%%" % (k, 100 * v) for k, v in run["op_shares"].items())))
     if report["targets"]:
         lines += ["", "speed and memory targets"]
         for description, measured, met in report["targets"]:
@@ -1017,7 +1052,9 @@ def get_arguments(argv=None):
                              "long evaluation); 0 to skip (default: %(default)s).")
     parser.add_argument("--trace-dir", default=None,
                         help="Write Chrome traces of one inference run per size "
-                             "and dtype here (default: none).")
+                             "and dtype, and of one training step per "
+                             "--train-variants, here; the table then lists the "
+                             "op types the time goes to (default: none).")
     parser.add_argument("--json", action="store_true",
                         help="Print JSON instead of the table (default: off).")
     parser.add_argument("--save-json", default=None,

@@ -37,6 +37,17 @@ def run(script, *args):
     subprocess.run(command, check=True, cwd=ROOT)
 
 
+def joined_train_flags(argv):
+    """``--train-flags --bf16`` as ``--train-flags=--bf16``: argparse takes a
+    lone value that starts with '--' for an option and refuses it."""
+    argv = list(argv)
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--train-flags":
+            argv[i:i + 2] = ["--train-flags=" + argv[i + 1]]
+            break
+    return argv
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,7 +58,7 @@ def main():
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "demo"),
                         help="Where the dataset, snapshots and outputs go "
                              "(default: demo/ in the repository).")
-    args = parser.parse_args()
+    args = parser.parse_args(joined_train_flags(sys.argv[1:]))
     data = os.path.join(args.output_dir, "data")
     snapshots = os.path.join(args.output_dir, "snapshots")
     run("dataset/make_demo.py", "--output-dir", data)

@@ -94,5 +94,8 @@ def test_missing_pydensecrf_is_a_clear_error(monkeypatch):
     parser = argparse.ArgumentParser()
     cli.add_crf_flags(parser)
     assert cli.crf_params(parser.parse_args([])) is None
-    with pytest.raises(ValueError, match="pip install pydensecrf2"):
+    with pytest.raises(ValueError, match="pip install pydensecrf2.*--crf-backend tensorflow"):
         cli.crf_params(parser.parse_args(["--crf"]))
+    # The TensorFlow backend needs nothing more.
+    params = cli.crf_params(parser.parse_args(["--crf", "--crf-backend", "tensorflow"]))
+    assert params == crf.DEFAULTS

@@ -75,9 +75,10 @@ def require_pydensecrf():
     try:
         import pydensecrf.densecrf as densecrf
     except ImportError as err:
-        raise ImportError("The dense CRF needs pydensecrf, which is not "
-                          "installed (%s). Install it with `%s`, or run without "
-                          "--crf." % (err, INSTALL_HINT))
+        raise ImportError("The 'pydensecrf' CRF backend needs pydensecrf, which "
+                          "is not installed (%s). Install it with `%s`, or use "
+                          "--crf-backend tensorflow (the same CRF as TensorFlow "
+                          "ops, nothing to install)." % (err, INSTALL_HINT))
     return densecrf
 
 
