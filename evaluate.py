@@ -19,9 +19,11 @@ the summed confusion matrices, as one process scoring the whole list would.
 """
 import argparse
 
-from deeplab_resnet import cli, distributed, metrics
+# TensorFlow's modules are imported in main(), not here: CRF worker
+# processes re-import this script (Python's rule for forkserver children)
+# and need numpy only.
+from deeplab_resnet import cli, metrics
 from deeplab_resnet.data import label_maps
-from deeplab_resnet.evaluation.evaluate import evaluate
 
 
 def get_arguments(argv=None):
@@ -53,6 +55,8 @@ def main(argv=None):
     names = label_maps.class_names(args.num_classes, args.class_names)
     metrics.check_confusion_path(args.save_confusion)
     crf = cli.crf_params(args)
+    from deeplab_resnet import distributed
+    from deeplab_resnet.evaluation.evaluate import evaluate
     task = distributed.task_from_env()
     confusion = evaluate(
         args.data_dir, args.data_list, args.restore_from, num_classes=args.num_classes,

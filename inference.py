@@ -38,9 +38,11 @@ import argparse
 import logging
 import os
 
-from deeplab_resnet import checkpoints, cli
-from deeplab_resnet.evaluation.inference import IMAGE_EXTENSIONS, segment_photos
-from deeplab_resnet.runtime import tf
+# TensorFlow is imported where it is used, not here: CRF worker processes
+# re-import this script (Python's rule for forkserver children) and need
+# numpy only.
+from deeplab_resnet import cli
+from deeplab_resnet.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ def is_weights(path):
     weights when checkpoints.resolve_checkpoint accepts it (a prefix whose
     .index exists, or the .index itself).
     """
+    from deeplab_resnet import checkpoints
+    from deeplab_resnet.runtime import tf
     if path.endswith(".npz"):
         return True
     if os.path.isdir(path):
@@ -145,6 +149,7 @@ def main(argv=None):
     args = get_arguments(argv)
     cli.setup_logging()
     crf = cli.crf_params(args)
+    from deeplab_resnet.evaluation.inference import segment_photos
     segmented, failures = segment_photos(
         args.inputs, args.restore_from, num_classes=args.num_classes,
         save_dir=args.save_dir, save_raw=args.save_raw,

@@ -9,6 +9,10 @@ import numpy as np
 
 from deeplab_resnet.constants import IMG_MEAN, PALETTE
 
+# Photo files inference.py takes from a directory or the command line.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
+                    ".webp", ".ppm", ".pgm")
+
 
 def bgr_minus_mean(rgb):
     """RGB pixels (float32 array or tensor [..., 3]) -> BGR minus ``IMG_MEAN``."""

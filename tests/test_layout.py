@@ -30,6 +30,19 @@ def test_numpy_only_modules_import_without_tensorflow():
     assert result.stdout.split() == ["0"]
 
 
+def test_scripts_with_crf_workers_import_without_tensorflow():
+    """CRF workers re-import the main script: evaluate.py and inference.py
+    load TensorFlow only when they run."""
+    result = run_python(
+        "import importlib.util, sys\n"
+        "for name in ('evaluate', 'inference'):\n"
+        "    spec = importlib.util.spec_from_file_location(name, name + '.py')\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(len([m for m in sys.modules if m.split('.')[0] == 'tensorflow']))")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0"]
+
+
 def test_any_graph_module_switches_tensorflow_to_graph_mode():
     for module in ("deeplab_resnet.network", "deeplab_resnet.checkpoints",
                    "deeplab_resnet.data.reader"):

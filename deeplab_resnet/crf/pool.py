@@ -1,9 +1,9 @@
 """The dense CRF of a stream of images on worker processes, results in input order.
 
-The CRF itself needs numpy only (this module and ``crf``). Workers still
+The CRF itself needs numpy only (this module and ``crf``). Workers also
 re-import the main script, as Python does for every forkserver or spawn
-child, and with it TensorFlow when the script imports it at the top: about
-5 s and 0.5 GiB per worker, once per pool.
+child: evaluate.py and inference.py import TensorFlow inside their main()
+for that reason (at their top it cost each worker ~5 s and ~0.5 GiB).
 """
 import collections
 import concurrent.futures
@@ -28,7 +28,7 @@ def _worker_context():
     moment; a forked child inherits those locks but not the threads. A
     forkserver is a fresh interpreter that forks the workers; it imports this
     module (numpy only) once, and each worker then imports the main script
-    (see the module doc).
+    (see the module doc) and starts in well under a second.
     Without forkserver (Windows), workers are spawned.
     """
     if "forkserver" in multiprocessing.get_all_start_methods():

@@ -18,15 +18,13 @@ from deeplab_resnet.cli import Progress
 from deeplab_resnet.crf.pool import CrfPool
 from deeplab_resnet.data.reader import load_image
 from deeplab_resnet.evaluation.predict import Segmenter
-from deeplab_resnet.images import colour_mask, label_dtype_for, overlay
+from deeplab_resnet.images import IMAGE_EXTENSIONS, colour_mask, label_dtype_for, overlay
 
 log = logging.getLogger(__name__)
 
 # What to do about a photo that cannot be read.
 INPUT_FIX = "Replace the file, or leave it out of the inputs."
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
-                    ".webp", ".ppm", ".pgm")
 # What inference.py writes; a directory listing skips these so that a second
 # run into the same directory does not segment its own masks.
 OUTPUT_SUFFIXES = ("_mask.png", "_label.png", "_overlay.png", "_overlay.jpg")
