@@ -992,22 +992,22 @@ def parse_large_size(text):
     return sizes[0]
 
 
-def parse_variants(text):
-    variants = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = sorted(set(variants) - set(TRAIN_VARIANTS))
+def parse_choices(text, choices, what):
+    """'a,b' -> ['a', 'b'], each one of ``choices`` (``what`` names them)."""
+    chosen = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = sorted(set(chosen) - set(choices))
     if unknown:
-        raise argparse.ArgumentTypeError("unknown variants %s; choose from %s"
-                                         % (", ".join(unknown), ",".join(TRAIN_VARIANTS)))
-    return variants
+        raise argparse.ArgumentTypeError("unknown %s %s; choose from %s"
+                                         % (what, ", ".join(unknown), ",".join(choices)))
+    return chosen
+
+
+def parse_variants(text):
+    return parse_choices(text, TRAIN_VARIANTS, "variants")
 
 
 def parse_parts(text):
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        raise argparse.ArgumentTypeError("unknown parts %s; choose from %s"
-                                         % (", ".join(unknown), ",".join(PARTS)))
-    return parts
+    return parse_choices(text, PARTS, "parts")
 
 
 def get_arguments(argv=None):

@@ -97,6 +97,34 @@ def assert_same_prediction(outputs, reference):
         np.testing.assert_allclose(probs, reference[key][1], atol=1e-5, rtol=0)
 
 
+def serve_in_a_fresh_process(export_dir, images, tmp_path, timeout):
+    """``LOAD_EXPORT`` on {key: photo}: its results .npz, loaded."""
+    np.savez(str(tmp_path / "images.npz"), **images)
+    script = tmp_path / "load_export.py"
+    script.write_text(LOAD_EXPORT)
+    result = subprocess.run(
+        [sys.executable, str(script), export_dir, str(tmp_path / "images.npz"),
+         str(tmp_path / "results.npz")],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=timeout,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=""))
+    assert result.returncode == 0, result.stderr
+    return np.load(str(tmp_path / "results.npz"))
+
+
+def run_inference(weights, images, tmp_path, *flags):
+    """inference.py --save-raw on the photos saved as PNGs: its save dir,
+    holding <key>_label.png per photo."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for key, image in images.items():
+        Image.fromarray(image).save(str(photos / (key + ".png")))
+    save_dir = str(tmp_path / "inference")
+    assert load_script("inference").main(
+        [str(photos), "--model-weights", weights, "--save-dir", save_dir,
+         "--save-raw"] + list(flags)) == 0
+    return save_dir
+
+
 def test_export_loads_in_a_fresh_process_and_matches_inference(tiny_model, tmp_path):
     directory = tiny_model.directory
     out = str(tmp_path / "exported")
@@ -105,26 +133,9 @@ def test_export_loads_in_a_fresh_process_and_matches_inference(tiny_model, tmp_p
                                        "saved_model"]
     assert sorted(os.listdir(str(tmp_path))) == ["exported"]  # no leftovers
     images = random_images()
-    np.savez(str(tmp_path / "images.npz"), **images)
-    script = tmp_path / "load_export.py"
-    script.write_text(LOAD_EXPORT)
-    result = subprocess.run(
-        [sys.executable, str(script), out, str(tmp_path / "images.npz"),
-         str(tmp_path / "results.npz")],
-        cwd=str(tmp_path), capture_output=True, text=True, timeout=180,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=""))
-    assert result.returncode == 0, result.stderr
-    served = np.load(str(tmp_path / "results.npz"))
-
+    served = serve_in_a_fresh_process(out, images, tmp_path, timeout=180)
     # inference.py's label PNGs for the same photos.
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for key, image in images.items():
-        Image.fromarray(image).save(str(photos / (key + ".png")))
-    save_dir = str(tmp_path / "inference")
-    assert load_script("inference").main(
-        [str(photos), "--model-weights", directory, "--save-dir", save_dir,
-         "--save-raw"]) == 0
+    save_dir = run_inference(directory, images, tmp_path)
     reference = reference_prediction(directory, images)
     classes = set()
     for key, image in images.items():
@@ -302,25 +313,9 @@ def test_crf_export_matches_inference_with_the_tensorflow_crf_in_a_fresh_process
         info = json.load(f)
     assert info["crf"] == dict(params._asdict())
     images = blocky_images()
-    np.savez(str(tmp_path / "images.npz"), **images)
-    script = tmp_path / "load_export.py"
-    script.write_text(LOAD_EXPORT)
-    result = subprocess.run(
-        [sys.executable, str(script), out, str(tmp_path / "images.npz"),
-         str(tmp_path / "results.npz")],
-        cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=""))
-    assert result.returncode == 0, result.stderr
-    served = np.load(str(tmp_path / "results.npz"))
-
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for key, image in images.items():
-        Image.fromarray(image).save(str(photos / (key + ".png")))
-    save_dir = str(tmp_path / "inference")
-    assert load_script("inference").main(
-        [str(photos), "--model-weights", directory, "--save-dir", save_dir,
-         "--save-raw", "--crf-backend", "tensorflow"] + flags) == 0
+    served = serve_in_a_fresh_process(out, images, tmp_path, timeout=300)
+    save_dir = run_inference(directory, images, tmp_path, "--crf-backend", "tensorflow",
+                             *flags)
     network = reference_prediction(directory, images)
     changed = []
     with lattice.TensorFlowCrf(params) as tf_crf:
