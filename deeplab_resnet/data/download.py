@@ -1,0 +1,365 @@
+"""Fetch PASCAL VOC 2012 and SBD, check their MD5, unpack them and build train_aug.
+
+One call leaves ``<root>/VOCdevkit/VOC2012`` ready for ``train.py``: the two
+archives DeepLab trains from are downloaded (or taken from a mirror or a
+local directory), checked against their published MD5 before anything is
+unpacked, unpacked without letting a member escape ``root`` (tarfile's
+``data`` filter), and handed to ``voc_aug.build_voc_aug``.
+
+Downloads and checksums go through ``pooch`` (``pooch.retrieve`` keeps a file
+under its final name only once its hash matched, and deletes it otherwise).
+Its own HTTP downloader starts over after a cut; ours keeps the bytes in
+``<name>.part`` and asks for the rest with an HTTP Range header, so a 2 GB
+download interrupted at 1.9 GB resumes, and a half file never carries the
+archive's name. ``pooch``, ``requests`` and ``tqdm`` are optional
+(requirements-download.txt): this module imports without them, and
+``require_dependencies`` says what to install.
+"""
+import collections
+import dataclasses
+import logging
+import os
+import re
+import tarfile
+import time
+
+from deeplab_resnet.data import voc_aug
+from deeplab_resnet.files import write_text
+
+try:
+    import pooch
+    import requests
+    import tqdm
+    import urllib3
+except ImportError as _error:  # optional: see require_dependencies
+    pooch = requests = tqdm = urllib3 = None
+    _IMPORT_ERROR = _error
+else:
+    _IMPORT_ERROR = None
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Archive:
+    """One published archive: file name, canonical URL, MD5, and the
+    directory (relative to the root it is unpacked in) that voc_aug reads."""
+    name: str
+    url: str
+    md5: str
+    data_dir: str
+
+
+VOC_ARCHIVE = Archive(
+    "VOCtrainval_11-May-2012.tar",
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+    "6cd6e144f989b92b3379bac3b3de84fd", os.path.join("VOCdevkit", "VOC2012"))
+SBD_ARCHIVE = Archive(
+    "benchmark.tgz",
+    "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/"
+    "semantic_contours/benchmark.tgz",
+    "82b4d87ceb2ed10f6038a1cba92111cb", os.path.join("benchmark_RELEASE", "dataset"))
+ARCHIVES = (VOC_ARCHIVE, SBD_ARCHIVE)
+
+DOWNLOAD_DIR = "downloads"  # under root: the archives and their .part files
+PART_SUFFIX = ".part"
+INSTALL_HINT = ("pip install -r requirements-download.txt (or pip install -e "
+                "'.[download]')")
+
+Prepared = collections.namedtuple(
+    "Prepared", ["voc_dir", "train_list", "val_list", "downloaded", "skipped", "counts"])
+
+
+def require_dependencies():
+    """Raise ImportError naming what to install when pooch, requests or tqdm is missing."""
+    if _IMPORT_ERROR is not None:
+        raise ImportError("downloading VOC and SBD needs pooch, requests and tqdm "
+                          "(%s): %s" % (_IMPORT_ERROR, INSTALL_HINT))
+
+
+def _mib(size):
+    return "%.1f MiB" % (size / 2.0 ** 20) if size >= 2 ** 20 else "%d bytes" % size
+
+
+class _ByteProgress(object):
+    """Bytes received, with rate and ETA: a tqdm bar on a terminal, else a
+    log line every ``interval`` seconds in tqdm's words (a log file gets no
+    carriage returns)."""
+
+    FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}B/{total_fmt}B [{elapsed}<{remaining}, {rate_fmt}]"
+
+    def __init__(self, name, total, initial, bar, interval):
+        self.name, self.total, self.done = name, total, initial
+        self.initial, self.interval = initial, interval
+        self.start = self.last = time.time()
+        self.bar = (tqdm.tqdm(desc=name, total=total, initial=initial, unit="B",
+                              unit_scale=True, unit_divisor=1024) if bar else None)
+
+    def update(self, count):
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif time.time() - self.last >= self.interval:
+            self.log()
+
+    def log(self):
+        self.last = time.time()
+        log.info("%s", tqdm.tqdm.format_meter(
+            self.done, self.total, self.last - self.start, prefix=self.name,
+            unit="B", unit_scale=True, unit_divisor=1024, initial=self.initial,
+            bar_format=self.FORMAT))
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            self.log()
+
+
+def _range_start(content_range):
+    """``bytes 100-199/200`` -> 100; None when absent or malformed."""
+    match = re.match(r"bytes (\d+)-\d+/(\d+|\*)$", content_range or "")
+    return int(match.group(1)) if match else None
+
+
+class ResumingDownloader(object):
+    """A pooch downloader that resumes from ``<name>.part`` with HTTP Range.
+
+    pooch calls it with a temporary file name; the bytes collect in the
+    ``.part`` file beside the archive (kept across runs) and move to pooch's
+    temporary only when the server sent them all, so pooch hashes whole
+    files only. A server that ignores Range (200 instead of 206) is read
+    from the start. Each lost connection is retried ``retries`` times,
+    resuming where it stopped.
+    """
+
+    def __init__(self, part_path, retries=3, timeout=60.0, progressbar=False,
+                 progress_interval=10.0, chunk_size=1 << 20):
+        self.part_path = part_path
+        self.retries = retries
+        self.timeout = timeout
+        self.progressbar = progressbar
+        self.progress_interval = progress_interval
+        self.chunk_size = chunk_size
+        self.used = False  # whether pooch asked for a download
+
+    def __call__(self, url, output_file, pooch_instance, check_only=False):
+        self.used = True
+        if check_only:
+            response = requests.head(url, timeout=self.timeout, allow_redirects=True)
+            return response.status_code == 200
+        for attempt in range(self.retries + 1):
+            try:
+                self._fetch(url)
+                break
+            except requests.HTTPError as err:
+                raise IOError("%s: the server answered %s. Check the URL (or --mirror), "
+                              "or download the file yourself and pass --archives DIR."
+                              % (url, err))
+            except (requests.RequestException, urllib3.exceptions.HTTPError, IOError) as err:
+                have = _size(self.part_path)
+                if attempt == self.retries:
+                    raise IOError(
+                        "Downloading %s stopped after %s (%s). Run the same command "
+                        "again: it resumes from %s." % (url, _mib(have), err, self.part_path))
+                wait = min(2 ** attempt, 30)
+                log.warning("%s: connection lost after %s (%s); resuming in %d s",
+                            os.path.basename(self.part_path), _mib(have), err, wait)
+                time.sleep(wait)
+        os.replace(self.part_path, output_file)
+
+    def _fetch(self, url):
+        """Append the rest of ``url`` to the .part file; IOError if it ends short."""
+        have = _size(self.part_path)
+        headers = {"Range": "bytes=%d-" % have} if have else {}
+        with requests.get(url, headers=headers, stream=True, timeout=self.timeout) as response:
+            if response.status_code == 416:  # nothing after ``have``: start again
+                os.remove(self.part_path)
+                raise IOError("the server refused to resume at byte %d" % have)
+            response.raise_for_status()
+            resumed = (response.status_code == 206
+                       and _range_start(response.headers.get("Content-Range")) == have)
+            if have and not resumed:
+                log.info("%s: the server does not resume downloads; starting again",
+                         os.path.basename(self.part_path))
+                have = 0
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length is not None else None
+            progress = _ByteProgress(os.path.basename(self.part_path)[:-len(PART_SUFFIX)],
+                                     total, have, self.progressbar, self.progress_interval)
+            try:
+                with open(self.part_path, "ab" if have else "wb") as f:
+                    # read1 hands over what has arrived, so a cut keeps it all
+                    # (iter_content drops a half-read chunk); raw bytes: the file
+                    # as stored even if a server marks it gzip-encoded.
+                    chunk = response.raw.read1(self.chunk_size, decode_content=False)
+                    while chunk:
+                        f.write(chunk)
+                        progress.update(len(chunk))
+                        chunk = response.raw.read1(self.chunk_size, decode_content=False)
+            finally:
+                progress.close()
+        if total is not None and _size(self.part_path) != total:
+            raise IOError("the server sent %d of %d bytes" % (_size(self.part_path), total))
+
+
+def _size(path):
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def _marker_path(root, archive):
+    """The file that says ``archive`` was unpacked completely into ``root``."""
+    return os.path.join(root, ".%s.unpacked" % archive.name)
+
+
+def is_unpacked(root, archive):
+    """Whether ``archive`` (this very one: its MD5 is in the marker) is unpacked in ``root``."""
+    marker = _marker_path(root, archive)
+    if not os.path.isfile(marker):
+        return False
+    with open(marker) as f:
+        return f.read().strip() == archive.md5
+
+
+def fetch_archive(archive, download_dir, mirror=None, **downloader_kwargs):
+    """Download ``archive`` into ``download_dir`` unless a verified copy is
+    there; pooch checks the MD5 before the file takes its name.
+
+    Args:
+      mirror: base URL that holds the archive under its own name, instead of
+        the canonical host.
+      downloader_kwargs: ``ResumingDownloader``'s retries, timeout,
+        progressbar, progress_interval.
+    Returns:
+      (path, downloaded): whether anything was fetched from the server.
+    Raises:
+      ValueError: the MD5 does not match (the file has been deleted).
+      IOError: the download failed (the .part file is kept for a resume).
+    """
+    url = mirror.rstrip("/") + "/" + archive.name if mirror else archive.url
+    part = os.path.join(download_dir, archive.name + PART_SUFFIX)
+    os.makedirs(download_dir, exist_ok=True)
+    downloader = ResumingDownloader(part, **downloader_kwargs)
+    try:
+        path = pooch.retrieve(url, known_hash="md5:" + archive.md5, fname=archive.name,
+                              path=download_dir, downloader=downloader)
+        return path, downloader.used
+    except ValueError as err:
+        raise ValueError(
+            "%s from %s is not the expected file (%s). The bad download was deleted "
+            "and nothing was unpacked. Run the command again to download it afresh; if "
+            "the same happens, the server holds another file: use --mirror with a "
+            "good copy, or put one in a directory and pass --archives DIR."
+            % (archive.name, url, err))
+
+
+def check_local_archive(archive, archives_dir):
+    """The path of ``archive`` in ``archives_dir`` once its MD5 matched.
+
+    A user's own file is never deleted: a mismatch only says what to fetch.
+    """
+    path = os.path.join(archives_dir, archive.name)
+    if not os.path.isfile(path):
+        raise IOError("--archives %r has no %s. Download it from %s (MD5 %s) into that "
+                      "directory." % (archives_dir, archive.name, archive.url, archive.md5))
+    log.info("checking the MD5 of %s", path)
+    actual = pooch.file_hash(path, alg="md5")
+    if actual != archive.md5:
+        raise ValueError("%s has MD5 %s, not %s: it is incomplete or another file. "
+                         "Nothing was unpacked. Replace it with a fresh copy of %s."
+                         % (path, actual, archive.md5, archive.url))
+    return path
+
+
+def _logged_members(tar, name, interval):
+    """Yield the members of ``tar`` as it is read, logging files and bytes so far."""
+    count, size, last = 0, 0, time.time()
+    for member in tar:
+        yield member
+        count, size = count + 1, size + member.size
+        if time.time() - last >= interval:
+            log.info("unpacking %s: %d files, %s", name, count, _mib(size))
+            last = time.time()
+    log.info("unpacked %s: %d files, %s", name, count, _mib(size))
+
+
+def unpack(archive, path, root, progress_interval=10.0):
+    """Unpack ``path`` into ``root``, then mark ``archive`` as unpacked.
+
+    tarfile's ``data`` filter refuses members that would land outside
+    ``root`` (absolute paths, ``..``, links out) and drops special files and
+    set-uid bits. The marker is written last, so an interrupted unpack is
+    redone on the next run rather than taken for complete.
+    """
+    if not hasattr(tarfile, "data_filter"):
+        raise RuntimeError("This Python's tarfile has no extraction filters (added in "
+                           "3.11.4, 3.10.12, 3.9.17): upgrade Python to unpack safely.")
+    log.info("unpacking %s into %s", path, root)
+    try:
+        with tarfile.open(path) as tar:
+            tar.extractall(root, members=_logged_members(tar, archive.name,
+                                                         progress_interval),
+                           filter="data")
+    except tarfile.TarError as err:
+        raise ValueError("%s cannot be unpacked safely (%s). Nothing outside %s was "
+                         "written; fetch the archive again from %s."
+                         % (path, err, root, archive.url))
+    write_text(_marker_path(root, archive), archive.md5 + "\n", force=True)
+
+
+def prepare_voc(root, mirror=None, archives_dir=None, delete_archives=False,
+                archives=None, retries=3, timeout=60.0, progressbar=False,
+                progress_interval=10.0):
+    """Download, check and unpack VOC 2012 and SBD into ``root``; build train_aug.
+
+    A rerun skips each archive already unpacked (its marker holds its MD5)
+    and any verified archive already downloaded, and ``build_voc_aug``
+    keeps the labels it wrote before, so an interrupted run is resumed by
+    running it again.
+
+    Args:
+      root: where VOCdevkit/, benchmark_RELEASE/ and downloads/ go.
+      mirror: base URL holding both archives under their own names.
+      archives_dir: a local directory holding both archives (nothing is
+        downloaded); exclusive with ``mirror``.
+      delete_archives: delete each downloaded archive once it is unpacked
+        (never those in ``archives_dir``).
+      archives: the ``Archive`` pair, VOC then SBD (default ``ARCHIVES``,
+        the published ones; tests pass small ones).
+      retries, timeout, progressbar, progress_interval: see ``ResumingDownloader``.
+    Returns:
+      ``Prepared(voc_dir, train_list, val_list, downloaded, skipped, counts)``:
+      the --data-dir, the two list files, the archive names downloaded and
+      (name, reason) for each skipped, and ``build_voc_aug``'s counts.
+    """
+    require_dependencies()
+    if mirror and archives_dir:
+        raise ValueError("Pass --mirror or --archives, not both.")
+    voc, sbd = ARCHIVES if archives is None else archives
+    download_dir = os.path.join(root, DOWNLOAD_DIR)
+    downloaded, skipped = [], []
+    for archive in (voc, sbd):
+        if is_unpacked(root, archive):
+            skipped.append((archive.name, "already unpacked"))
+            log.info("skipped %s: already unpacked in %s", archive.name, root)
+            continue
+        if archives_dir:
+            path = check_local_archive(archive, archives_dir)
+        else:
+            path, fetched = fetch_archive(archive, download_dir, mirror, retries=retries,
+                                          timeout=timeout, progressbar=progressbar,
+                                          progress_interval=progress_interval)
+            if fetched:
+                downloaded.append(archive.name)
+            else:
+                skipped.append((archive.name, "verified copy already downloaded"))
+                log.info("skipped downloading %s: a verified copy is in %s",
+                         archive.name, download_dir)
+        unpack(archive, path, root, progress_interval)
+        if delete_archives and not archives_dir:
+            os.remove(path)
+    voc_dir = os.path.join(root, voc.data_dir)
+    counts = voc_aug.build_voc_aug(voc_dir, os.path.join(root, sbd.data_dir),
+                                   progress_interval=progress_interval)
+    return Prepared(voc_dir, os.path.join(voc_dir, voc_aug.TRAIN_LIST),
+                    os.path.join(voc_dir, voc_aug.VAL_LIST), downloaded, skipped, counts)

@@ -1,0 +1,278 @@
+"""One-command VOC + SBD: download with resume, MD5 check, safe unpack, train_aug.
+
+A local HTTP server (127.0.0.1, a free port) serves small archives in the
+real layouts, built from ``test_dataset_tools``'s fake download; their MD5s
+replace the published ones through ``prepare_voc(archives=...)``.
+"""
+import dataclasses
+import hashlib
+import http.server
+import io
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tarfile
+import threading
+
+import pytest
+import tensorflow.compat.v1 as tf
+
+from conftest import REPO_ROOT, run_script
+from deeplab_resnet.data import download
+from test_dataset_tools import EXPECTED_TRAIN, VOC_VAL, expected_lines, fake_download  # noqa: F401
+from test_train import run_train, train_argv
+
+SCRIPT = os.path.join(REPO_ROOT, "dataset", "download_voc.py")
+VOC_NAME, SBD_NAME = download.VOC_ARCHIVE.name, download.SBD_ARCHIVE.name
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """GET /<name>: the bytes, honouring ``bytes=N-`` when the server allows
+    ranges; the first ``cuts`` responses stop after ``cut_after`` bytes."""
+    timeout = 10
+
+    def do_GET(self):
+        server = self.server
+        name, wanted = self.path.lstrip("/"), self.headers.get("Range")
+        data = server.files.get(name)
+        if data is None:
+            server.seen.append((name, wanted, 404))
+            self.send_error(404)
+            return
+        start = 0
+        if wanted and server.ranges:
+            start = int(re.match(r"bytes=(\d+)-$", wanted).group(1))
+            self.send_response(206)
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, len(data) - 1,
+                                                                  len(data)))
+        else:
+            self.send_response(200)
+        server.seen.append((name, wanted, 206 if wanted and server.ranges else 200))
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if server.cuts:
+            server.cuts -= 1
+            body = body[:server.cut_after]
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    """A threaded HTTP server on a free local port; ``.url``, ``.files``,
+    ``.seen`` (name, Range header, status), ``.ranges``, ``.cuts``."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.files, httpd.seen, httpd.ranges, httpd.cuts, httpd.cut_after = {}, [], True, 0, 0
+    httpd.url = "http://127.0.0.1:%d/data" % httpd.server_address[1]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(10)
+
+
+def tar_bytes(mode, members):
+    """An archive (``mode`` 'w' or 'w:gz') of (source path, name inside) pairs."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
+        for source, arcname in members:
+            tar.add(source, arcname=arcname)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def small(fake_download, tmp_path, server):
+    """The fake VOC and SBD packed as the two real archives, served under
+    /data/ and also written to ``tmp_path/archives``.
+
+    Returns (archives with their MD5s, archives directory).
+    """
+    voc_dir, sbd_dir, _, _ = fake_download
+    blobs = {VOC_NAME: tar_bytes("w", [(os.path.dirname(voc_dir), "VOCdevkit")]),
+             SBD_NAME: tar_bytes("w:gz", [(os.path.dirname(sbd_dir), "benchmark_RELEASE")])}
+    local = tmp_path / "archives"
+    local.mkdir()
+    for name, data in blobs.items():
+        (local / name).write_bytes(data)
+        server.files["data/" + name] = data
+    archives = tuple(dataclasses.replace(a, md5=hashlib.md5(blobs[a.name]).hexdigest())
+                     for a in download.ARCHIVES)
+    return archives, str(local)
+
+
+def prepare(root, archives, **kwargs):
+    kwargs.setdefault("retries", 0)
+    return download.prepare_voc(str(root), archives=archives, progress_interval=0,
+                                **kwargs)
+
+
+def assert_train_aug_built(root):
+    voc_dir = os.path.join(str(root), "VOCdevkit", "VOC2012")
+    with open(os.path.join(voc_dir, "train_aug.txt")) as f:
+        assert f.read().splitlines() == expected_lines(EXPECTED_TRAIN)
+    with open(os.path.join(voc_dir, "val.txt")) as f:
+        assert f.read().splitlines() == expected_lines(VOC_VAL)
+    assert sorted(os.listdir(os.path.join(voc_dir, "SegmentationClassAug"))) == sorted(
+        n + ".png" for n in EXPECTED_TRAIN + VOC_VAL)
+
+
+def requested(server):
+    return [(name.split("/")[-1], wanted, status) for name, wanted, status in server.seen]
+
+
+def test_one_command_leaves_a_tree_train_py_trains_on(small, server, tmp_path,
+                                                      monkeypatch, capsys):
+    archives, _ = small
+    monkeypatch.setattr(download, "ARCHIVES", archives)
+    root = tmp_path / "root"
+    assert run_script(SCRIPT, ["--root", str(root), "--mirror", server.url]) == 0
+    assert requested(server) == [(VOC_NAME, None, 200), (SBD_NAME, None, 200)]
+    assert_train_aug_built(root)
+    assert sorted(os.listdir(root / "downloads")) == sorted([VOC_NAME, SBD_NAME])
+
+    out = capsys.readouterr().out
+    train_line = [line for line in out.splitlines() if "python train.py" in line]
+    assert len(train_line) == 1
+    argv = shlex.split(train_line[0])[2:]
+    data_dir, data_list = argv[argv.index("--data-dir") + 1], argv[argv.index("--data-list") + 1]
+    assert data_dir == str(root / "VOCdevkit" / "VOC2012")
+    snapshots = str(tmp_path / "snapshots")
+    assert run_train(train_argv(data_dir, data_list, snapshots)) == 0
+    assert tf.train.latest_checkpoint(snapshots).endswith("-2")
+
+
+def test_wrong_checksum_deletes_the_download_and_unpacks_nothing(small, server, tmp_path):
+    archives, _ = small
+    wrong = (dataclasses.replace(archives[0], md5="0" * 32), archives[1])
+    root = tmp_path / "root"
+    with pytest.raises(ValueError, match="not the expected file") as err:
+        prepare(root, wrong, mirror=server.url)
+    assert "was deleted" in str(err.value) and "Run the command again" in str(err.value)
+    assert os.listdir(root / "downloads") == []
+    assert sorted(os.listdir(root)) == ["downloads"]
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["resumed", "no-range-support"])
+def test_cut_connection_keeps_a_part_file_and_a_rerun_completes(small, server, tmp_path,
+                                                                ranges):
+    archives, _ = small
+    server.ranges, server.cuts, server.cut_after = ranges, 1, 5000
+    size = len(server.files["data/" + VOC_NAME])
+    assert size > 2 * server.cut_after
+    root = tmp_path / "root"
+    with pytest.raises(IOError, match="Run the same command again: it resumes"):
+        prepare(root, archives, mirror=server.url)
+    part = root / "downloads" / (VOC_NAME + ".part")
+    assert os.path.getsize(part) == 5000
+    assert os.listdir(root / "downloads") == [part.name]  # never under the final name
+    assert sorted(os.listdir(root)) == ["downloads"]
+
+    prepare(root, archives, mirror=server.url)
+    assert requested(server)[:2] == [(VOC_NAME, None, 200),
+                                     (VOC_NAME, "bytes=5000-", 206 if ranges else 200)]
+    assert_train_aug_built(root)
+    assert sorted(os.listdir(root / "downloads")) == sorted([VOC_NAME, SBD_NAME])
+
+
+def test_lost_connection_is_resumed_within_the_run(small, server, tmp_path, monkeypatch,
+                                                   caplog):
+    archives, _ = small
+    server.cuts, server.cut_after = 2, 3000
+    monkeypatch.setattr(download.time, "sleep", lambda seconds: None)
+    caplog.set_level("INFO")
+    result = prepare(tmp_path / "root", archives, mirror=server.url, retries=2)
+    assert requested(server) == [(VOC_NAME, None, 200), (VOC_NAME, "bytes=3000-", 206),
+                                 (VOC_NAME, "bytes=6000-", 206), (SBD_NAME, None, 200)]
+    assert result.downloaded == [VOC_NAME, SBD_NAME]
+    assert "connection lost after" in caplog.text
+    assert re.search(re.escape(VOC_NAME) + r": 100% .*B/s\]", caplog.text)
+    assert_train_aug_built(tmp_path / "root")
+
+
+def test_rerun_of_a_complete_tree_sends_no_request(small, server, tmp_path, monkeypatch,
+                                                   capsys):
+    archives, _ = small
+    root = tmp_path / "root"
+    prepare(root, archives, mirror=server.url)
+    del server.seen[:]
+    monkeypatch.setattr(download, "ARCHIVES", archives)
+    assert run_script(SCRIPT, ["--root", str(root), "--mirror", server.url]) == 0
+    assert server.seen == []
+    out = capsys.readouterr().out
+    assert "skipped %s: already unpacked" % VOC_NAME in out
+    assert "skipped %s: already unpacked" % SBD_NAME in out
+
+    # Kept archives that were not unpacked yet are checked, not fetched again.
+    for archive in archives:
+        os.remove(root / (".%s.unpacked" % archive.name))
+    result = prepare(root, archives, mirror=server.url)
+    assert server.seen == []
+    assert result.skipped == [(VOC_NAME, "verified copy already downloaded"),
+                              (SBD_NAME, "verified copy already downloaded")]
+    assert_train_aug_built(root)
+
+
+def test_local_archives_are_checked_unpacked_and_kept(small, server, tmp_path):
+    archives, local = small
+    before = {name: open(os.path.join(local, name), "rb").read() for name in os.listdir(local)}
+    root = tmp_path / "root"
+    result = prepare(root, archives, archives_dir=local, delete_archives=True)
+    assert server.seen == [] and result.downloaded == []
+    assert_train_aug_built(root)
+    assert not os.path.exists(root / "downloads")
+    assert {n: open(os.path.join(local, n), "rb").read() for n in os.listdir(local)} == before
+
+
+def test_bad_or_missing_local_archive_says_what_to_fetch(small, tmp_path):
+    archives, local = small
+    with open(os.path.join(local, SBD_NAME), "ab") as f:
+        f.write(b"junk")
+    with pytest.raises(ValueError, match="incomplete or another file.*" +
+                       re.escape(download.SBD_ARCHIVE.url)):
+        prepare(tmp_path / "root", archives, archives_dir=local)
+    assert os.path.exists(os.path.join(local, SBD_NAME))  # the user's file stays
+    os.remove(os.path.join(local, VOC_NAME))
+    with pytest.raises(IOError, match="has no %s. Download it from %s" % (
+            re.escape(VOC_NAME), re.escape(download.VOC_ARCHIVE.url))):
+        prepare(tmp_path / "root2", archives, archives_dir=local)
+    assert not os.path.exists(tmp_path / "root2" / "VOCdevkit")
+
+
+def test_a_member_escaping_the_root_is_refused(tmp_path):
+    evil = tmp_path / "evil.txt"
+    evil.write_text("outside")
+    data = tar_bytes("w", [(str(evil), "../escaped.txt")])
+    local = tmp_path / "archives"
+    local.mkdir()
+    (local / VOC_NAME).write_bytes(data)
+    archive = dataclasses.replace(download.VOC_ARCHIVE, md5=hashlib.md5(data).hexdigest())
+    root = tmp_path / "root"
+    with pytest.raises(ValueError, match="outside"):
+        prepare(root, (archive, download.SBD_ARCHIVE), archives_dir=str(local))
+    assert not os.path.exists(tmp_path / "escaped.txt")
+    assert not os.path.exists(root / (".%s.unpacked" % VOC_NAME))
+
+
+def test_without_the_download_packages_the_script_says_what_to_install(tmp_path):
+    code = ("import runpy, sys\n"
+            "sys.modules['pooch'] = None\n"
+            "script = runpy.run_path(sys.argv[1])\n"
+            "status = script['main'](['--root', sys.argv[2]])\n"
+            "print(status, sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'tensorflow', 'requests', 'tqdm'}))\n")
+    root = tmp_path / "root"
+    result = subprocess.run([sys.executable, "-c", code, SCRIPT, str(root)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.split("\n")[0] == "2 []", result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, errors
+    assert "needs pooch, requests and tqdm" in errors[0]
+    assert "pip install -r requirements-download.txt" in errors[0]
+    assert not os.path.exists(root)
