@@ -30,7 +30,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=".",
                         help="Where VOCdevkit/, benchmark_RELEASE/ and downloads/ go "
-                             "(default: %(default)s); about 8 GB with the archives kept.")
+                             "(default: %(default)s); the archives alone take 3.4 GB.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--mirror", metavar="URL", default=None,
                         help="Base URL holding both archives under their own names, "
@@ -41,7 +41,7 @@ def parse_args(argv=None):
                              "deleted (default: none).")
     parser.add_argument("--delete-archives", action="store_true",
                         help="Delete each downloaded archive once it is unpacked "
-                             "(default: keep them in <root>/downloads/).")
+                             "(default: keep them in ROOT/downloads/).")
     parser.add_argument("--retries", type=int, default=3,
                         help="Times a lost connection is resumed before giving up "
                              "(default: %(default)s).")

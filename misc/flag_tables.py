@@ -25,6 +25,7 @@ SCRIPTS = (
     ("convert.py", "parse_args"),
     ("export.py", "get_arguments"),
     ("dataset/build_voc_lists.py", "parse_args"),
+    ("dataset/download_voc.py", "parse_args"),
     ("dataset/check_labels.py", "parse_args"),
     ("dataset/make_demo.py", "parse_args"),
     ("misc/benchmark.py", "get_arguments"),
