@@ -51,7 +51,8 @@ def parse_args(argv=None):
 def command(script, prepared, list_path):
     """The command line that runs ``script`` on the prepared tree."""
     return "python %s --data-dir %s --data-list %s" % (
-        script, shlex.quote(prepared.voc_dir), shlex.quote(list_path))
+        script, shlex.quote(os.path.abspath(prepared.voc_dir)),
+        shlex.quote(os.path.abspath(list_path)))
 
 
 def main(argv=None):
