@@ -44,6 +44,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         start = 0
         if wanted and server.ranges:
             start = int(re.match(r"bytes=(\d+)-$", wanted).group(1))
+            if start >= len(data):
+                server.seen.append((name, wanted, 416))
+                self.send_response(416)
+                self.send_header("Content-Range", "bytes */%d" % len(data))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(206)
             self.send_header("Content-Range", "bytes %d-%d/%d" % (start, len(data) - 1,
                                                                   len(data)))
@@ -179,6 +186,21 @@ def test_cut_connection_keeps_a_part_file_and_a_rerun_completes(small, server, t
                                      (VOC_NAME, "bytes=5000-", 206 if ranges else 200)]
     assert_train_aug_built(root)
     assert sorted(os.listdir(root / "downloads")) == sorted([VOC_NAME, SBD_NAME])
+
+
+def test_a_whole_part_file_is_not_fetched_again(small, server, tmp_path):
+    """A run stopped while pooch hashed the finished .part: the server has
+    nothing after its end (416), and the .part is checked as it is."""
+    archives, _ = small
+    data = server.files["data/" + VOC_NAME]
+    root = tmp_path / "root"
+    (root / "downloads").mkdir(parents=True)
+    (root / "downloads" / (VOC_NAME + ".part")).write_bytes(data)
+    result = prepare(root, archives, mirror=server.url)
+    assert requested(server) == [(VOC_NAME, "bytes=%d-" % len(data), 416),
+                                 (SBD_NAME, None, 200)]
+    assert result.downloaded == [VOC_NAME, SBD_NAME]
+    assert_train_aug_built(root)
 
 
 def test_lost_connection_is_resumed_within_the_run(small, server, tmp_path, monkeypatch,

@@ -116,10 +116,13 @@ class _ByteProgress(object):
             self.log()
 
 
-def _range_start(content_range):
-    """``bytes 100-199/200`` -> 100; None when absent or malformed."""
-    match = re.match(r"bytes (\d+)-\d+/(\d+|\*)$", content_range or "")
-    return int(match.group(1)) if match else None
+def _content_range(content_range):
+    """``bytes 100-199/200`` -> (100, 200), ``bytes */200`` -> (None, 200);
+    (None, None) when absent or malformed."""
+    match = re.match(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)$", content_range or "")
+    if not match:
+        return None, None
+    return tuple(None if v in (None, "*") else int(v) for v in match.groups())
 
 
 class ResumingDownloader(object):
@@ -173,12 +176,14 @@ class ResumingDownloader(object):
         have = _size(self.part_path)
         headers = {"Range": "bytes=%d-" % have} if have else {}
         with requests.get(url, headers=headers, stream=True, timeout=self.timeout) as response:
-            if response.status_code == 416:  # nothing after ``have``: start again
+            start, total = _content_range(response.headers.get("Content-Range"))
+            if response.status_code == 416:  # nothing after ``have``
+                if total == have:  # whole already (stopped while pooch hashed it)
+                    return
                 os.remove(self.part_path)
                 raise IOError("the server refused to resume at byte %d" % have)
             response.raise_for_status()
-            resumed = (response.status_code == 206
-                       and _range_start(response.headers.get("Content-Range")) == have)
+            resumed = response.status_code == 206 and start == have
             if have and not resumed:
                 log.info("%s: the server does not resume downloads; starting again",
                          os.path.basename(self.part_path))
