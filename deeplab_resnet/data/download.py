@@ -340,6 +340,8 @@ def prepare_voc(root, mirror=None, archives_dir=None, delete_archives=False,
     require_dependencies()
     if mirror and archives_dir:
         raise ValueError("Pass --mirror or --archives, not both.")
+    if retries < 0:
+        raise ValueError("--retries must be 0 or more, got %d." % retries)
     voc, sbd = ARCHIVES if archives is None else archives
     download_dir = os.path.join(root, DOWNLOAD_DIR)
     downloaded, skipped = [], []
