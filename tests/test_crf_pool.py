@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from deeplab_resnet import cli
+from deeplab_resnet import cli, machine
 from deeplab_resnet import crf
 from deeplab_resnet.crf import pool as crf_pool
 
@@ -109,7 +109,7 @@ def test_crf_workers_flag():
     assert cli.crf_params(parser.parse_args(["--crf-workers", "3"])) is None
     assert cli.crf_workers(parser.parse_args(["--crf-workers", "3"])) == 3
     workers = cli.crf_workers(parser.parse_args(["--crf"]))
-    assert workers == cli.available_cores()
+    assert workers == machine.available_cores()
     pool = crf_pool.CrfPool(params, workers)
     assert pool.workers == workers
     pool.close()

@@ -80,7 +80,7 @@ caller's process runs TensorFlow eagerly.
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from deeplab_resnet.cli import available_cores
+from deeplab_resnet.machine import available_cores
 from deeplab_resnet.crf import PROB_EPSILON, check_inputs
 # The reference's guard in 1 / sqrt(K(1) + eps), computed in double there.
 NORM_EPSILON = 1e-20

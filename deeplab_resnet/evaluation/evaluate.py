@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from deeplab_resnet import checkpoints, distributed, files, metrics
-from deeplab_resnet.cli import Progress
+from deeplab_resnet.progress import Progress
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.crf.pool import CrfPool
 from deeplab_resnet.data.reader import ImageReader

@@ -14,7 +14,7 @@ import os
 import time
 
 from deeplab_resnet import files
-from deeplab_resnet.cli import Progress
+from deeplab_resnet.progress import Progress
 from deeplab_resnet.crf.pool import CrfPool
 from deeplab_resnet.data.reader import load_image
 from deeplab_resnet.evaluation.predict import Segmenter
