@@ -54,7 +54,7 @@ def main(argv=None):
     cli.setup_logging()
     names = label_maps.class_names(args.num_classes, args.class_names)
     metrics.check_confusion_path(args.save_confusion)
-    crf = cli.crf_params(args)
+    crf = cli.crf_config(args)
     from deeplab_resnet import distributed
     from deeplab_resnet.evaluation.evaluate import evaluate
     task = distributed.task_from_env()

@@ -50,7 +50,7 @@ def main(argv=None):
     args = get_arguments(argv)
     cli.setup_logging()
     scales = cli.parse_scales(args.scales)
-    crf = cli.crf_params(args)
+    crf = cli.crf_config(args)
     info = serving.export(args.restore_from, args.output_dir, args.num_classes,
                           scales=scales, flip=args.flip, bf16=args.bf16, crf=crf,
                           overwrite=args.overwrite)

@@ -148,7 +148,7 @@ def get_arguments(argv=None):
 def main(argv=None):
     args = get_arguments(argv)
     cli.setup_logging()
-    crf = cli.crf_params(args)
+    crf = cli.crf_config(args)
     from deeplab_resnet.evaluation.inference import segment_photos
     segmented, failures = segment_photos(
         args.inputs, args.restore_from, num_classes=args.num_classes,

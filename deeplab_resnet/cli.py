@@ -7,6 +7,7 @@ tools start fast.
 """
 import argparse
 import logging
+import math
 
 from deeplab_resnet import process
 from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES
@@ -22,6 +23,32 @@ def positive_int(text):
         raise argparse.ArgumentTypeError("expected a whole number, got %r" % text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1, got %d" % value)
+    return value
+
+
+def _finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number, got %r" % text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("must be a finite number, got %r" % text)
+    return value
+
+
+def non_negative_float(text):
+    """argparse type: a finite number >= 0 (a weight: 0 switches its term off)."""
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more, got %r" % text)
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0 (a width, a standard deviation)."""
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0, got %r" % text)
     return value
 
 
@@ -183,21 +210,21 @@ def add_crf_flags(parser, runtime=True):
     group = parser.add_argument_group(
         "dense CRF", about + "\nDefaults: DeepLab-v2 ResNet-101 on PASCAL VOC.")
     group.add_argument("--crf", action="store_true", help=what)
-    group.add_argument("--crf-iters", type=int, default=defaults.iterations,
+    group.add_argument("--crf-iters", type=positive_int, default=defaults.iterations,
                        help="Mean-field iterations (default: %(default)s).")
-    group.add_argument("--crf-pos-w", type=float, default=defaults.pos_w,
+    group.add_argument("--crf-pos-w", type=non_negative_float, default=defaults.pos_w,
                        help="Weight of the position-only smoothness kernel "
                             "(default: %(default)s).")
-    group.add_argument("--crf-pos-xy-std", type=float, default=defaults.pos_xy_std,
+    group.add_argument("--crf-pos-xy-std", type=positive_float, default=defaults.pos_xy_std,
                        help="Width in pixels of the smoothness kernel "
                             "(default: %(default)s).")
-    group.add_argument("--crf-bi-w", type=float, default=defaults.bi_w,
+    group.add_argument("--crf-bi-w", type=non_negative_float, default=defaults.bi_w,
                        help="Weight of the position+colour (bilateral) kernel "
                             "(default: %(default)s).")
-    group.add_argument("--crf-bi-xy-std", type=float, default=defaults.bi_xy_std,
+    group.add_argument("--crf-bi-xy-std", type=positive_float, default=defaults.bi_xy_std,
                        help="Width in pixels of the bilateral kernel "
                             "(default: %(default)s).")
-    group.add_argument("--crf-bi-rgb-std", type=float, default=defaults.bi_rgb_std,
+    group.add_argument("--crf-bi-rgb-std", type=positive_float, default=defaults.bi_rgb_std,
                        help="Width in intensity levels (0..255) of the bilateral "
                             "kernel (default: %(default)s).")
     if not runtime:
@@ -217,8 +244,8 @@ def add_crf_flags(parser, runtime=True):
                             "per available core).")
 
 
-def crf_params(args):
-    """``crf.CrfParams`` from ``add_crf_flags`` flags, or None without --crf.
+def crf_config(args):
+    """``crf.CrfConfig`` from ``add_crf_flags`` flags, or None without --crf.
 
     Raises:
       ValueError: a parameter out of range, or --crf with the pydensecrf
@@ -228,7 +255,7 @@ def crf_params(args):
     if not args.crf:
         return None
     from deeplab_resnet import crf
-    params = crf.CrfParams(args.crf_iters, args.crf_pos_w, args.crf_pos_xy_std,
+    params = crf.CrfConfig(args.crf_iters, args.crf_pos_w, args.crf_pos_xy_std,
                            args.crf_bi_w, args.crf_bi_xy_std, args.crf_bi_rgb_std)
     if getattr(args, "crf_backend", "tensorflow") == "pydensecrf":
         try:

@@ -11,7 +11,7 @@ label          uint8 [1, H, W]           class ids at the input size (int32
 probabilities  float32 [1, H, W, C]      softmax at the input size
 =============  ========================  ======================================
 
-With ``crf`` (export.py --crf) the dense CRF of ``crf.lattice`` runs in the
+With ``crf`` (export.py --crf) the dense CRF of ``crf.backend_tf`` runs in the
 graph after the network, its parameters baked in: ``probabilities`` are
 then the CRF's marginals and ``label`` their argmax, the result of
 ``inference.py --crf --crf-backend tensorflow``.
@@ -45,7 +45,7 @@ import shutil
 
 from deeplab_resnet import checkpoints, files
 from deeplab_resnet.constants import NUM_CLASSES
-from deeplab_resnet.crf import lattice
+from deeplab_resnet.crf import backend_tf
 from deeplab_resnet.evaluation.predict import build_prediction
 from deeplab_resnet.images import bgr_minus_mean
 from deeplab_resnet.network import VARIABLE_OPS
@@ -82,7 +82,7 @@ def build_serving_graph(num_classes, config=None, *, scales=(1.0,), flip=False,
         ``predict.build_prediction``.
       bf16: the network in bfloat16 with bfloat16 weights (half the size),
         as ``predict.build_prediction``; the outputs stay as above.
-      crf: ``crf.CrfParams`` to refine the prediction in the graph, or None.
+      crf: ``crf.CrfConfig`` to refine the prediction in the graph, or None.
     Returns:
       (net, image, outputs): ``net`` holds the variables to restore (folded
       form), ``image`` the uint8 [1, H, W, 3] placeholder and ``outputs`` a
@@ -95,7 +95,7 @@ def build_serving_graph(num_classes, config=None, *, scales=(1.0,), flip=False,
                                        flip=flip, fold_batchnorm=True, bf16=bf16)
     pred, probs = prediction.pred, prediction.probs
     if crf is not None:
-        marginals = lattice.dense_crf_graph(image[0], tf.cast(probs[0], tf.float32),
+        marginals = backend_tf.dense_crf_graph(image[0], tf.cast(probs[0], tf.float32),
                                             crf)
         probs = marginals[None]
         pred = tf.argmax(probs, axis=3, output_type=tf.int32)
@@ -234,7 +234,7 @@ def export(weights, output_dir, num_classes=NUM_CLASSES, *, scales=(1.0,),
             "flip": bool(flip),
             "bf16": bool(bf16),
             # The CRF's parameters as baked in, or null without one.
-            "crf": dict(crf._asdict()) if crf is not None else None,
+            "crf": crf.as_dict() if crf is not None else None,
             "weights": os.path.abspath(path),
             "model_config": config.to_dict(),
         }

@@ -20,7 +20,7 @@ from test_crf import synthetic_scene
 
 pytest.importorskip("pydensecrf.densecrf")
 
-FEW_ITERATIONS = crf.CrfParams(iterations=3)
+FEW_ITERATIONS = crf.CrfConfig(iterations=3)
 
 
 def scenes():
@@ -105,8 +105,8 @@ def test_a_killed_worker_is_reported_with_the_image():
 def test_crf_workers_flag():
     parser = argparse.ArgumentParser()
     cli.add_crf_flags(parser)
-    params = cli.crf_params(parser.parse_args(["--crf"]))
-    assert cli.crf_params(parser.parse_args(["--crf-workers", "3"])) is None
+    params = cli.crf_config(parser.parse_args(["--crf"]))
+    assert cli.crf_config(parser.parse_args(["--crf-workers", "3"])) is None
     assert cli.crf_workers(parser.parse_args(["--crf-workers", "3"])) == 3
     workers = cli.crf_workers(parser.parse_args(["--crf"]))
     assert workers == machine.available_cores()
