@@ -8,6 +8,7 @@ tools start fast.
 import argparse
 import logging
 import math
+import os
 
 from deeplab_resnet import process
 from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES
@@ -263,6 +264,40 @@ def crf_config(args):
         except ImportError as err:
             raise ValueError(str(err))
     return params
+
+
+def predict_config(args):
+    """``predict.PredictConfig`` from ``add_prediction_flags`` flags.
+
+    Imports TensorFlow (the prediction module builds graphs): call it in
+    ``main``, not at a script's top.
+    """
+    from deeplab_resnet.evaluation.predict import PredictConfig
+    return PredictConfig(scales=parse_scales(args.scales), flip=args.flip, bf16=args.bf16)
+
+
+def check_writable_file(path, flag):
+    """Refuse now an output file that could not be written at the end of a run.
+
+    The file may not exist yet, nor its directory; the nearest existing
+    ancestor must be a writable directory, and ``path`` itself not a
+    directory or a read-only file.
+
+    Raises:
+      IOError: naming ``flag`` and what is in the way.
+    """
+    if os.path.isdir(path):
+        raise IOError("%s %s is a directory; give a file name." % (flag, path))
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise IOError("%s %s exists and is not writable." % (flag, path))
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise IOError("%s %s cannot be written: %s is not a writable directory. "
+                      "Choose another path." % (flag, path, parent))
 
 
 def crf_workers(args):

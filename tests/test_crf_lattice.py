@@ -1,4 +1,4 @@
-"""TensorFlow dense CRF (deeplab_resnet.crf.permutohedral and backend_tf) against independent computations.
+"""TensorFlow dense CRF (crf.permutohedral, crf.backend_tf) against independent computations.
 
 * the lattice filter against a brute-force dense Gaussian filter in numpy
   (the permutohedral lattice only approximates it; tolerances below);

@@ -210,7 +210,7 @@ def test_cli_bakes_in_scales_and_flip(tiny_model, tmp_path, capsys):
 def test_bf16_export_matches_bf16_prediction(tiny_model, tmp_path):
     npz = tiny_model.npz
     out = str(tmp_path / "bf16")
-    assert serving.export(npz, out, bf16=True)["bf16"] is True
+    assert serving.export(npz, out, predict=predict.PredictConfig(bf16=True))["bf16"] is True
     graph_def = load_frozen(os.path.join(out, "frozen_graph.pb"))
     weights = [n for n in graph_def.node if n.op == "Const"
                and n.name.endswith("/weights")]
