@@ -200,6 +200,3 @@ class Segmenter(object):
 
     def close(self):
         self.sess.close()
-
-
-# --------------------------------------------------------------- reporting
