@@ -31,7 +31,7 @@ def get_arguments(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_data_flags(parser)
     cli.add_model_flags(parser)
-    parser.add_argument("--num-steps", type=int, default=None,
+    parser.add_argument("--num-steps", type=cli.positive_int, default=None,
                         help="Images to evaluate, from the top of the list "
                              "(default: the whole list).")
     parser.add_argument("--save-dir", default=None,
@@ -54,15 +54,16 @@ def main(argv=None):
     cli.setup_logging()
     names = label_maps.class_names(args.num_classes, args.class_names)
     metrics.check_confusion_path(args.save_confusion)
-    crf = cli.crf_params(args)
+    if args.save_confusion:
+        cli.check_writable_file(args.save_confusion, "--save-confusion")
+    crf = cli.crf_config(args)
     from deeplab_resnet import distributed
     from deeplab_resnet.evaluation.evaluate import evaluate
     task = distributed.task_from_env()
     confusion = evaluate(
         args.data_dir, args.data_list, args.restore_from, num_classes=args.num_classes,
         ignore_label=args.ignore_label, label_map=args.label_map,
-        num_images=args.num_steps, scales=cli.parse_scales(args.scales),
-        flip=args.flip, bf16=args.bf16, crf=crf,
+        num_images=args.num_steps, predict=cli.predict_config(args), crf=crf,
         crf_workers=cli.crf_workers(args) if crf else 0, crf_backend=args.crf_backend,
         save_dir=args.save_dir,
         intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads,

@@ -49,16 +49,15 @@ def get_arguments(argv=None):
 def main(argv=None):
     args = get_arguments(argv)
     cli.setup_logging()
-    scales = cli.parse_scales(args.scales)
-    crf = cli.crf_params(args)
+    predict = cli.predict_config(args)
+    crf = cli.crf_config(args)
     info = serving.export(args.restore_from, args.output_dir, args.num_classes,
-                          scales=scales, flip=args.flip, bf16=args.bf16, crf=crf,
-                          overwrite=args.overwrite)
+                          predict=predict, crf=crf, overwrite=args.overwrite)
     log.info("input %s uint8 [1, H, W, 3] RGB; outputs %s %s [1, H, W], %s "
              "float32 [1, H, W, %d]; scales %s%s%s%s", serving.INPUT_NAME,
              serving.LABEL_NAME, info["outputs"][serving.LABEL_NAME]["dtype"],
              serving.PROBS_NAME, args.num_classes,
-             ",".join("%g" % s for s in scales), ", flip" if args.flip else "",
+             ",".join("%g" % s for s in predict.scales), ", flip" if args.flip else "",
              ", bfloat16 network" if args.bf16 else "",
              ", dense CRF (%d iterations)" % crf.iterations if crf else "")
     print("exported %s" % args.output_dir)

@@ -19,7 +19,7 @@ import time
 # Run as `python dataset/make_demo.py` without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deeplab_resnet import cli  # noqa: E402
+from deeplab_resnet import cli, progress  # noqa: E402
 from deeplab_resnet.data import demo  # noqa: E402
 
 log = logging.getLogger("make_demo")
@@ -59,7 +59,7 @@ def main(argv=None):
     if written:
         log.info("wrote %d train + %d val images (%d classes) to %s in %s",
                  args.num_train, args.num_val, len(demo.DEMO_CLASSES),
-                 args.output_dir, cli.format_duration(time.time() - start))
+                 args.output_dir, progress.format_duration(time.time() - start))
 
 
 if __name__ == "__main__":

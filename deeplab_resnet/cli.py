@@ -1,4 +1,4 @@
-"""What the scripts share: flags and their types, logging, exit codes, progress lines.
+"""What the scripts share: flags and their types, logging, exit codes.
 
 Scripts parse flags here and turn them into the keyword arguments and small
 config objects the library takes; no library function reads an argparse
@@ -7,11 +7,12 @@ tools start fast.
 """
 import argparse
 import logging
+import math
 import os
-import sys
-import time
 
+from deeplab_resnet import process
 from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES
+from deeplab_resnet.machine import available_cores
 
 
 # ------------------------------------------------------------------ types
@@ -23,6 +24,32 @@ def positive_int(text):
         raise argparse.ArgumentTypeError("expected a whole number, got %r" % text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1, got %d" % value)
+    return value
+
+
+def _finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number, got %r" % text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("must be a finite number, got %r" % text)
+    return value
+
+
+def non_negative_float(text):
+    """argparse type: a finite number >= 0 (a weight: 0 switches its term off)."""
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more, got %r" % text)
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0 (a width, a standard deviation)."""
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0, got %r" % text)
     return value
 
 
@@ -184,21 +211,21 @@ def add_crf_flags(parser, runtime=True):
     group = parser.add_argument_group(
         "dense CRF", about + "\nDefaults: DeepLab-v2 ResNet-101 on PASCAL VOC.")
     group.add_argument("--crf", action="store_true", help=what)
-    group.add_argument("--crf-iters", type=int, default=defaults.iterations,
+    group.add_argument("--crf-iters", type=positive_int, default=defaults.iterations,
                        help="Mean-field iterations (default: %(default)s).")
-    group.add_argument("--crf-pos-w", type=float, default=defaults.pos_w,
+    group.add_argument("--crf-pos-w", type=non_negative_float, default=defaults.pos_w,
                        help="Weight of the position-only smoothness kernel "
                             "(default: %(default)s).")
-    group.add_argument("--crf-pos-xy-std", type=float, default=defaults.pos_xy_std,
+    group.add_argument("--crf-pos-xy-std", type=positive_float, default=defaults.pos_xy_std,
                        help="Width in pixels of the smoothness kernel "
                             "(default: %(default)s).")
-    group.add_argument("--crf-bi-w", type=float, default=defaults.bi_w,
+    group.add_argument("--crf-bi-w", type=non_negative_float, default=defaults.bi_w,
                        help="Weight of the position+colour (bilateral) kernel "
                             "(default: %(default)s).")
-    group.add_argument("--crf-bi-xy-std", type=float, default=defaults.bi_xy_std,
+    group.add_argument("--crf-bi-xy-std", type=positive_float, default=defaults.bi_xy_std,
                        help="Width in pixels of the bilateral kernel "
                             "(default: %(default)s).")
-    group.add_argument("--crf-bi-rgb-std", type=float, default=defaults.bi_rgb_std,
+    group.add_argument("--crf-bi-rgb-std", type=positive_float, default=defaults.bi_rgb_std,
                        help="Width in intensity levels (0..255) of the bilateral "
                             "kernel (default: %(default)s).")
     if not runtime:
@@ -218,8 +245,8 @@ def add_crf_flags(parser, runtime=True):
                             "per available core).")
 
 
-def crf_params(args):
-    """``crf.CrfParams`` from ``add_crf_flags`` flags, or None without --crf.
+def crf_config(args):
+    """``crf.CrfConfig`` from ``add_crf_flags`` flags, or None without --crf.
 
     Raises:
       ValueError: a parameter out of range, or --crf with the pydensecrf
@@ -229,7 +256,7 @@ def crf_params(args):
     if not args.crf:
         return None
     from deeplab_resnet import crf
-    params = crf.CrfParams(args.crf_iters, args.crf_pos_w, args.crf_pos_xy_std,
+    params = crf.CrfConfig(args.crf_iters, args.crf_pos_w, args.crf_pos_xy_std,
                            args.crf_bi_w, args.crf_bi_xy_std, args.crf_bi_rgb_std)
     if getattr(args, "crf_backend", "tensorflow") == "pydensecrf":
         try:
@@ -237,6 +264,40 @@ def crf_params(args):
         except ImportError as err:
             raise ValueError(str(err))
     return params
+
+
+def predict_config(args):
+    """``predict.PredictConfig`` from ``add_prediction_flags`` flags.
+
+    Imports TensorFlow (the prediction module builds graphs): call it in
+    ``main``, not at a script's top.
+    """
+    from deeplab_resnet.evaluation.predict import PredictConfig
+    return PredictConfig(scales=parse_scales(args.scales), flip=args.flip, bf16=args.bf16)
+
+
+def check_writable_file(path, flag):
+    """Refuse now an output file that could not be written at the end of a run.
+
+    The file may not exist yet, nor its directory; the nearest existing
+    ancestor must be a writable directory, and ``path`` itself not a
+    directory or a read-only file.
+
+    Raises:
+      IOError: naming ``flag`` and what is in the way.
+    """
+    if os.path.isdir(path):
+        raise IOError("%s %s is a directory; give a file name." % (flag, path))
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise IOError("%s %s exists and is not writable." % (flag, path))
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise IOError("%s %s cannot be written: %s is not a writable directory. "
+                      "Choose another path." % (flag, path, parent))
 
 
 def crf_workers(args):
@@ -272,23 +333,6 @@ def threads(args):
     return args.intra_op_threads, args.inter_op_threads
 
 
-def abbreviate(names, limit=8, separator=", "):
-    """'a, b, c' for messages; long lists cut to ``limit`` with the count."""
-    names = list(names)
-    shown = separator.join(names[:limit])
-    if len(names) > limit:
-        shown += "%s... (%d in all)" % (separator, len(names))
-    return shown
-
-
-def available_cores():
-    """Cores this process may run on (respects taskset/cgroup affinity)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 # ---------------------------------------------------------- script plumbing
 def setup_logging(verbose=False):
     """One plain format for every script: progress lines read like a log."""
@@ -313,72 +357,6 @@ def run_main(main):
     except KeyboardInterrupt:
         logging.getLogger("__main__").error("interrupted")
         status = 130
-    distributed = sys.modules.get("deeplab_resnet.distributed")
-    if distributed is not None and distributed.active():
-        # One of several workers: leave without interpreter teardown
-        # (``distributed.exit_process`` says why).
-        distributed.exit_process(status)
-    sys.exit(status)
-
-
-def format_duration(seconds):
-    """12s, 4m05s, 2h13m: short enough for a progress line."""
-    seconds = int(round(max(seconds, 0)))
-    if seconds < 60:
-        return "%ds" % seconds
-    if seconds < 3600:
-        return "%dm%02ds" % divmod(seconds, 60)
-    return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
-
-
-class Progress(object):
-    """Rate and ETA for a loop of known length.
-
-    ``line(done)`` after ``done`` items gives e.g. ``0.41 s/step ETA 2h13m``,
-    measured from the first ``update`` so that start-up does not skew it.
-    """
-
-    def __init__(self, total, unit="step"):
-        self.total = total
-        self.unit = unit
-        self.start_time = None
-        self.start_count = 0
-
-    def update(self, done):
-        if self.start_time is None:
-            self.start_time = time.time()
-            self.start_count = done
-
-    def rate(self, done, per_item=1):
-        """Items (times ``per_item``) per second since the first ``update``, or None."""
-        self.update(done)
-        elapsed = time.time() - self.start_time
-        count = done - self.start_count
-        if count <= 0 or elapsed <= 0:
-            return None
-        return count * per_item / elapsed
-
-    def line(self, done):
-        rate = self.rate(done)
-        if rate is None:
-            return "ETA --"
-        per_item = 1.0 / rate
-        return "%.3g s/%s ETA %s" % (per_item, self.unit,
-                                     format_duration(per_item * (self.total - done)))
-
-
-def logged_progress(items, what, log, unit="file", interval=5.0):
-    """Yield ``items``, logging ``<what> done/total <rate> ETA`` every ``interval`` s.
-
-    The last item is always reported, so a log shows that the loop finished.
-    """
-    items = list(items)
-    total = len(items)
-    progress = Progress(total, unit=unit)
-    progress.update(0)
-    last_log = time.time()
-    for done, item in enumerate(items, 1):
-        yield item
-        if done == total or time.time() - last_log >= interval:
-            log.info("%s %d/%d %s", what, done, total, progress.line(done))
-            last_log = time.time()
+    # One of several workers leaves without interpreter teardown
+    # (``distributed.exit_process`` says why, and sets it up).
+    process.exit(status)

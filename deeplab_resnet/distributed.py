@@ -50,6 +50,7 @@ import threading
 import time
 from typing import Tuple
 
+from deeplab_resnet import process
 from deeplab_resnet.runtime import tf
 from tensorflow.python.ops import collective_ops  # noqa: E402
 
@@ -159,6 +160,7 @@ class Cluster(object):
             tf.train.ClusterSpec({"worker": list(task.workers)}), job_name="worker",
             task_index=self.index, config=self.config, start=True)
         _SERVERS.append(self.server)
+        process.set_exit(exit_process)
         log.info("worker %d of %d%s: server on %s", self.index, self.num_workers,
                  " (chief)" if self.is_chief else "", task.workers[self.index])
 

@@ -23,7 +23,7 @@ import logging
 
 import numpy as np
 
-from deeplab_resnet.cli import abbreviate
+from deeplab_resnet.messages import abbreviate
 from deeplab_resnet.runtime import tf
 
 log = logging.getLogger(__name__)

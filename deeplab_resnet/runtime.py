@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow.compat.v1 as tf  # noqa: E402
 
-from deeplab_resnet.cli import available_cores  # noqa: E402
+from deeplab_resnet.machine import available_cores  # noqa: E402
 
 # Switching says "non-resource variables are not supported in the long
 # term", once per process, before any script could set up its logging.

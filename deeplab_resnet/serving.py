@@ -11,7 +11,7 @@ label          uint8 [1, H, W]           class ids at the input size (int32
 probabilities  float32 [1, H, W, C]      softmax at the input size
 =============  ========================  ======================================
 
-With ``crf`` (export.py --crf) the dense CRF of ``crf.lattice`` runs in the
+With ``crf`` (export.py --crf) the dense CRF of ``crf.backend_tf`` runs in the
 graph after the network, its parameters baked in: ``probabilities`` are
 then the CRF's marginals and ``label`` their argmax, the result of
 ``inference.py --crf --crf-backend tensorflow``.
@@ -45,8 +45,8 @@ import shutil
 
 from deeplab_resnet import checkpoints, files
 from deeplab_resnet.constants import NUM_CLASSES
-from deeplab_resnet.crf import lattice
-from deeplab_resnet.evaluation.predict import build_prediction
+from deeplab_resnet.crf import backend_tf
+from deeplab_resnet.evaluation.predict import PredictConfig, build_prediction
 from deeplab_resnet.images import bgr_minus_mean
 from deeplab_resnet.network import VARIABLE_OPS
 from deeplab_resnet.runtime import tf
@@ -71,18 +71,17 @@ def label_dtype(num_classes):
     return tf.uint8 if num_classes <= 256 else tf.int32
 
 
-def build_serving_graph(num_classes, config=None, *, scales=(1.0,), flip=False,
-                        bf16=False, crf=None):
+def build_serving_graph(num_classes, config=None, *, predict=None, crf=None):
     """The serving graph in the default graph: placeholder to named outputs.
 
     Args:
       num_classes: classifier outputs.
       config: ``ModelConfig`` (see ``checkpoints.resolve_model``).
-      scales, flip: test-time augmentation baked into the graph, as in
-        ``predict.build_prediction``.
-      bf16: the network in bfloat16 with bfloat16 weights (half the size),
-        as ``predict.build_prediction``; the outputs stay as above.
-      crf: ``crf.CrfParams`` to refine the prediction in the graph, or None.
+      predict: ``predict.PredictConfig``: scales and flip (test-time
+        augmentation) baked into the graph, and bf16 (the network in
+        bfloat16 with bfloat16 weights, half the size; the outputs stay as
+        above), as in ``predict.build_prediction``. None: one scale, float32.
+      crf: ``crf.CrfConfig`` to refine the prediction in the graph, or None.
     Returns:
       (net, image, outputs): ``net`` holds the variables to restore (folded
       form), ``image`` the uint8 [1, H, W, 3] placeholder and ``outputs`` a
@@ -91,12 +90,14 @@ def build_serving_graph(num_classes, config=None, *, scales=(1.0,), flip=False,
     image = tf.placeholder(tf.uint8, [1, None, None, 3], name=INPUT_NAME)
     with tf.name_scope("preprocess"):
         bgr = bgr_minus_mean(tf.cast(image, tf.float32))
-    net, prediction = build_prediction(bgr, num_classes, config, scales=scales,
-                                       flip=flip, fold_batchnorm=True, bf16=bf16)
+    predict = predict or PredictConfig()
+    net, prediction = build_prediction(bgr, num_classes, config, scales=predict.scales,
+                                       flip=predict.flip, fold_batchnorm=True,
+                                       bf16=predict.bf16)
     pred, probs = prediction.pred, prediction.probs
     if crf is not None:
-        marginals = lattice.dense_crf_graph(image[0], tf.cast(probs[0], tf.float32),
-                                            crf)
+        marginals = backend_tf.dense_crf_graph(image[0], tf.cast(probs[0], tf.float32),
+                                               crf)
         probs = marginals[None]
         pred = tf.argmax(probs, axis=3, output_type=tf.int32)
     label = _named_as(pred, label_dtype(num_classes), LABEL_NAME)
@@ -115,15 +116,14 @@ def _named_as(tensor, dtype, name):
     return tf.cast(tensor, dtype, name=name)
 
 
-def freeze(weights, num_classes, *, scales=(1.0,), flip=False, bf16=False,
-           crf=None):
+def freeze(weights, num_classes, *, predict=None, crf=None):
     """A GraphDef of the serving graph with the weights as constants.
 
     Args:
       weights: .npz, checkpoint prefix or directory (``checkpoints.restore``); the
         architecture comes from ``model_config.json`` beside it.
       num_classes: must match the weights' classifier.
-      scales, flip, bf16, crf: as ``build_serving_graph``.
+      predict, crf: as ``build_serving_graph``.
     Returns:
       (GraphDef, path of the weights used, ModelConfig).
     Raises:
@@ -132,8 +132,8 @@ def freeze(weights, num_classes, *, scales=(1.0,), flip=False, bf16=False,
     """
     path, config = checkpoints.resolve_model(weights, num_classes)
     with tf.Graph().as_default() as graph:
-        net, _, outputs = build_serving_graph(num_classes, config, scales=scales,
-                                              flip=flip, bf16=bf16, crf=crf)
+        net, _, outputs = build_serving_graph(num_classes, config, predict=predict,
+                                              crf=crf)
         sess = checkpoints.open_session(net, path)
         try:
             graph_def = tf.graph_util.convert_variables_to_constants(
@@ -194,15 +194,15 @@ def _move_into_place(staging, output_dir, overwrite):
     files.replace_directory(staging, output_dir)
 
 
-def export(weights, output_dir, num_classes=NUM_CLASSES, *, scales=(1.0,),
-           flip=False, bf16=False, crf=None, overwrite=False):
+def export(weights, output_dir, num_classes=NUM_CLASSES, *, predict=None, crf=None,
+           overwrite=False):
     """Write the frozen graph, the SavedModel and export_info.json.
 
     Args:
       weights: .npz, checkpoint prefix or directory.
       output_dir: created with its parents; must be absent or empty unless
         ``overwrite``.
-      num_classes, scales, flip, bf16, crf: as ``freeze``.
+      num_classes, predict, crf: as ``freeze``.
     Returns:
       The dict written as export_info.json.
     Raises:
@@ -211,8 +211,8 @@ def export(weights, output_dir, num_classes=NUM_CLASSES, *, scales=(1.0,),
     """
     output_dir = os.path.normpath(output_dir)
     check_output_dir(output_dir, overwrite)
-    graph_def, path, config = freeze(weights, num_classes, scales=scales,
-                                     flip=flip, bf16=bf16, crf=crf)
+    predict = predict or PredictConfig()
+    graph_def, path, config = freeze(weights, num_classes, predict=predict, crf=crf)
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     staging = files.new_hidden_dir(parent, os.path.basename(output_dir), "tmp")
@@ -230,11 +230,11 @@ def export(weights, output_dir, num_classes=NUM_CLASSES, *, scales=(1.0,),
                              "shape": [1, None, None, num_classes]}},
             "saved_model": {"tag": SERVING_TAG, "signature": SIGNATURE_KEY},
             "num_classes": num_classes,
-            "scales": list(scales),
-            "flip": bool(flip),
-            "bf16": bool(bf16),
+            "scales": list(predict.scales),
+            "flip": bool(predict.flip),
+            "bf16": bool(predict.bf16),
             # The CRF's parameters as baked in, or null without one.
-            "crf": dict(crf._asdict()) if crf is not None else None,
+            "crf": crf.as_dict() if crf is not None else None,
             "weights": os.path.abspath(path),
             "model_config": config.to_dict(),
         }

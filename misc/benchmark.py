@@ -72,6 +72,7 @@ from deeplab_resnet.checkpoints import restore  # noqa: E402
 from deeplab_resnet.constants import CLASSIFIER_PREFIX, IGNORE_LABEL  # noqa: E402
 from deeplab_resnet.data import lists  # noqa: E402
 from deeplab_resnet.evaluation.evaluate import evaluate  # noqa: E402
+from deeplab_resnet.evaluation.predict import PredictConfig  # noqa: E402
 from deeplab_resnet.model import build_model  # noqa: E402
 from deeplab_resnet.runtime import session_config, tf  # noqa: E402
 from deeplab_resnet.training import Trainer  # noqa: E402
@@ -317,8 +318,8 @@ def evaluate_seconds(weights, data_dir, list_path, bf16, args):
     """
     times = []
     with tf.Graph().as_default():
-        evaluate(data_dir, list_path, weights, num_classes=args.num_classes, bf16=bf16,
-                 intra_op_threads=args.intra_op_threads,
+        evaluate(data_dir, list_path, weights, num_classes=args.num_classes,
+                 predict=PredictConfig(bf16=bf16), intra_op_threads=args.intra_op_threads,
                  inter_op_threads=args.inter_op_threads,
                  on_image=lambda *_: times.append(time.perf_counter()))
     return statistics.median(np.diff(times))
@@ -599,7 +600,8 @@ def evaluate_loop_seconds(weights, data_dir, list_path, bf16, args, **options):
     try:
         with tf.Graph().as_default():
             evaluate(data_dir, list_path, weights, num_classes=args.num_classes,
-                     bf16=bf16, intra_op_threads=args.intra_op_threads,
+                     predict=PredictConfig(bf16=bf16),
+                     intra_op_threads=args.intra_op_threads,
                      inter_op_threads=args.inter_op_threads,
                      on_image=lambda *_: times.append(time.time()), **options)
     finally:

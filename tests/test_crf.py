@@ -1,12 +1,14 @@
 """Dense CRF: it recovers boundaries from a noisy unary; flags and errors."""
 import argparse
 import sys
+import types
 
 import numpy as np
 import pytest
 from PIL import Image
 from deeplab_resnet import cli
 from deeplab_resnet import crf
+from deeplab_resnet.crf import backend_pydensecrf
 
 
 pytest.importorskip("pydensecrf.densecrf")
@@ -46,8 +48,10 @@ def test_crf_recovers_region_boundaries_better_than_argmax():
 
 
 def test_crf_with_zero_iterations_keeps_the_argmax():
+    # CrfConfig wants at least one iteration; the backend reads any object.
     image, _, probs = synthetic_scene(seed=1)
-    marginals = crf.dense_crf(image, probs, crf.CrfParams(iterations=0))
+    params = types.SimpleNamespace(**dict(crf.DEFAULTS.as_dict(), iterations=0))
+    marginals = backend_pydensecrf.marginals(image, probs, params)
     np.testing.assert_array_equal(marginals.argmax(-1), probs.argmax(-1))
 
 
@@ -69,19 +73,20 @@ def test_crf_rejects_mismatched_sizes():
         crf.dense_crf(image[..., 0], probs)
 
 
-def test_flags_default_to_deeplab_values_and_build_params():
+def test_flags_default_to_deeplab_values_and_build_params(capsys):
     parser = argparse.ArgumentParser()
     cli.add_crf_flags(parser)
-    assert cli.crf_params(parser.parse_args([])) is None
-    params = cli.crf_params(parser.parse_args(["--crf"]))
-    assert params == crf.CrfParams(iterations=10, pos_w=3, pos_xy_std=3, bi_w=4,
+    assert cli.crf_config(parser.parse_args([])) is None
+    params = cli.crf_config(parser.parse_args(["--crf"]))
+    assert params == crf.CrfConfig(iterations=10, pos_w=3, pos_xy_std=3, bi_w=4,
                                    bi_xy_std=67, bi_rgb_std=3)
-    params = cli.crf_params(parser.parse_args(
+    params = cli.crf_config(parser.parse_args(
         ["--crf", "--crf-iters", "5", "--crf-bi-xy-std", "121",
          "--crf-bi-rgb-std", "5"]))
     assert (params.iterations, params.bi_xy_std, params.bi_rgb_std) == (5, 121, 5)
-    with pytest.raises(ValueError, match="--crf-bi-rgb-std"):
-        cli.crf_params(parser.parse_args(["--crf", "--crf-bi-rgb-std", "0"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--crf", "--crf-bi-rgb-std", "0"])
+    assert "--crf-bi-rgb-std" in capsys.readouterr().err
 
 
 def test_missing_pydensecrf_is_a_clear_error(monkeypatch):
@@ -93,9 +98,9 @@ def test_missing_pydensecrf_is_a_clear_error(monkeypatch):
         crf.dense_crf(image, probs)
     parser = argparse.ArgumentParser()
     cli.add_crf_flags(parser)
-    assert cli.crf_params(parser.parse_args([])) is None
+    assert cli.crf_config(parser.parse_args([])) is None
     with pytest.raises(ValueError, match="pip install pydensecrf2.*--crf-backend tensorflow"):
-        cli.crf_params(parser.parse_args(["--crf"]))
+        cli.crf_config(parser.parse_args(["--crf"]))
     # The TensorFlow backend needs nothing more.
-    params = cli.crf_params(parser.parse_args(["--crf", "--crf-backend", "tensorflow"]))
+    params = cli.crf_config(parser.parse_args(["--crf", "--crf-backend", "tensorflow"]))
     assert params == crf.DEFAULTS

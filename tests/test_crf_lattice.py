@@ -1,4 +1,4 @@
-"""TensorFlow dense CRF (deeplab_resnet.crf.lattice) against independent computations.
+"""TensorFlow dense CRF (crf.permutohedral, crf.backend_tf) against independent computations.
 
 * the lattice filter against a brute-force dense Gaussian filter in numpy
   (the permutohedral lattice only approximates it; tolerances below);
@@ -14,14 +14,14 @@ import pytest
 import tensorflow.compat.v1 as tf
 from PIL import Image
 
-from deeplab_resnet.crf import lattice
+from deeplab_resnet.crf import backend_tf, permutohedral
 from deeplab_resnet.testing import network_like_probs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOC_SAMPLE = os.path.join(REPO_ROOT, os.pardir, "shared", "data", "voc_sample")
 
-# The attributes of the project's CrfParams; a namedtuple of our own keeps
-# this test independent of where CrfParams lives.
+# The attributes of the project's CrfConfig; a namedtuple of our own keeps
+# this test independent of where CrfConfig lives.
 Params = collections.namedtuple(
     "Params", "iterations pos_w pos_xy_std bi_w bi_xy_std bi_rgb_std")
 DEEPLAB = Params(10, 3.0, 3.0, 4.0, 67.0, 3.0)
@@ -33,7 +33,7 @@ def run(build, *args):
     with graph.as_default():
         placeholders = [tf.placeholder(tf.as_dtype(a.dtype), a.shape) for a in args]
         out = build(*placeholders)
-        with tf.Session(graph=graph, config=lattice.default_session_config()) as session:
+        with tf.Session(graph=graph, config=backend_tf.default_session_config()) as session:
             return session.run(out, dict(zip(placeholders, args)))
 
 
@@ -71,7 +71,7 @@ def test_lattice_filter_approximates_a_dense_gaussian(dim, extent):
     features = (rng.rand(n, dim) * extent).astype(np.float32)
     values = np.stack([np.sin(features.sum(1)), 2 * rng.rand(n) - 1], 1).astype(np.float32)
     ones = np.ones((n, 1), np.float32)
-    out = run(lambda f, v: lattice.lattice_filter(f, v), features,
+    out = run(lambda f, v: permutohedral.lattice_filter(f, v), features,
               np.concatenate([values, ones], 1))
     kernel = np.exp(-0.5 * ((features[:, None] - features[None]) ** 2).sum(-1))
     brute = kernel @ values / kernel.sum(1, keepdims=True)
@@ -90,7 +90,7 @@ def test_lattice_of_a_single_point_and_its_neighbours():
     features = np.array([[0.3, 1.7, -0.4]], np.float32)
 
     def build(f):
-        lat = lattice.PermutohedralLattice(f)
+        lat = permutohedral.PermutohedralLattice(f)
         return lat.num_points, lat.bary, lat.offsets, tf.stack(lat.n1)
     m, bary, offsets, n1 = run(build, features)
     assert m == 4
@@ -138,10 +138,10 @@ def test_normalised_kernel_equals_pydensecrf(kernel, sxy, srgb):
 
     def build(img, q):
         h, w = tf.shape(img)[0], tf.shape(img)[1]
-        features = (lattice.pixel_features(h, w, sxy) if kernel == "gaussian" else
-                    lattice.pixel_features(h, w, sxy, img, srgb))
-        operators = lattice._LatticeOperators(lattice.PermutohedralLattice(features))
-        norm = lattice.symmetric_norm(operators)
+        features = (backend_tf.pixel_features(h, w, sxy) if kernel == "gaussian" else
+                    backend_tf.pixel_features(h, w, sxy, img, srgb))
+        operators = permutohedral.LatticeOperators(permutohedral.PermutohedralLattice(features))
+        norm = permutohedral.symmetric_norm(operators)
         return operators.filter(norm, norm)(q)
     got = run(build, image, q0)
     # The read-off is good to ~1e-6 (float32 logs of values ~50).
@@ -154,7 +154,7 @@ def test_normalised_kernel_equals_pydensecrf(kernel, sxy, srgb):
 def deeplab_crf():
     """One TensorFlowCrf (DeepLab parameters, 4 classes) for several tests:
     building a graph is the slow part of these tests."""
-    crf = lattice.TensorFlowCrf(DEEPLAB, 4)
+    crf = backend_tf.TensorFlowCrf(DEEPLAB, 4)
     yield crf
     crf.close()
 
@@ -180,7 +180,7 @@ def test_crf_marginals_equal_pydensecrf(params, deeplab_crf):
     if params == DEEPLAB:
         got = deeplab_crf.marginals(image, probs)
     else:
-        with lattice.TensorFlowCrf(params, 4) as tf_crf:
+        with backend_tf.TensorFlowCrf(params, 4) as tf_crf:
             got = tf_crf.marginals(image, probs)
     assert got.shape == probs.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-4)
@@ -193,7 +193,7 @@ def test_crf_marginals_equal_pydensecrf(params, deeplab_crf):
 def test_zero_iterations_is_the_softmax_of_the_unary():
     image, _, probs = scene(seed=3)
     probs[0, 0] = [1.0, 0.0, 0.0, 0.0]  # clipped to 1e-8, not -inf
-    with lattice.TensorFlowCrf(DEEPLAB._replace(iterations=0), 4) as tf_crf:
+    with backend_tf.TensorFlowCrf(DEEPLAB._replace(iterations=0), 4) as tf_crf:
         got = tf_crf.marginals(image, probs)
     np.testing.assert_allclose(got, softmax(np.log(np.clip(probs, 1e-8, 1))), atol=1e-6)
 
@@ -222,7 +222,7 @@ def test_groups_dynamic_classes_and_float_image_do_not_change_the_result(deeplab
 
     def build(img, p):
         p = tf.placeholder_with_default(p, [None, None, None])
-        return lattice.dense_crf_graph(img, p, DEEPLAB, channel_groups=3)
+        return backend_tf.dense_crf_graph(img, p, DEEPLAB, channel_groups=3)
     got = run(build, image.astype(np.float32), probs)
     np.testing.assert_allclose(got, deeplab_crf.marginals(image, probs), atol=1e-6)
 
@@ -234,14 +234,14 @@ def test_rejects_bad_inputs(deeplab_crf):
     with pytest.raises(ValueError, match="RGB"):
         deeplab_crf.marginals(image[..., 0], probs)
     with pytest.raises(ValueError, match="positive"):
-        lattice.pixel_features(3, 3, 0.0)
+        backend_tf.pixel_features(3, 3, 0.0)
 
 
 def test_keys_that_do_not_fit_int64_are_a_clear_error():
     # Features a million standard deviations apart in every dimension.
     features = np.array([[0.0] * 5, [1e6] * 5], np.float32)
     with pytest.raises(tf.errors.InvalidArgumentError, match="int64"):
-        run(lambda f: lattice.PermutohedralLattice(f).offsets, features)
+        run(lambda f: permutohedral.PermutohedralLattice(f).offsets, features)
 
 
 # --------------------------------------------------------------- VOC photo
@@ -260,7 +260,7 @@ def test_voc_photo_labels_agree_with_pydensecrf():
     crf.addPairwiseGaussian(sxy=3, compat=3)
     crf.addPairwiseBilateral(sxy=67, srgb=3, rgbim=image, compat=4)
     expected = np.array(crf.inference(10)).reshape(classes, height, width).transpose(1, 2, 0)
-    with lattice.TensorFlowCrf(DEEPLAB, classes) as tf_crf:
+    with backend_tf.TensorFlowCrf(DEEPLAB, classes) as tf_crf:
         got = tf_crf.marginals(image, probs)
     assert np.mean(got.argmax(-1) == expected.argmax(-1)) >= 0.99
     assert np.mean(expected.argmax(-1) != probs.argmax(-1)) > 0.01

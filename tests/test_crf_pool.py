@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from deeplab_resnet import cli
+from deeplab_resnet import cli, machine
 from deeplab_resnet import crf
 from deeplab_resnet.crf import pool as crf_pool
 
@@ -20,7 +20,7 @@ from test_crf import synthetic_scene
 
 pytest.importorskip("pydensecrf.densecrf")
 
-FEW_ITERATIONS = crf.CrfParams(iterations=3)
+FEW_ITERATIONS = crf.CrfConfig(iterations=3)
 
 
 def scenes():
@@ -105,11 +105,11 @@ def test_a_killed_worker_is_reported_with_the_image():
 def test_crf_workers_flag():
     parser = argparse.ArgumentParser()
     cli.add_crf_flags(parser)
-    params = cli.crf_params(parser.parse_args(["--crf"]))
-    assert cli.crf_params(parser.parse_args(["--crf-workers", "3"])) is None
+    params = cli.crf_config(parser.parse_args(["--crf"]))
+    assert cli.crf_config(parser.parse_args(["--crf-workers", "3"])) is None
     assert cli.crf_workers(parser.parse_args(["--crf-workers", "3"])) == 3
     workers = cli.crf_workers(parser.parse_args(["--crf"]))
-    assert workers == cli.available_cores()
+    assert workers == machine.available_cores()
     pool = crf_pool.CrfPool(params, workers)
     assert pool.workers == workers
     pool.close()

@@ -149,3 +149,35 @@ def test_user_errors_are_clear_and_touch_nothing(voc_dataset, tiny_model, tmp_pa
         f.write("not a JPEG")
     with pytest.raises(IOError, match="img2.jpg"):
         evaluate.main(base)
+
+
+def test_an_unwritable_save_confusion_is_refused_before_evaluating(
+        voc_dataset, tiny_model, tmp_path, monkeypatch):
+    from deeplab_resnet.evaluation import evaluate as evaluation
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the evaluation ran before --save-confusion was checked")
+    monkeypatch.setattr(evaluation, "evaluate", must_not_run)
+    data_dir, list_path, _ = voc_dataset
+    not_a_dir = tmp_path / "a_file"
+    not_a_dir.write_text("in the way")
+    base = ["--data-dir", data_dir, "--data-list", list_path,
+            "--restore-from", tiny_model.directory]
+    a_dir = tmp_path / "directory.csv"
+    a_dir.mkdir()
+    for target in (not_a_dir / "sub" / "confusion.csv", a_dir):
+        with pytest.raises(IOError, match="--save-confusion"):
+            load_script("evaluate").main(base + ["--save-confusion", str(target)])
+
+
+def test_num_images_errors_name_what_the_caller_passed(voc_dataset, tiny_model, capsys):
+    from deeplab_resnet.evaluation.evaluate import evaluate
+    data_dir, list_path, _ = voc_dataset
+    with pytest.raises(ValueError, match="num_images must be at least 1") as error:
+        evaluate(data_dir, list_path, tiny_model.directory,
+                 num_classes=constants.NUM_CLASSES, num_images=0)
+    assert "--num-steps" not in str(error.value)
+    with pytest.raises(SystemExit):
+        load_script("evaluate").get_arguments(["--restore-from", tiny_model.npz,
+                                               "--num-steps", "0"])
+    assert "argument --num-steps" in capsys.readouterr().err

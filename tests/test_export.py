@@ -210,7 +210,7 @@ def test_cli_bakes_in_scales_and_flip(tiny_model, tmp_path, capsys):
 def test_bf16_export_matches_bf16_prediction(tiny_model, tmp_path):
     npz = tiny_model.npz
     out = str(tmp_path / "bf16")
-    assert serving.export(npz, out, bf16=True)["bf16"] is True
+    assert serving.export(npz, out, predict=predict.PredictConfig(bf16=True))["bf16"] is True
     graph_def = load_frozen(os.path.join(out, "frozen_graph.pb"))
     weights = [n for n in graph_def.node if n.op == "Const"
                and n.name.endswith("/weights")]
@@ -300,25 +300,25 @@ def blocky_images(seed=3):
 def test_crf_export_matches_inference_with_the_tensorflow_crf_in_a_fresh_process(
         tiny_model, tmp_path):
     from deeplab_resnet import crf
-    from deeplab_resnet.crf import lattice
+    from deeplab_resnet.crf import backend_tf
     directory = tiny_model.directory
     out = str(tmp_path / "exported")
     # A strong bilateral kernel, so that the CRF visibly changes the labels.
     flags = ["--crf", "--crf-iters", "5", "--crf-bi-w", "10", "--crf-bi-xy-std", "20",
              "--crf-bi-rgb-std", "10"]
-    params = crf.CrfParams(5, 3.0, 3.0, 10.0, 20.0, 10.0)
+    params = crf.CrfConfig(5, 3.0, 3.0, 10.0, 20.0, 10.0)
     assert load_script("export").main(
         ["--restore-from", directory, "--output-dir", out] + flags) == 0
     with open(os.path.join(out, "export_info.json")) as f:
         info = json.load(f)
-    assert info["crf"] == dict(params._asdict())
+    assert info["crf"] == params.as_dict()
     images = blocky_images()
     served = serve_in_a_fresh_process(out, images, tmp_path, timeout=300)
     save_dir = run_inference(directory, images, tmp_path, "--crf-backend", "tensorflow",
                              *flags)
     network = reference_prediction(directory, images)
     changed = []
-    with lattice.TensorFlowCrf(params) as tf_crf:
+    with backend_tf.TensorFlowCrf(params) as tf_crf:
         for key, image in images.items():
             marginals = tf_crf.marginals(image, network[key][1])
             expected_label = np.array(Image.open(os.path.join(save_dir,

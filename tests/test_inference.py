@@ -229,3 +229,30 @@ def test_overlay_blends_classes_and_leaves_background_as_the_photo():
     for class_id in (1, 15, 255):
         expected = np.rint(0.75 * 200 + 0.25 * constants.PALETTE[class_id].astype(float))
         np.testing.assert_array_equal(blended[label == class_id][0], expected)
+
+
+def test_save_raw_with_more_classes_than_a_palette_is_refused_before_any_photo(tmp_path):
+    from deeplab_resnet.testing import save_tiny_model
+    model_dir = str(tmp_path / "model")
+    os.makedirs(model_dir)
+    _, npz = save_tiny_model(model_dir, num_classes=300)
+    photo = str(tmp_path / "p.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photo)
+    save_dir = str(tmp_path / "out")
+    with pytest.raises(ValueError, match="--save-raw.*300 classes") as error:
+        load_script("inference").main([photo, "--model-weights", npz, "--num-classes",
+                                       "300", "--save-raw", "--save-dir", save_dir])
+    assert "\n" not in str(error.value)
+    assert not os.path.exists(save_dir) or os.listdir(save_dir) == []
+    # Without --save-raw the same model segments the photo.
+    assert load_script("inference").main([photo, "--model-weights", npz, "--num-classes",
+                                          "300", "--save-dir", save_dir]) == 0
+    assert os.listdir(save_dir) == ["p_mask.png"]
+
+
+def test_segmenter_takes_no_crf_option(tiny_model):
+    """The CRF runs in segment_photos' pool; Segmenter only predicts."""
+    import inspect
+    parameters = inspect.signature(predict.Segmenter).parameters
+    assert "crf_params" not in parameters and "crf" not in parameters
+    assert "predict" in parameters

@@ -8,7 +8,10 @@ from conftest import REPO_ROOT
 NUMPY_ONLY = (
     "deeplab_resnet", "deeplab_resnet.constants", "deeplab_resnet.images",
     "deeplab_resnet.cli", "deeplab_resnet.files", "deeplab_resnet.metrics",
-    "deeplab_resnet.crf", "deeplab_resnet.crf.pool", "deeplab_resnet.caffe.wire",
+    "deeplab_resnet.progress", "deeplab_resnet.machine", "deeplab_resnet.messages",
+    "deeplab_resnet.process",
+    "deeplab_resnet.crf", "deeplab_resnet.crf.pool", "deeplab_resnet.crf.params",
+    "deeplab_resnet.crf.backend_pydensecrf", "deeplab_resnet.caffe.wire",
     "deeplab_resnet.caffe.prototxt", "deeplab_resnet.data.lists",
     "deeplab_resnet.data.label_maps", "deeplab_resnet.data.label_files",
     "deeplab_resnet.data.label_checks", "deeplab_resnet.data.voc_aug",

@@ -22,7 +22,7 @@ from deeplab_resnet.caffe.prototxt import (DEPLOY_INPUT_SIZE, DEPLOY_NAME, check
                                            read_prototxt_layers)
 from deeplab_resnet.caffe.wire import CaffeFormatError, layer_kind, read_caffemodel
 from deeplab_resnet.constants import CLASSIFIER_PREFIX, MODEL_CONFIG_FILE, NUM_CLASSES
-from deeplab_resnet.cli import abbreviate
+from deeplab_resnet.messages import abbreviate
 from deeplab_resnet.model import DeepLabResNetModel, ModelConfig
 from deeplab_resnet.network import compare_shapes
 from deeplab_resnet.runtime import tf

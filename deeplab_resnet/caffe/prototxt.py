@@ -13,7 +13,7 @@ import os
 import re
 
 from deeplab_resnet.caffe.wire import CaffeFormatError, V1_ENUM_NAMES, layer_kind
-from deeplab_resnet.cli import abbreviate
+from deeplab_resnet.messages import abbreviate
 
 log = logging.getLogger(__name__)
 

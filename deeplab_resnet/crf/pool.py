@@ -54,7 +54,7 @@ class CrfPool(object):
     the CRF runs in this process inside ``submit``, as it did before pools.
 
     Args:
-      params: ``CrfParams``.
+      params: ``CrfConfig``.
       workers: worker processes, or 0.
       max_pending: default twice the workers, so that each has the next job
         at hand when it finishes.

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
-from deeplab_resnet.cli import logged_progress
+from deeplab_resnet.progress import logged_progress
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.data.lists import IMAGE_DIR, LABEL_DIR, write_list
 from deeplab_resnet.files import save_image, save_label, write_text

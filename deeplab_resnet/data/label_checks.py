@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from deeplab_resnet.cli import Progress
+from deeplab_resnet.progress import Progress
 from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES, PALETTE
 from deeplab_resnet.data.label_files import (
     DATASET, KINDS, MANY_VALUES, MASK, MASK_VALUE, MISSING, SIZE, UNMAPPED, VALUES,

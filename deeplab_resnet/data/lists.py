@@ -14,7 +14,7 @@ Standard library only.
 import os
 
 from deeplab_resnet import files
-from deeplab_resnet.cli import abbreviate
+from deeplab_resnet.messages import abbreviate
 
 IMAGE_DIR = "JPEGImages"
 LABEL_DIR = "SegmentationClassAug"

@@ -25,7 +25,7 @@ import shutil
 import numpy as np
 import scipy.io
 
-from deeplab_resnet.cli import logged_progress
+from deeplab_resnet.progress import logged_progress
 from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES
 from deeplab_resnet.data import label_checks, label_files
 from deeplab_resnet.data.lists import IMAGE_DIR, LABEL_DIR, list_text

@@ -16,11 +16,11 @@ import os
 import numpy as np
 
 from deeplab_resnet import checkpoints, distributed, files, metrics
-from deeplab_resnet.cli import Progress
+from deeplab_resnet.progress import Progress
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.crf.pool import CrfPool
 from deeplab_resnet.data.reader import ImageReader
-from deeplab_resnet.evaluation.predict import build_prediction
+from deeplab_resnet.evaluation.predict import PredictConfig
 from deeplab_resnet.images import inv_preprocess, label_dtype_for
 from deeplab_resnet.runtime import session_config, tf
 
@@ -71,9 +71,9 @@ def _predictions(sess, fetches, num_steps, reader, crf_pool=None):
 
 
 def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_LABEL,
-             label_map=None, num_images=None, scales=(1.0,), flip=False, bf16=False,
-             crf=None, crf_workers=0, crf_backend="pydensecrf", save_dir=None,
-             intra_op_threads=0, inter_op_threads=0, on_image=None, log_every=LOG_EVERY, task=None,
+             label_map=None, num_images=None, predict=None, crf=None, crf_workers=0,
+             crf_backend="pydensecrf", save_dir=None, intra_op_threads=0,
+             inter_op_threads=0, on_image=None, log_every=LOG_EVERY, task=None,
              timeout=1800.0):
     """Score the weights on a list: the confusion matrix of all its images.
 
@@ -82,8 +82,9 @@ def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_L
       weights: .npz, checkpoint prefix or directory (``checkpoints``).
       num_classes, ignore_label, label_map: as for training.
       num_images: evaluate the first ``num_images`` of the list (all: None).
-      scales, flip, bf16: see ``predict.build_prediction``.
-      crf: ``crf.CrfParams`` to refine each prediction, or None.
+      predict: ``predict.PredictConfig`` (scales, flip, bf16); None for one
+        scale, no flip, float32.
+      crf: ``crf.CrfConfig`` to refine each prediction, or None.
       crf_backend: 'pydensecrf' or 'tensorflow' (``crf.dense_crf``).
       crf_workers: processes running the CRF beside the network (0: in this
         process).
@@ -103,60 +104,89 @@ def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_L
       IOError, ValueError: bad data, weights or arguments; IOError: a worker
         was lost.
     """
-    if num_images is not None and num_images < 1:
-        raise ValueError("--num-steps must be at least 1, got %d." % num_images)
+    predict = predict or PredictConfig()
     path, config = checkpoints.resolve_model(weights, num_classes)
     reader = ImageReader(data_dir, data_list, ignore_label=ignore_label, shuffle=False,
                          num_classes=num_classes, label_map=label_map,
                          shard=(task.index, task.num_workers) if task else None)
-    num_steps = reader.num_listed
-    if num_images is not None:
-        if num_images > reader.num_listed:
-            log.warning("--num-steps %d is more than the %d listed images; "
-                        "evaluating each once.", num_images, reader.num_listed)
-        num_steps = min(num_images, reader.num_listed)
-    cluster = None
-    if task is not None:
-        # This worker's rows of the first num_steps.
-        num_steps = len(range(task.index, num_steps, task.num_workers))
-        cluster = distributed.start(
-            task, config=session_config(intra_op_threads, inter_op_threads),
-            step_timeout=timeout, startup_timeout=timeout)
-        _collective(cluster, cluster.join)
-        cluster.watchdog.started()
+    listed = _listed_steps(num_images, reader.num_listed)
+    workers = _Workers(task, session_config(intra_op_threads, inter_op_threads), timeout)
+    num_steps = workers.share(listed)
     if save_dir:
         check_save_dir(reader, save_dir)
         os.makedirs(save_dir, exist_ok=True)
-
+    scorer = _Scorer(num_classes, ignore_label, save_dir, on_image, log_every)
     # Before the graph: CRF workers start while it is built.
     crf_pool = (CrfPool(crf, crf_workers, backend=crf_backend) if crf is not None
                 else None)
     try:
-        net, prediction = build_prediction(reader.image, num_classes, config,
-                                           scales=scales, flip=flip, bf16=bf16)
-        fetches = {"label": reader.label, "path": reader.image_path}
-        if crf is None:
-            fetches["pred"] = prediction.pred
-        else:
-            fetches["probs"] = prediction.probs
-            fetches["image"] = reader.image
+        net, prediction = predict.build(reader.image, num_classes, config)
+        fetches = _fetches(reader, prediction, with_crf=crf is not None)
         sess = checkpoints.open_session(net, path, intra_op_threads, inter_op_threads)
-        log.info("Evaluating %s on %d images of %s (scales %s%s%s%s)", path, num_steps,
-                 data_list, ",".join("%g" % s for s in scales),
-                 ", flip" if flip else "", ", CRF" if crf else "",
-                 ", bf16" if bf16 else "")
-        confusion = _score(sess, fetches, num_steps, reader, crf_pool, num_classes,
-                           ignore_label, save_dir, on_image, log_every)
+        log.info("Evaluating %s on %d images of %s (%s%s)", path, num_steps, data_list,
+                 predict.describe(), ", CRF" if crf else "")
+        confusion = scorer.score(sess, fetches, num_steps, reader, crf_pool)
     finally:
         if crf_pool is not None:
             crf_pool.close()
-    if cluster is None:
-        return confusion
-    log.info("worker %d of %d: scored %d images; adding up the confusion matrices",
-             task.index, task.num_workers, num_steps)
-    total = _collective(cluster, lambda: cluster.sum_array(confusion))
-    cluster.watchdog.stop()
-    return total
+    return workers.total(confusion, num_steps)
+
+
+def _listed_steps(num_images, num_listed):
+    """Images to evaluate: the first ``num_images`` of the list, at most all."""
+    if num_images is not None and num_images < 1:
+        raise ValueError("num_images must be at least 1, got %d." % num_images)
+    if num_images is None:
+        return num_listed
+    if num_images > num_listed:
+        log.warning("Asked for %d images, more than the %d listed; evaluating "
+                    "each once.", num_images, num_listed)
+    return min(num_images, num_listed)
+
+
+def _fetches(reader, prediction, with_crf):
+    """What each step runs: the label and path, and the prediction (the
+    probabilities and the image instead, for the CRF)."""
+    fetches = {"label": reader.label, "path": reader.image_path}
+    if with_crf:
+        fetches["probs"] = prediction.probs
+        fetches["image"] = reader.image
+    else:
+        fetches["pred"] = prediction.pred
+    return fetches
+
+
+class _Workers(object):
+    """This process's share of the evaluation, and the other workers' (``task``).
+
+    Without a task, the whole list and nothing to add up.
+    """
+
+    def __init__(self, task, config, timeout):
+        self.task = task
+        self.cluster = None
+        if task is not None:
+            self.cluster = distributed.start(
+                task, config=config, step_timeout=timeout, startup_timeout=timeout)
+            _collective(self.cluster, self.cluster.join)
+            self.cluster.watchdog.started()
+
+    def share(self, num_steps):
+        """This worker's rows i::N of the first ``num_steps``."""
+        if self.task is None:
+            return num_steps
+        return len(range(self.task.index, num_steps, self.task.num_workers))
+
+    def total(self, confusion, num_steps):
+        """The confusion matrix summed over the workers."""
+        cluster = self.cluster
+        if cluster is None:
+            return confusion
+        log.info("worker %d of %d: scored %d images; adding up the confusion matrices",
+                 self.task.index, self.task.num_workers, num_steps)
+        total = _collective(cluster, lambda: cluster.sum_array(confusion))
+        cluster.watchdog.stop()
+        return total
 
 
 def _collective(cluster, run):
@@ -167,33 +197,50 @@ def _collective(cluster, run):
         raise IOError(cluster.describe_failure(err))
 
 
-def _score(sess, fetches, num_steps, reader, crf_pool, num_classes, ignore_label,
-           save_dir, on_image, log_every):
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    progress = Progress(num_steps, unit="image")
-    progress.update(0)
-    threads = reader.start(sess)
-    try:
-        results = _predictions(sess, fetches, num_steps, reader, crf_pool)
-        for step, (path, label, pred) in enumerate(results, 1):
-            pred = label_dtype_for(pred)
-            confusion += metrics.confusion_matrix(label, pred, num_classes,
-                                                  ignore_label)
-            if save_dir:
-                files.save_label(pred, files.output_path(save_dir, path, ".png"))
-            if on_image is not None:
-                on_image(step, path, pred)
-            if step % log_every == 0 or step == num_steps:
-                log.info("step %d/%d mIoU=%.4f %s", step, num_steps,
-                         metrics.segmentation_scores(confusion)["miou"],
-                         progress.line(step))
-    finally:
-        reader.coord.request_stop()
+class _Scorer(object):
+    """The loop over the predictions: confusion matrix, saved labels, progress."""
+
+    def __init__(self, num_classes, ignore_label, save_dir, on_image, log_every):
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
+        self.save_dir = save_dir
+        self.on_image = on_image
+        self.log_every = log_every
+
+    def score(self, sess, fetches, num_steps, reader, crf_pool):
+        """The confusion matrix of ``num_steps`` images; closes ``sess``."""
+        confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+        progress = Progress(num_steps, unit="image")
+        progress.update(0)
+        threads = reader.start(sess)
         try:
-            reader.coord.join(threads, stop_grace_period_secs=5)
-        except Exception as err:
-            # A reader thread's error: the loop has raised it already, or it
-            # came from prefetching past the last evaluated image.
-            log.debug("reader stopped with %s", err)
-        sess.close()
-    return confusion
+            results = _predictions(sess, fetches, num_steps, reader, crf_pool)
+            for step, (path, label, pred) in enumerate(results, 1):
+                pred = label_dtype_for(pred)
+                confusion += metrics.confusion_matrix(label, pred, self.num_classes,
+                                                      self.ignore_label)
+                self._record(step, path, pred)
+                if step % self.log_every == 0 or step == num_steps:
+                    log.info("step %d/%d mIoU=%.4f %s", step, num_steps,
+                             metrics.segmentation_scores(confusion)["miou"],
+                             progress.line(step))
+        finally:
+            _stop(reader, threads, sess)
+        return confusion
+
+    def _record(self, step, path, pred):
+        if self.save_dir:
+            files.save_label(pred, files.output_path(self.save_dir, path, ".png"))
+        if self.on_image is not None:
+            self.on_image(step, path, pred)
+
+
+def _stop(reader, threads, sess):
+    reader.coord.request_stop()
+    try:
+        reader.coord.join(threads, stop_grace_period_secs=5)
+    except Exception as err:
+        # A reader thread's error: the loop has raised it already, or it
+        # came from prefetching past the last evaluated image.
+        log.debug("reader stopped with %s", err)
+    sess.close()

@@ -14,7 +14,7 @@ import os
 import time
 
 from deeplab_resnet import files
-from deeplab_resnet.cli import Progress
+from deeplab_resnet.progress import Progress
 from deeplab_resnet.crf.pool import CrfPool
 from deeplab_resnet.data.reader import load_image
 from deeplab_resnet.evaluation.predict import Segmenter
@@ -28,6 +28,8 @@ INPUT_FIX = "Replace the file, or leave it out of the inputs."
 # What inference.py writes; a directory listing skips these so that a second
 # run into the same directory does not segment its own masks.
 OUTPUT_SUFFIXES = ("_mask.png", "_label.png", "_overlay.png", "_overlay.jpg")
+# Class ids a palette PNG (--save-raw's <name>_label.png) can hold: 0..255.
+MAX_PALETTE_CLASSES = 256
 
 
 def _is_listed_image(path):
@@ -111,9 +113,9 @@ def write_outputs(image, label, outputs, overlay_alpha=0.5):
 
 
 def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
-                   overlay_format=None, overlay_alpha=0.5, scales=(1.0,), flip=False,
-                   bf16=False, crf=None, crf_workers=0, crf_backend="pydensecrf",
-                   intra_op_threads=0, inter_op_threads=0):
+                   overlay_format=None, overlay_alpha=0.5, predict=None, crf=None,
+                   crf_workers=0, crf_backend="pydensecrf", intra_op_threads=0,
+                   inter_op_threads=0):
     """Segment every photo the inputs name and write its outputs to ``save_dir``.
 
     Args:
@@ -122,84 +124,108 @@ def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
       save_raw: also write ``<name>_label.png`` (palette PNG of class ids).
       overlay_format: 'png' or 'jpg' to also write ``<name>_overlay.<fmt>``.
       overlay_alpha: weight of the mask in the overlay, 0..1.
-      scales, flip, bf16: see ``predict.build_prediction``.
-      crf: ``crf.CrfParams`` or None; crf_workers: processes running it;
+      predict: ``predict.PredictConfig`` (scales, flip, bf16), or None.
+      crf: ``crf.CrfConfig`` or None; crf_workers: processes running it;
         crf_backend: 'pydensecrf' or 'tensorflow' (``crf.dense_crf``).
     Returns:
       (segmented, failures): how many inputs were segmented, and one message
       per input that failed (already logged).
     Raises:
       IOError, ValueError: errors that stop everything (no images at all,
-        missing weights, a bad argument).
+        missing weights, a bad argument), before the first photo.
     """
-    if not 0.0 <= overlay_alpha <= 1.0:
-        raise ValueError("--overlay-alpha must be in 0..1, got %r." % overlay_alpha)
+    _check_options(num_classes, save_raw, overlay_alpha)
     paths, failures = expand_inputs(inputs)
     for problem in failures:
         log.error("error: %s", problem)
     if not paths:
         raise IOError("No images to segment in %s." % ", ".join(inputs))
-
-    input_keys = {os.path.realpath(p) for p in paths}
-    # Output path -> input, claimed before segmenting so that a later input
-    # of the same name is refused even while the CRF of this one is queued.
-    written = {}
-    progress = Progress(len(paths), unit="image")
-
-    def fail(err, outputs=()):
-        failures.append(str(err))
-        log.error("error: %s", err)
-        for target in outputs:
-            del written[os.path.realpath(target)]
-
-    def finish(job, label):
-        i, path, image, outputs, start = job
-        try:
-            write_outputs(image, label_dtype_for(label), outputs, overlay_alpha)
-        except (IOError, OSError, ValueError) as err:
-            fail(err, outputs.values())
-            return
-        log.info("image %d/%d %s %dx%d %.2f s %s", i, len(paths), path,
-                 image.shape[1], image.shape[0], time.time() - start,
-                 progress.line(i))
-
+    photos = _Photos(paths, failures, save_dir, save_raw, overlay_format, overlay_alpha)
     # Before the graph: CRF workers start while it is built.
     crf_pool = (CrfPool(crf, crf_workers, backend=crf_backend) if crf is not None
                 else None)
     segmenter = None
     try:
-        segmenter = Segmenter(weights, num_classes, scales=scales, flip=flip,
+        segmenter = Segmenter(weights, num_classes, predict=predict,
                               intra_op_threads=intra_op_threads,
-                              inter_op_threads=inter_op_threads, bf16=bf16)
+                              inter_op_threads=inter_op_threads)
         os.makedirs(save_dir, exist_ok=True)
-        progress.update(0)
+        photos.progress.update(0)
         for i, path in enumerate(paths, 1):
-            start = time.time()
-            outputs = planned_outputs(save_dir, path, save_raw, overlay_format)
-            try:
-                check_outputs(outputs, path, input_keys, written)
-            except IOError as err:
-                fail(err)
-                continue
-            written.update((os.path.realpath(t), path) for t in outputs.values())
-            try:
-                image = load_image(path, orient=True, fix=INPUT_FIX)
-                job = (i, path, image, outputs, start)
-                if crf_pool is None:
-                    finished = [(job, segmenter.segment(image))]
-                else:
-                    finished = crf_pool.submit(
-                        image, segmenter.probabilities(image), path, tag=job)
-            except (IOError, OSError, ValueError) as err:
-                fail(err, outputs.values())
-                continue
-            for finished_job, label in finished:
-                finish(finished_job, label)
-        for finished_job, label in crf_pool.drain() if crf_pool is not None else ():
-            finish(finished_job, label)
+            for job, label in photos.segment(i, path, segmenter, crf_pool):
+                photos.finish(job, label)
+        for job, label in crf_pool.drain() if crf_pool is not None else ():
+            photos.finish(job, label)
     finally:
         if crf_pool is not None:
             crf_pool.close()
         if segmenter is not None:
             segmenter.close()
-    return len(set(written.values())), failures
+    return len(set(photos.written.values())), failures
+
+
+def _check_options(num_classes, save_raw, overlay_alpha):
+    """Refuse, before any photo, options that would fail on every one."""
+    if not 0.0 <= overlay_alpha <= 1.0:
+        raise ValueError("--overlay-alpha must be in 0..1, got %r." % overlay_alpha)
+    if save_raw and num_classes > MAX_PALETTE_CLASSES:
+        raise ValueError("--save-raw writes palette PNGs, which hold class ids below "
+                         "%d; this model has %d classes. Leave out --save-raw."
+                         % (MAX_PALETTE_CLASSES, num_classes))
+
+
+class _Photos(object):
+    """The photos of one run: their outputs, the failures and the progress line.
+
+    Output paths are claimed (``written``: output path -> input) before a
+    photo is segmented, so that a later input of the same name is refused
+    even while the CRF of this one is queued.
+    """
+
+    def __init__(self, paths, failures, save_dir, save_raw, overlay_format,
+                 overlay_alpha):
+        self.total = len(paths)
+        self.failures = failures
+        self.save_dir, self.save_raw = save_dir, save_raw
+        self.overlay_format, self.overlay_alpha = overlay_format, overlay_alpha
+        self.input_keys = {os.path.realpath(p) for p in paths}
+        self.written = {}
+        self.progress = Progress(self.total, unit="image")
+
+    def segment(self, i, path, segmenter, crf_pool):
+        """Start photo ``i``; return the jobs finished meanwhile, as (job, label)."""
+        start = time.time()
+        outputs = planned_outputs(self.save_dir, path, self.save_raw, self.overlay_format)
+        try:
+            check_outputs(outputs, path, self.input_keys, self.written)
+        except IOError as err:
+            self.fail(err)
+            return []
+        self.written.update((os.path.realpath(t), path) for t in outputs.values())
+        try:
+            image = load_image(path, orient=True, fix=INPUT_FIX)
+            job = (i, path, image, outputs, start)
+            if crf_pool is None:
+                return [(job, segmenter.segment(image))]
+            return crf_pool.submit(image, segmenter.probabilities(image), path, tag=job)
+        except (IOError, OSError, ValueError) as err:
+            self.fail(err, outputs.values())
+            return []
+
+    def fail(self, err, outputs=()):
+        self.failures.append(str(err))
+        log.error("error: %s", err)
+        for target in outputs:
+            del self.written[os.path.realpath(target)]
+
+    def finish(self, job, label):
+        """Write a segmented photo's outputs and log its progress line."""
+        i, path, image, outputs, start = job
+        try:
+            write_outputs(image, label_dtype_for(label), outputs, self.overlay_alpha)
+        except (IOError, OSError, ValueError) as err:
+            self.fail(err, outputs.values())
+            return
+        log.info("image %d/%d %s %dx%d %.2f s %s", i, self.total, path,
+                 image.shape[1], image.shape[0], time.time() - start,
+                 self.progress.line(i))

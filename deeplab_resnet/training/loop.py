@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from deeplab_resnet import checkpoints, distributed
-from deeplab_resnet.cli import Progress
+from deeplab_resnet.progress import Progress
 from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES
 from deeplab_resnet.data.reader import ImageReader
 from deeplab_resnet.images import decode_labels, inv_preprocess

@@ -18,8 +18,8 @@ own labelled pixels, summed (Caffe's four SoftmaxWithLoss layers).
 import collections
 
 from deeplab_resnet.constants import IGNORE_LABEL
+from deeplab_resnet.evaluation.predict import scale_branches
 from deeplab_resnet.model import build_model
-from deeplab_resnet.network import interp_size
 from deeplab_resnet.runtime import tf
 from deeplab_resnet.training.gradients import CONV2D_GRADIENT
 
@@ -85,11 +85,12 @@ def multi_scale_logits(images, num_classes, scales, is_training=False, config=No
                        **model_kwargs):
     """DeepLab-v2's multi-scale inputs (MSC): one shared network per scale.
 
-    Each scale's input is the batch resized bilinearly to Caffe ``Interp``'s
-    size, ``(size - 1) * scale + 1`` with aligned corners (what DeepLab-v2's
-    prototxt does: 321 gives 241 and 161 at 0.75 and 0.5; DrSleep's
-    train_msc.py floors ``size * scale`` instead, 240 and 160). The fused
-    output is the element-wise max of every branch's logits resized
+    The branches are ``predict.scale_branches``'s, the builder prediction
+    uses too: each scale's input is the batch resized bilinearly to Caffe
+    ``Interp``'s size, ``(size - 1) * scale + 1`` with aligned corners (what
+    DeepLab-v2's prototxt does: 321 gives 241 and 161 at 0.75 and 0.5;
+    DrSleep's train_msc.py floors ``size * scale`` instead, 240 and 160).
+    The fused output is the element-wise max of every branch's logits resized
     bilinearly (aligned corners) to the grid of the first scale's.
 
     With ``is_training``, BatchNorm statistics of the first scale's branch
@@ -101,24 +102,11 @@ def multi_scale_logits(images, num_classes, scales, is_training=False, config=No
       (net, [(name, logits float32 [N, h_s, w_s, C])] for each scale and then
       the fused output).
     """
-    size = tf.shape(images)[1:3]
-    updates = tf.get_collection_ref(tf.GraphKeys.UPDATE_OPS)
-    net, outputs = None, []
-    with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
-        for scale in scales:
-            before = len(updates)
-            with tf.name_scope("scale_%s" % scale_name(scale)):
-                inputs = images if scale == 1.0 else tf.image.resize_bilinear(
-                    images, interp_size(size, scale), align_corners=True)
-                inputs = tf.cast(inputs, model_kwargs.get("compute_dtype", tf.float32))
-            branch_net, logits = build_model(inputs, num_classes,
-                                             is_training=is_training, config=config,
-                                             **model_kwargs)
-            if net is None:
-                net = branch_net
-            else:
-                del updates[before:]
-            outputs.append((scale_name(scale), tf.cast(logits, tf.float32)))
+    net, branches = scale_branches(
+        images, scales, lambda inputs: build_model(
+            inputs, num_classes, is_training=is_training, config=config, **model_kwargs),
+        dtype=model_kwargs.get("compute_dtype", tf.float32))
+    outputs = [(scale_name(scale), logits) for scale, logits in branches]
     with tf.name_scope("fuse_scales"):
         grid = tf.shape(outputs[0][1])[1:3]
         fused = outputs[0][1]
@@ -126,6 +114,18 @@ def multi_scale_logits(images, num_classes, scales, is_training=False, config=No
             fused = tf.maximum(fused, tf.image.resize_bilinear(logits, grid,
                                                                align_corners=True))
     return net, outputs + [(FUSED, fused)]
+
+
+def _branches(images, num_classes, scales, is_training, config, model_kwargs):
+    """(net, [(name, logits)]): the one network, or ``multi_scale_logits``'s."""
+    if tuple(scales) != (1.0,):
+        return multi_scale_logits(images, num_classes, scales, is_training=is_training,
+                                  config=config, **model_kwargs)
+    compute_dtype = model_kwargs["compute_dtype"]
+    data = images if images.dtype == compute_dtype else tf.cast(images, compute_dtype)
+    net, logits = build_model(data, num_classes, is_training=is_training,
+                              config=config, **model_kwargs)
+    return net, [(scale_name(1.0), tf.cast(logits, tf.float32))]
 
 
 def tower_loss(images, labels, num_classes, *, ignore_label=IGNORE_LABEL,
@@ -168,16 +168,8 @@ def tower_loss(images, labels, num_classes, *, ignore_label=IGNORE_LABEL,
     model_kwargs = dict(compute_dtype=compute_dtype, variable_dtype=tf.float32,
                         narrow_taps=None if on_gpu else True)
     with tf.get_default_graph().gradient_override_map({"Conv2D": CONV2D_GRADIENT}):
-        if tuple(scales) == (1.0,):
-            data = images if images.dtype == compute_dtype else tf.cast(images,
-                                                                        compute_dtype)
-            net, logits = build_model(data, num_classes, is_training=is_training,
-                                      config=config, **model_kwargs)
-            branches = [(scale_name(1.0), tf.cast(logits, tf.float32))]
-        else:
-            net, branches = multi_scale_logits(images, num_classes, scales,
-                                               is_training=is_training, config=config,
-                                               **model_kwargs)
+        net, branches = _branches(images, num_classes, scales, is_training, config,
+                                  model_kwargs)
     outputs = []
     for name, logits in branches:
         label, loss_sum, num_valid, valid, bad = pixel_losses(logits, labels,

@@ -1,0 +1,85 @@
+"""The dense CRF's parameters (``CrfConfig``) and the inputs every backend takes.
+
+Standard library and numpy only: CRF workers, the flag parser and both
+backends read it.
+"""
+import dataclasses
+import math
+
+import numpy as np
+
+BACKENDS = ("pydensecrf", "tensorflow")
+# Probabilities are clipped before the log so that a confident 0 from the
+# softmax is a large but finite energy.
+PROB_EPSILON = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class CrfConfig(object):
+    """Dense CRF parameters, DeepLab-v2 ResNet-101 VOC defaults (see ``crf``'s doc).
+
+    Frozen, so that it is hashable (the TensorFlow backend keeps one graph
+    per config) and travels to CRF workers as it is.
+
+    Raises:
+      ValueError: a value that is not finite, a negative weight, a standard
+        deviation that is not positive, or fewer than one iteration. A NaN
+        or infinite weight would otherwise turn every marginal into NaN,
+        and every pixel into class 0, without any error.
+    """
+    iterations: int = 10
+    pos_w: float = 3.0
+    pos_xy_std: float = 3.0
+    bi_w: float = 4.0
+    bi_xy_std: float = 67.0
+    bi_rgb_std: float = 3.0
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ValueError("CRF %s must be a number, got %r." % (field.name, value))
+            if not math.isfinite(value):
+                raise ValueError("CRF %s must be finite, got %r." % (field.name, value))
+        if self.iterations < 1 or self.iterations != int(self.iterations):
+            raise ValueError("CRF iterations must be a whole number >= 1, got %r."
+                             % self.iterations)
+        for name in ("pos_w", "bi_w"):
+            if getattr(self, name) < 0:
+                raise ValueError("CRF %s (a kernel weight) must be >= 0, got %r."
+                                 % (name, getattr(self, name)))
+        for name in ("pos_xy_std", "bi_xy_std", "bi_rgb_std"):
+            if getattr(self, name) <= 0:
+                raise ValueError("CRF %s (a standard deviation) must be positive, "
+                                 "got %r." % (name, getattr(self, name)))
+        object.__setattr__(self, "iterations", int(self.iterations))
+        for name in ("pos_w", "pos_xy_std", "bi_w", "bi_xy_std", "bi_rgb_std"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    def as_dict(self):
+        """The parameters by name, for reports such as export_info.json."""
+        return dataclasses.asdict(self)
+
+
+DEFAULTS = CrfConfig()
+
+
+def check_inputs(image, probs):
+    """(image, probs) as arrays, checked to be an RGB image and its probabilities.
+
+    Raises:
+      ValueError: image and probabilities of different sizes, an image that
+        is not RGB, or an empty one.
+    """
+    image = np.asarray(image)
+    probs = np.asarray(probs)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError("The CRF needs an RGB image [H, W, 3]; got shape %s."
+                         % (image.shape,))
+    if probs.ndim != 3 or probs.shape[:2] != image.shape[:2]:
+        raise ValueError("The CRF needs probabilities [H, W, C] at the image's "
+                         "size %s; got shape %s." % (image.shape[:2], probs.shape))
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError("The CRF needs a non-empty image; got shape %s."
+                         % (image.shape,))
+    return image, probs
