@@ -35,8 +35,8 @@ def get_arguments(argv=None):
         description=__doc__ + "\nparts:\n" + parts.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", type=parts.parse_parts, default=",".join(parts.NAMES),
-                        help="What to measure, comma-separated, from the parts listed "
-                             "above (default: %(default)s).")
+                        help="What to measure, comma-separated; --help lists what "
+                             "each part measures (default: %(default)s).")
     parser.add_argument("--sizes", type=options.parse_sizes, default="321,513",
                         help="Inference sizes: N for NxN or HxW, comma-separated "
                              "(default: %(default)s).")
