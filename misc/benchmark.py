@@ -70,8 +70,9 @@ def get_arguments(argv=None):
     parser.add_argument("--crf-eval-images", type=int, default=3,
                         help="Generated 500x375 images evaluate.py --crf runs on "
                              "for each CRF backend and dtype; its s/image is timed "
-                             "from the first result to the last; 0 to skip "
-                             "(default: %(default)s).")
+                             "from the first result to the last (with CRF workers "
+                             "low by at most one network step / (images - 1): more "
+                             "come closer); 0 to skip (default: %(default)s).")
     parser.add_argument("--voc-sample", default=None, metavar="DIR",
                         help="A directory with a photo NAME.jpg and its label "
                              "NAME.png (the first such pair is used), for the CRF "

@@ -32,7 +32,8 @@ class ImageClock(object):
     prediction, confusion matrix). With CRF workers they come back in
     bursts: the pool hands a result back only when the network's next image
     is submitted or at the final drain, so one interval may hold several
-    images and the next none. ``seconds_per_image`` is exact for both.
+    images and the next none. ``seconds_per_image`` spans them all, so
+    bursts do not matter; its docstring bounds its error.
     """
 
     def __init__(self):
@@ -51,9 +52,13 @@ class ImageClock(object):
         the loop turns images out once it runs, what a long evaluation
         approaches. The one-time costs before the first result (the graph,
         the weights, the first image's warm-up, CRF workers' start and the
-        pipeline's filling) are left out, and bursts do not matter: the
-        last result comes from the final drain, which waits for it, and the
-        first is handed back at most one network step after it is done.
+        pipeline's filling) are left out, and bursts in between do not
+        matter. The last result is exact: the final drain waits for it. The
+        first may be handed back up to one network step after its CRF ended
+        (the pool is polled when the next image is submitted), which
+        shortens the span by at most that step: over N images the figure is
+        low by at most one network step / (N - 1), so more images
+        (--crf-eval-images) come closer. Without CRF workers it is exact.
 
         Raises:
           ValueError: fewer than two results.
