@@ -1,19 +1,143 @@
-"""misc/benchmark.py's crf part: its inputs, its measurements on small images, its report.
+"""misc/benchmark.py and its parts (misc/benchmarks/): the table of parts, the FLOP count,
+the crf part's inputs and measurements on small images, the reports.
 
 The figures themselves come from running the benchmark; these tests check
-that the probabilities look like a network's, that the two backends are
-compared on the same inputs, that the fresh-process memory figure is the
-child's own, and that the table and targets read the report.
+that the table names a module for each part and refuses others, that FLOPs
+are counted as by hand, that the probabilities look like a network's, that
+the two backends are compared on the same inputs, that the fresh-process
+memory figure is the child's own, and that the table and targets read the
+report.
 """
+import argparse
 import os
+import types
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from deeplab_resnet import testing
+from deeplab_resnet.runtime import tf
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Loading the script puts the repository on sys.path, so misc.benchmarks imports.
 benchmark = testing.load_script(os.path.join(REPO_ROOT, "misc", "benchmark.py"))
+from misc.benchmarks import (common, crf as crf_part, evaluate as evaluate_part,  # noqa: E402
+                             flops, inputs, options, parts, report, runner,
+                             train as train_part)
+
+
+def test_parts_table_names_a_module_for_each_part(capsys):
+    assert parts.NAMES == ("peak", "flops", "inference", "opencv", "evaluate", "train",
+                           "crf")
+    for part in parts.PARTS:
+        module = parts.module(part.name)
+        assert module.__file__ == os.path.join(REPO_ROOT, "misc", "benchmarks",
+                                               part.module + ".py")
+        for function in ("measure", "lines", "targets"):
+            assert callable(getattr(module, function)), (part.name, function)
+    with pytest.raises(SystemExit):
+        benchmark.get_arguments(["--help"])
+    help_text = capsys.readouterr().out
+    for part in parts.PARTS:
+        assert "  %-10s %s" % (part.name, part.description) in help_text
+
+
+def test_unknown_part_is_refused_with_the_list_of_parts(capsys):
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match="unknown parts nope; choose from "
+                             "peak,flops,inference,opencv,evaluate,train,crf"):
+        parts.parse_parts("train,nope")
+    with pytest.raises(SystemExit):
+        benchmark.get_arguments(["--parts", "train,nope"])
+    assert "choose from peak,flops,inference" in capsys.readouterr().err
+    # Chosen parts come in the table's order, each once.
+    assert parts.parse_parts("crf, train,crf") == ["train", "crf"]
+
+
+def test_runner_runs_the_chosen_parts_in_the_table_order(monkeypatch):
+    calls = []
+
+    def fake(name):
+        return types.SimpleNamespace(
+            measure=lambda run: calls.append(name) or {name: run.settings.num_classes},
+            lines=lambda result: [], targets=lambda result: [])
+    monkeypatch.setattr(parts, "module", lambda part: fake(getattr(part, "name", part)))
+    settings = options.Settings.from_args(benchmark.get_arguments(
+        ["--parts", "crf,peak", "--num-classes", "5"]))
+    result = runner.measure(settings)
+    assert calls == ["peak", "crf"]
+    assert result["peak"] == result["crf"] == 5 and result["targets"] == []
+
+
+def test_graph_flops_of_one_convolution_match_a_hand_count():
+    height, width, c_in, c_out, k = 8, 6, 3, 4, 3
+    forward = 2 * height * width * c_in * c_out * k * k
+    with tf.Graph().as_default() as graph:
+        x = tf.random_uniform((1, height, width, c_in))
+        w = tf.Variable(tf.random_normal((k, k, c_in, c_out)))
+        y = tf.nn.conv2d(x, w, [1, 1, 1, 1], "SAME")
+        assert flops.graph_flops(graph, [y]) == (forward, {"Conv2D": forward})
+        dx, dw = tf.gradients(y, [x, w])
+        total, by_type = flops.graph_flops(graph, [y, dx, dw])
+    # Each backprop costs what the forward convolution does.
+    assert by_type == {"Conv2D": forward, "Conv2DBackpropInput": forward,
+                       "Conv2DBackpropFilter": forward}
+    assert total == 3 * forward
+
+
+def test_cpu_info_names_the_native_bfloat16_support():
+    text = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+            "model name\t: Intel(R) Xeon(R) Platinum 8481C\n"
+            "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n\nprocessor\t: 1\n")
+    cpu = common.cpu_info(text)
+    assert cpu == {"model_name": "Intel(R) Xeon(R) Platinum 8481C", "family": "6",
+                   "model": "143", "bf16": "AMX + AVX512_BF16"}
+    assert common.cpu_name(cpu) == "Intel(R) Xeon(R) Platinum 8481C (family 6, model 143)"
+    assert common.cpu_info("model name\t: AMD EPYC\nflags\t: avx2 avx512_bf16\n")[
+        "bf16"] == "AVX512_BF16"
+    assert common.cpu_info("model name\t: AMD EPYC\nflags\t: avx2 fma\n")["bf16"] == "none"
+
+
+def test_image_clock_times_the_loop_from_the_first_result_to_the_last():
+    clock = evaluate_part.ImageClock()
+    # Four results, the first two in one burst (as CRF workers hand them back).
+    for seconds in (10.0, 10.0, 13.0, 16.0):
+        clock.times.append(seconds)
+    assert clock.seconds_per_image() == pytest.approx(2.0)
+    assert clock.median_interval() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        evaluate_part.ImageClock().seconds_per_image()
+
+
+def train_run(variant, batch, seconds, step_gflop=40.0, grad_update_every=1):
+    return {"variant": variant, "batch": batch, "grad_update_every": grad_update_every,
+            "seconds": seconds, "forward_seconds": seconds / 4, "peak_bytes": 3 * 2 ** 30,
+            "seconds_per_image": seconds / batch / grad_update_every,
+            "step_gflop": step_gflop, "gflops": step_gflop / seconds}
+
+
+def test_train_table_and_json_keys():
+    runs = [train_run("fp32", 2, 20.0), train_run("bf16", 2, 12.5),
+            train_run("fp32", 1, 24.0, grad_update_every=2)]
+    speedups = train_part.bf16_speedups(runs)
+    assert speedups == [{"batch": 2, "fp32_seconds": 20.0, "bf16_seconds": 12.5,
+                         "speedup": 1.6}]
+    result = {"machine": "test", "train": {
+        "size": 321, "runs": runs, "flop_count": train_part.FLOP_COUNT,
+        "bf16_speedup": speedups, "cpu": common.cpu_info(
+            "model name\t: AMD EPYC 9B14\ncpu family\t: 25\nmodel\t: 17\n"
+            "flags\t: avx512_bf16\n")}}
+    result["targets"] = report.check_targets(result)
+    table = report.format_table(result)
+    for text in ("CPU: AMD EPYC 9B14 (family 25, model 17); native bfloat16: AVX512_BF16",
+                 "training bf16 speed-up over fp32: 1.60x (batch 2)",
+                 "GFLOP/step: TensorFlow's per-op FLOP registry",
+                 "[met]    batch-2 321x321 training step fits in 24 GiB"):
+        assert text in table, text
+    # s/step, s/image, GFLOP/step, GFLOP/s, backward/forward, peak memory
+    assert "bf16       2                      1    12.50     6.25       40.0      3.2 " \
+           "            3.00      3.0 GiB" in table
 
 
 def test_network_like_probs_are_a_blurry_softmax_of_the_label():
@@ -32,16 +156,33 @@ def test_network_like_probs_are_a_blurry_softmax_of_the_label():
     assert (probs.argmax(axis=2) == np.where(label == 255, 0, label)).mean() > 0.9
 
 
+def test_crf_inputs_from_a_voc_sample_directory(tmp_path):
+    photo = np.zeros((50, 30, 3), np.uint8)
+    photo[:25] = (200, 30, 30)
+    label = np.zeros((50, 30), np.uint8)
+    label[:25] = 15
+    Image.fromarray(photo).save(str(tmp_path / "2007_000129.jpg"), quality=95)
+    Image.fromarray(label).save(str(tmp_path / "2007_000129.png"))
+    image, probs, source = inputs.crf_inputs((30, 40), 21, str(tmp_path))
+    assert source == "VOC sample %s, turned and resized" % (tmp_path / "2007_000129")
+    assert image.shape == (30, 40, 3) and probs.shape == (30, 40, 21)
+    # Turned a quarter anticlockwise: the person (15) on the left, in red.
+    assert (probs[:, :16].argmax(axis=2) == 15).all()
+    assert image[:, :16, 0].mean() > 150 > image[:, -16:, 0].mean()
+    (tmp_path / "2007_000129.png").unlink()
+    with pytest.raises(IOError, match="--voc-sample .* no NAME.jpg with its label"):
+        inputs.crf_inputs((30, 40), 21, str(tmp_path))
+
+
 def test_crf_inputs_and_backends_on_a_small_photo():
     pytest.importorskip("pydensecrf.densecrf")
-    image, probs, source = benchmark.crf_inputs((30, 40), 21)
+    image, probs, source = inputs.crf_inputs((30, 40), 21)
     assert image.shape == (30, 40, 3) and image.dtype == np.uint8
     assert probs.shape == (30, 40, 21)
-    assert source.startswith("VOC sample" if os.path.exists(benchmark.VOC_SAMPLE + ".jpg")
-                             else "synthetic")
-    seconds, marginals = benchmark.crf_backend_seconds(image, probs, repeats=1)
+    assert source == "a generated photo-like scene (no --voc-sample)"
+    seconds, marginals = crf_part.crf_backend_seconds(image, probs, repeats=1)
     assert set(seconds) == set(marginals) == {"pydensecrf", "tensorflow"}
-    agreement = benchmark.crf_agreement(probs, marginals)
+    agreement = crf_part.crf_agreement(probs, marginals)
     assert agreement["label_agreement"] >= 0.99
     assert agreement["max_abs_difference"] < 1e-3
     assert set(agreement["changed"]) == {"pydensecrf", "tensorflow"}
@@ -52,7 +193,7 @@ def test_crf_processes_measure_their_own_peak(tmp_path):
     # A large array here must not show in the children's figures (Linux
     # carries a parent's peak over into its children's ru_maxrss).
     ballast = np.ones(2 ** 28 // 8 * 3, np.float64)  # 768 MiB
-    results = benchmark.crf_processes((24, 32), 21, str(tmp_path))
+    results = crf_part.crf_processes((24, 32), 21, str(tmp_path))
     del ballast
     assert set(results) == {"pydensecrf", "tensorflow"}
     for run in results.values():
@@ -81,19 +222,19 @@ def crf_report(pydensecrf_s=2.5, tensorflow_s=2.0):
 
 
 def test_crf_table_and_targets():
-    report = {"machine": "test", "crf": crf_report()}
-    default = benchmark.default_crf_workers("pydensecrf")
-    report["crf"]["evaluate"] = {"images": 3, "size": "375x500", "runs": [
+    result = {"machine": "test", "crf": crf_report()}
+    default = crf_part.default_crf_workers("pydensecrf")
+    result["crf"]["evaluate"] = {"images": 3, "size": "375x500", "runs": [
         {"dtype": "fp32", "backend": "pydensecrf", "workers": default, "seconds": 6.0},
         {"dtype": "fp32", "backend": "tensorflow", "workers": 0, "seconds": 5.0},
         {"dtype": "bf16", "backend": "pydensecrf", "workers": default, "seconds": 5.0},
         {"dtype": "bf16", "backend": "tensorflow", "workers": 0, "seconds": 4.0},
         {"dtype": "bf16", "backend": "pydensecrf", "workers": 1, "seconds": 8.4}]}
-    report["targets"] = benchmark.check_targets(report)
-    assert [(met, measured) for _, measured, met in report["targets"]] == [
+    result["targets"] = report.check_targets(result)
+    assert [(met, measured) for _, measured, met in result["targets"]] == [
         (False, "1.25x"), (True, "2.10x (4.00 vs 8.40 s/image)")]
-    assert "1 worker" in report["targets"][1][0]
-    table = benchmark.format_table(report)
+    assert "1 worker" in result["targets"][1][0]
+    table = report.format_table(result)
     for text in ("tensorflow CRF speed-up over pydensecrf: 1.25x",
                  "labels agree on 99.990% of pixels; marginals differ by at most 2.0e-05",
                  "236 MiB, 2.10 s", "2.45 GiB, 41.00 s", "out of memory",
@@ -103,8 +244,8 @@ def test_crf_table_and_targets():
 
 
 def test_crf_targets_without_evaluate_runs():
-    report = {"machine": "test", "crf": crf_report(pydensecrf_s=6.0)}
-    (description, measured, met), = benchmark.check_targets(report)
+    result = {"machine": "test", "crf": crf_report(pydensecrf_s=6.0)}
+    (description, measured, met), = report.check_targets(result)
     assert "3x" in description and measured == "3.00x" and met
 
 
@@ -114,6 +255,12 @@ def test_crf_flags():
     args = benchmark.get_arguments(["--parts", "crf", "--crf-large-size", "0",
                                     "--crf-eval-images", "0"])
     assert args.crf_large_size is None and args.crf_eval_images == 0
-    for bad in (["--crf-large-size", "321,513"], ["--crf-eval-images", "-1"]):
+    assert args.voc_sample is None
+    settings = options.Settings.from_args(benchmark.get_arguments(
+        ["--parts", "crf", "--voc-sample", "samples"]))
+    assert settings.voc_sample == "samples" and settings.parts == ["crf"]
+    # One image gives no interval to time the loop by.
+    for bad in (["--crf-large-size", "321,513"], ["--crf-eval-images", "-1"],
+                ["--crf-eval-images", "1"]):
         with pytest.raises(SystemExit):
             benchmark.get_arguments(["--parts", "crf"] + bad)
