@@ -5,6 +5,8 @@ Writes into --output-dir (which appears only once complete):
   frozen_graph.pb    GraphDef with the weights as constants
   saved_model/       SavedModel, tag 'serve', signature 'serving_default'
   export_info.json   tensor names, dtypes, classes, scales, flip, source
+  model.onnx         with --onnx: the same model for onnxruntime (needs
+                     requirements-onnx.txt; not with --bf16 or --crf)
 
 Both take one RGB photo of any size and return its labels and probabilities
 at that size; preprocessing (RGB->BGR, mean subtraction) and BatchNorm
@@ -43,6 +45,9 @@ def get_arguments(argv=None):
                              "export is complete (default: refuse).")
     cli.add_prediction_flags(parser)
     cli.add_crf_flags(parser, runtime=False)
+    parser.add_argument("--onnx", action="store_true",
+                        help="Also write model.onnx for onnxruntime (pip install "
+                             "-r requirements-onnx.txt; not with --bf16 or --crf).")
     return parser.parse_args(argv)
 
 
@@ -52,7 +57,8 @@ def main(argv=None):
     predict = cli.predict_config(args)
     crf = cli.crf_config(args)
     info = serving.export(args.restore_from, args.output_dir, args.num_classes,
-                          predict=predict, crf=crf, overwrite=args.overwrite)
+                          predict=predict, crf=crf, overwrite=args.overwrite,
+                          onnx=args.onnx)
     log.info("input %s uint8 [1, H, W, 3] RGB; outputs %s %s [1, H, W], %s "
              "float32 [1, H, W, %d]; scales %s%s%s%s", serving.INPUT_NAME,
              serving.LABEL_NAME, info["outputs"][serving.LABEL_NAME]["dtype"],

@@ -38,12 +38,14 @@ when complete (built under a temporary name, then renamed)::
   <output-dir>/export_info.json         the names above, classes, scales,
                                         flip, bf16, CRF parameters, source
                                         weights
+  <output-dir>/model.onnx               with ``onnx``: the same graph for
+                                        onnxruntime (``onnx_export``)
 """
 import logging
 import os
 import shutil
 
-from deeplab_resnet import checkpoints, files
+from deeplab_resnet import checkpoints, files, onnx_export
 from deeplab_resnet.constants import NUM_CLASSES
 from deeplab_resnet.crf import backend_tf
 from deeplab_resnet.evaluation.predict import PredictConfig, build_prediction
@@ -195,7 +197,7 @@ def _move_into_place(staging, output_dir, overwrite):
 
 
 def export(weights, output_dir, num_classes=NUM_CLASSES, *, predict=None, crf=None,
-           overwrite=False):
+           overwrite=False, onnx=False):
     """Write the frozen graph, the SavedModel and export_info.json.
 
     Args:
@@ -203,15 +205,19 @@ def export(weights, output_dir, num_classes=NUM_CLASSES, *, predict=None, crf=No
       output_dir: created with its parents; must be absent or empty unless
         ``overwrite``.
       num_classes, predict, crf: as ``freeze``.
+      onnx: also write model.onnx (``onnx_export``; not with bf16 or crf).
     Returns:
       The dict written as export_info.json.
     Raises:
       IOError: no weights, or ``output_dir`` exists (without ``overwrite``);
-      ValueError: weights for another network or class count.
+      ValueError: weights for another network or class count; ``onnx``
+      with bf16 or crf, or without its packages.
     """
     output_dir = os.path.normpath(output_dir)
     check_output_dir(output_dir, overwrite)
     predict = predict or PredictConfig()
+    if onnx:
+        onnx_export.check_options(bf16=predict.bf16, crf=crf)
     graph_def, path, config = freeze(weights, num_classes, predict=predict, crf=crf)
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
@@ -238,6 +244,10 @@ def export(weights, output_dir, num_classes=NUM_CLASSES, *, predict=None, crf=No
             "weights": os.path.abspath(path),
             "model_config": config.to_dict(),
         }
+        if onnx:
+            info["onnx"] = onnx_export.convert(
+                graph_def, os.path.join(staging, onnx_export.ONNX_FILE),
+                input_name=INPUT_NAME, output_names=[LABEL_NAME, PROBS_NAME])
         files.write_json(os.path.join(staging, INFO_FILE), info)
         _move_into_place(staging, output_dir, overwrite)
     finally:
