@@ -19,6 +19,8 @@ PARTS = (
                                    "in fp32 and bf16, and its fraction of the matmul peak"),
     Part("opencv", "opencv", "OpenCV DNN on the same Caffe model and weights, and how "
                              "much faster TensorFlow is"),
+    Part("onnx", "ort", "export.py --onnx: the frozen graph against onnxruntime on its "
+                        "model.onnx, end to end, s/image and label agreement"),
     Part("evaluate", "evaluate", "evaluate.py's loop per image on generated 500x375 pairs, "
                                  "against the bare network"),
     Part("train", "train", "a training step per --train-variants: s/step, s/image, "
