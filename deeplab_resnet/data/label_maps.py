@@ -21,6 +21,7 @@ import json
 import numpy as np
 
 from deeplab_resnet.constants import IGNORE_LABEL, VOC_CLASSES
+from deeplab_resnet.data.lists import read_text
 
 # An 8-bit label holds values 0..255.
 NUM_VALUES = 256
@@ -141,11 +142,7 @@ def read_label_map(path, num_classes=None, ignore_label=IGNORE_LABEL):
     """
     if path is None or isinstance(path, LabelMap):
         return path
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as err:
-        raise IOError("--label-map %r cannot be read (%s)." % (path, err))
+    text = read_text(path, "--label-map")
     if path.lower().endswith(".json") or text.lstrip().startswith("{"):
         entries = _json_entries(text, path)
     else:
@@ -215,11 +212,8 @@ def class_names(num_classes, path=None):
         if num_classes == len(VOC_CLASSES):
             return list(VOC_CLASSES)
         return ["class_%d" % i for i in range(num_classes)]
-    try:
-        with open(path) as f:
-            names = [line.strip() for line in f if line.strip()]
-    except OSError as err:
-        raise IOError("--class-names %r cannot be read (%s)." % (path, err))
+    names = [line.strip() for line in read_text(path, "--class-names").split("\n")
+             if line.strip()]
     if len(names) != num_classes:
         raise ValueError("--class-names %s has %d names but --num-classes is %d; "
                          "give one name per line for every class, background "

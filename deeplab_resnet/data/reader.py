@@ -34,12 +34,12 @@ import threading
 import time
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.data import label_checks, label_maps
 from deeplab_resnet.data.label_files import (DECODE_ERRORS, UNREADABLE, WIDE_MODES,
-                                             UnreadableError, load_label)
+                                             UnreadableError, load_label, upright)
 from deeplab_resnet.data.lists import read_labeled_image_list
 from deeplab_resnet.images import bgr_minus_mean
 from deeplab_resnet.runtime import tf
@@ -72,7 +72,7 @@ def load_image(path, orient=False, fix=None):
         with Image.open(path) as image:
             image.load()
             if orient:
-                image = ImageOps.exif_transpose(image)
+                image = upright(image)
             if image.mode.startswith(WIDE_MODES):
                 wide = np.asarray(image, dtype=np.float64)
                 # 16-bit images use the full range; 8-bit conversion keeps the top byte.
@@ -309,6 +309,7 @@ class ImageReader(object):
             decode_images=True)
         if self.skip_bad_images:
             unreadable = [p for p in result.problems if p.kind == UNREADABLE]
+            self._refuse_if_none_readable(indices, unreadable)
             result.problems = [p for p in result.problems if p.kind != UNREADABLE]
             result.warnings = unreadable + result.warnings
         if result.problems:
@@ -318,6 +319,17 @@ class ImageReader(object):
                  self.num_images, self.data_list, time.time() - start,
                  "; label map " + self.label_map.describe() if self.label_map
                  else "")
+
+    def _refuse_if_none_readable(self, indices, unreadable):
+        """--skip-bad-images replaces a bad pair by a readable one; with no
+        readable pair in the whole list the queues would close at step 1."""
+        bad = {problem.path for problem in unreadable}
+        if unreadable and len(indices) == self.num_images and all(
+                self.image_list[i] in bad or self.label_list[i] in bad for i in indices):
+            raise IOError("No image/label pair listed in %s (--data-list) can be read, "
+                          "so --skip-bad-images leaves nothing to train on; the first: "
+                          "%s Fix or replace the files." % (self.data_list,
+                                                            unreadable[0].message))
 
     def _load(self, image_path, label_path):
         image_path, label_path = image_path.decode(), label_path.decode()
