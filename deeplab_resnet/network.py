@@ -314,17 +314,10 @@ class Network(object):
         skipped = lambda key: key.split("/")[0] in skip
         wanted = {k: v for k, v in self.variables.items() if not skipped(k)}
         given = {k: v for k, v in weights.items() if not skipped(k)}
-        unexpected, missing, mismatched = compare_shapes(
+        problems, missing = shape_problems(
             {k: v.shape for k, v in given.items()},
-            {k: v.get_shape().as_list() for k, v in wanted.items()})
-        problems = []
-        if unexpected:
-            problems.append("weights with no matching variable: %s"
-                            % abbreviate(unexpected))
-        if missing and not ignore_missing:
-            problems.append("variables with no weights: %s" % abbreviate(missing))
-        if mismatched:
-            problems.append("shape mismatches: %s" % abbreviate(mismatched))
+            {k: v.get_shape().as_list() for k, v in wanted.items()},
+            missing=None if ignore_missing else "variables with no weights: %s")
         if problems:
             raise ValueError(
                 "The weights do not match the network (%s). Check --num-classes "
@@ -403,3 +396,21 @@ def compare_shapes(given, expected):
                         for k in set(given) & set(expected)
                         if given[k] != expected[k])
     return unexpected, missing, mismatched
+
+
+def shape_problems(given, expected, unexpected="weights with no matching variable: %s",
+                   missing="variables with no weights: %s"):
+    """``compare_shapes``'s findings as parts of a message, one per kind.
+
+    Args:
+      given, expected: as ``compare_shapes``.
+      unexpected, missing: '%s' formats for those names; None leaves the kind
+        out of the message.
+    Returns:
+      (message parts, the missing names).
+    """
+    unexpected_names, missing_names, mismatched = compare_shapes(given, expected)
+    found = ((unexpected, unexpected_names), (missing, missing_names),
+             ("shape mismatches: %s", mismatched))
+    return ([text % abbreviate(names) for text, names in found if text and names],
+            missing_names)

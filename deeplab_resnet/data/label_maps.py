@@ -157,38 +157,15 @@ def read_label_map(path, num_classes=None, ignore_label=IGNORE_LABEL):
                              % (path, where, " ".join(fields)))
         source, target = fields
         targets = _parse_span(target, where, path)
-        for value in targets:
-            if not ((num_classes is None and 0 <= value < NUM_VALUES)
-                    or (num_classes is not None and 0 <= value < num_classes)
-                    or value == ignore_label):
-                classes = ("0..%d" % (num_classes - 1) if num_classes is not None
-                           else "0..255")
-                raise ValueError(
-                    "--label-map %s, %s: target %d is neither a class id %s nor "
-                    "the ignore label %d. Fix the table, or --num-classes / "
-                    "--ignore-label." % (path, where, value, classes, ignore_label))
+        _check_targets(targets, where, path, num_classes, ignore_label)
         if source.strip() == "*":
             if len(targets) != 1 or default is not None:
                 raise ValueError("--label-map %s, %s: '*' takes one target and "
                                  "may appear once." % (path, where))
             default = targets[0]
             continue
-        sources = _parse_span(source, where, path)
-        if len(targets) == 1:
-            targets = targets * len(sources)
-        elif len(targets) != len(sources):
-            raise ValueError("--label-map %s, %s: %d source values but %d "
-                             "targets; give one target, or a range of the same "
-                             "length." % (path, where, len(sources), len(targets)))
-        for value, train_id in zip(sources, targets):
-            if not 0 <= value < NUM_VALUES:
-                raise ValueError("--label-map %s, %s: source %d is not an 8-bit "
-                                 "label value 0..255." % (path, where, value))
-            if value in listed:
-                raise ValueError("--label-map %s: value %d is listed twice (%s and "
-                                 "%s)." % (path, value, listed[value], where))
-            listed[value] = where
-            table[value] = train_id
+        _enter_sources(table, listed, _parse_span(source, where, path), targets,
+                       where, path)
     if not listed and default is None:
         raise ValueError("--label-map %s lists no values. Write 'SOURCE TARGET' "
                          "lines such as '7 0'." % path)
@@ -197,6 +174,41 @@ def read_label_map(path, num_classes=None, ignore_label=IGNORE_LABEL):
     if default is not None:
         table[table < 0] = default
     return LabelMap(table, path)
+
+
+def _check_targets(targets, where, path, num_classes, ignore_label):
+    """Raise unless every target is a class id (or, without ``num_classes``,
+    an 8-bit value) or the ignore label."""
+    for value in targets:
+        if not ((num_classes is None and 0 <= value < NUM_VALUES)
+                or (num_classes is not None and 0 <= value < num_classes)
+                or value == ignore_label):
+            classes = ("0..%d" % (num_classes - 1) if num_classes is not None
+                       else "0..255")
+            raise ValueError(
+                "--label-map %s, %s: target %d is neither a class id %s nor "
+                "the ignore label %d. Fix the table, or --num-classes / "
+                "--ignore-label." % (path, where, value, classes, ignore_label))
+
+
+def _enter_sources(table, listed, sources, targets, where, path):
+    """Set ``table[source] = target`` for one line, one target for all
+    sources or pairwise; ``listed`` (value -> line) catches repeats."""
+    if len(targets) == 1:
+        targets = targets * len(sources)
+    elif len(targets) != len(sources):
+        raise ValueError("--label-map %s, %s: %d source values but %d "
+                         "targets; give one target, or a range of the same "
+                         "length." % (path, where, len(sources), len(targets)))
+    for value, train_id in zip(sources, targets):
+        if not 0 <= value < NUM_VALUES:
+            raise ValueError("--label-map %s, %s: source %d is not an 8-bit "
+                             "label value 0..255." % (path, where, value))
+        if value in listed:
+            raise ValueError("--label-map %s: value %d is listed twice (%s and "
+                             "%s)." % (path, value, listed[value], where))
+        listed[value] = where
+        table[value] = train_id
 
 
 # -------------------------------------------------------------- class names

@@ -236,8 +236,13 @@ class ImageReader(object):
         self.failure = None
         self._skipped = set()
         self._lock = threading.Lock()
+        self._read_list(shard)
+        self._build_queues(random_scale, scale_set, random_mirror)
+
+    def _read_list(self, shard):
+        """The list's pairs (this worker's ``shard`` of them), checked to exist."""
         self.image_list, self.label_list, self.line_numbers = read_labeled_image_list(
-            data_dir, data_list, with_line_numbers=True)
+            self.data_dir, self.data_list, with_line_numbers=True)
         self.num_listed = len(self.image_list)
         if shard is not None:
             index, count = shard
@@ -246,16 +251,18 @@ class ImageReader(object):
                                                 self.line_numbers))
             if not self.image_list:
                 raise ValueError("%s lists too few images for worker %d of %d."
-                                 % (data_list, index, count))
+                                 % (self.data_list, index, count))
         self._index = {path: i for i, path in enumerate(self.image_list)}
         self.num_images = len(self.image_list)
 
+    def _build_queues(self, random_scale, scale_set, random_mirror):
+        """The graph that reads, augments and queues one example at a time."""
         first_runner = len(tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS))
         with tf.name_scope("image_reader"):
             self.image_path, label_path = tf.train.slice_input_producer(
                 [tf.convert_to_tensor(self.image_list, dtype=tf.string),
                  tf.convert_to_tensor(self.label_list, dtype=tf.string)],
-                shuffle=shuffle)
+                shuffle=self.shuffle)
             image, label = tf.numpy_function(self._load, [self.image_path, label_path],
                                              [tf.uint8, tf.uint8], name="load_pair")
             image.set_shape([None, None, 3])
@@ -269,7 +276,8 @@ class ImageReader(object):
                 if random_mirror:
                     image, label = image_mirroring(image, label)
                 image, label = random_crop_and_pad_image_and_labels(
-                    image, label, self.input_size[0], self.input_size[1], ignore_label)
+                    image, label, self.input_size[0], self.input_size[1],
+                    self.ignore_label)
             else:
                 # A thread of its own decodes the next images while the
                 # network runs on this one (training's batch queue does the
