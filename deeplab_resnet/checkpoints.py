@@ -36,7 +36,8 @@ GROWTH_LIMIT = 100.0
 # No trained weight comes near this.
 MAX_ABS_WEIGHT = 1e8
 # Errors TensorFlow's checkpoint reader raises for truncated or foreign files.
-_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, OSError, zipfile.BadZipFile)
+_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, OSError, EOFError,
+                zipfile.BadZipFile)
 
 
 def _error_text(err):
@@ -152,8 +153,9 @@ def read_weights(path):
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
         except _READ_ERRORS as err:
-            raise IOError("%r is not a weight file written by convert.py (%s); it "
-                          "may be truncated. Convert the .caffemodel again."
+            raise IOError("--restore-from %r is not a weight file written by "
+                          "convert.py (%s); it may be truncated. Convert the "
+                          ".caffemodel again."
                           % (path, _error_text(err)))
     return model_weights(read_checkpoint(path))
 
@@ -293,8 +295,9 @@ def classifier_classes(path):
                 if CLASSIFIER_WEIGHTS in data.files:
                     return int(data[CLASSIFIER_WEIGHTS].shape[-1])
         except _READ_ERRORS as err:
-            raise IOError("%r is not a weight file written by convert.py or "
-                          "train.py (%s); it may be truncated." % (path, _error_text(err)))
+            raise IOError("--restore-from %r is not a weight file written by "
+                          "convert.py or train.py (%s); it may be truncated."
+                          % (path, _error_text(err)))
         return None
     try:
         shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()

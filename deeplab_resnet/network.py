@@ -23,6 +23,8 @@ import logging
 
 import numpy as np
 
+from deeplab_resnet.layer_ops import (BN_EPSILON, caffe_pool_output_size,
+                                      frozen_batch_norm, taps_conv2d)
 from deeplab_resnet.messages import abbreviate
 from deeplab_resnet.runtime import tf
 
@@ -30,8 +32,6 @@ log = logging.getLogger(__name__)
 
 # Op types that hold variables (ref, resource and their handles).
 VARIABLE_OPS = ("Variable", "VariableV2", "VarHandleOp")
-# Caffe's BatchNorm default; DeepLab's prototxts do not override it.
-BN_EPSILON = 1e-5
 # Caffe's BatchNorm moving_average_fraction default.
 BN_MOMENTUM = 0.999
 # bfloat16 convolutions with fewer outputs than this go through
@@ -314,87 +314,16 @@ class Network(object):
         skipped = lambda key: key.split("/")[0] in skip
         wanted = {k: v for k, v in self.variables.items() if not skipped(k)}
         given = {k: v for k, v in weights.items() if not skipped(k)}
-        unexpected, missing, mismatched = compare_shapes(
+        problems, missing = shape_problems(
             {k: v.shape for k, v in given.items()},
-            {k: v.get_shape().as_list() for k, v in wanted.items()})
-        problems = []
-        if unexpected:
-            problems.append("weights with no matching variable: %s"
-                            % abbreviate(unexpected))
-        if missing and not ignore_missing:
-            problems.append("variables with no weights: %s" % abbreviate(missing))
-        if mismatched:
-            problems.append("shape mismatches: %s" % abbreviate(mismatched))
+            {k: v.get_shape().as_list() for k, v in wanted.items()},
+            missing=None if ignore_missing else "variables with no weights: %s")
         if problems:
             raise ValueError(
                 "The weights do not match the network (%s). Check --num-classes "
                 "and the model configuration, or that the file was written by "
                 "convert.py / train.py for this network." % "; ".join(problems))
         return wanted, given, missing
-
-
-def frozen_batch_norm(input, scale, offset, mean, variance):
-    """BatchNorm with stored statistics, with a gradient that costs one multiply.
-
-    The forward pass is TensorFlow's fused batch norm (``is_training=False``).
-    With the statistics fixed, the layer is ``x * a + b`` per channel, ``a =
-    scale / sqrt(variance + eps)``, so the input's gradient is ``dy * a``;
-    TensorFlow's own gradient (FusedBatchNormGradV3) computes it together
-    with the scale and offset gradients, reducing over the whole activation
-    whether or not they are used: 2.6x the multiply's time on a CPU with
-    Eigen, 4x with oneDNN (measured at 10x81x81x256). Here each is its own op and runs only if asked for:
-    DeepLab freezes BatchNorm, so training computes ``dy * a`` alone. In
-    bfloat16 the multiply is in bfloat16 (the factor rounded to it), where
-    TensorFlow's rounds once from float32: a relative difference of at most
-    one bfloat16 step in the input's gradient.
-
-    Args:
-      input: NHWC activations, float32 or bfloat16.
-      scale, offset, mean, variance: float32 [C] (variables or tensors); no
-        gradient flows to the statistics.
-    """
-    mean, variance = tf.convert_to_tensor(mean), tf.convert_to_tensor(variance)
-
-    @tf.custom_gradient
-    def batch_norm(x, gamma, beta):
-        output, _, _ = tf.nn.fused_batch_norm(x, gamma, beta, mean, variance,
-                                              epsilon=BN_EPSILON, is_training=False)
-
-        def grad(dy):
-            inv_std = tf.math.rsqrt(variance + BN_EPSILON)
-            dx = dy * tf.cast(gamma * inv_std, dy.dtype)
-            dy32 = tf.cast(dy, tf.float32)
-            normalised = (tf.cast(x, tf.float32) - mean) * inv_std
-            return (dx, tf.reduce_sum(dy32 * normalised, axis=[0, 1, 2]),
-                    tf.reduce_sum(dy32, axis=[0, 1, 2]))
-        return output, grad
-    return batch_norm(input, tf.convert_to_tensor(scale), tf.convert_to_tensor(offset))
-
-
-def taps_conv2d(input, weights, pad, dilation):
-    """A stride-1 convolution as one 1x1 convolution and shifted sums.
-
-    The 1x1 convolution multiplies every pixel by all ``k_h * k_w`` taps at
-    once, a GEMM with ``k_h * k_w * c_o`` outputs that runs at full speed
-    where ``c_o`` alone is too narrow; each tap's product map is then shifted
-    by its offset and the maps are summed. The sums are those of
-    ``tf.nn.conv2d`` with explicit padding ``pad`` and ``dilations``; they
-    are added in float32 and rounded once, as a convolution accumulates.
-
-    Args:
-      input: [N, H, W, c_i]; weights: [k_h, k_w, c_i, c_o], same dtype.
-      pad: zero padding on each side; dilation: tap spacing.
-    Returns:
-      [N, H + 2 pad - dilation (k_h - 1), W + 2 pad - dilation (k_w - 1), c_o],
-      in the input's dtype.
-    """
-    k_h, k_w, c_i, c_o = weights.get_shape().as_list()
-    taps = tf.reshape(tf.transpose(weights, [2, 0, 1, 3]), [1, 1, c_i, k_h * k_w * c_o])
-    products = tf.nn.conv2d(input, taps, [1, 1, 1, 1], "VALID")
-    output = _shifted_sum(products, k_h, k_w, c_o, pad, dilation)
-    # Slicing with computed bounds loses the static shape.
-    output.set_shape([input.get_shape()[0], None, None, c_o])
-    return output
 
 
 def interp_size(size, scale):
@@ -413,58 +342,6 @@ def interp_size(size, scale):
         return size
     scaled = tf.floor(tf.cast(size - 1, tf.float32) * scale)
     return tf.maximum(tf.cast(scaled, tf.int32) + 1, 1)
-
-
-def _shifted_sum(products, k_h, k_w, c_o, pad, dilation):
-    """``sum_ij pad(products)[:, i d:i d + h, j d:j d + w, tap ij]``, float32 sums.
-
-    It has its own gradient: each tap's product map receives the output
-    gradient shifted back, so back-propagation is one pad, the slices and a
-    concat of ``c_o``-channel maps, then the 1x1 convolution's two backprops
-    (GEMMs as wide as the forward one). Autodiff of the slices would build
-    one full-size ``k_h * k_w * c_o``-channel map per tap.
-    """
-    @tf.custom_gradient
-    def shifted_sum(products):
-        padded = tf.pad(tf.cast(products, tf.float32),
-                        [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        shape = tf.shape(padded)
-        height = shape[1] - dilation * (k_h - 1)
-        width = shape[2] - dilation * (k_w - 1)
-        shifted = [padded[:, i * dilation:i * dilation + height,
-                          j * dilation:j * dilation + width,
-                          (i * k_w + j) * c_o:(i * k_w + j + 1) * c_o]
-                   for i in range(k_h) for j in range(k_w)]
-        output = tf.cast(tf.add_n(shifted), products.dtype)
-
-        def grad(dy):
-            # products[y, x, tap ij] fed output[y + pad - i d, x + pad - j d].
-            in_shape = tf.shape(products)
-            top = max(0, dilation * (k_h - 1) - pad)
-            left = max(0, dilation * (k_w - 1) - pad)
-            dy_pad = tf.pad(dy, [[0, 0], [top, top], [left, left], [0, 0]])
-            windows = [tf.slice(dy_pad, [0, pad - i * dilation + top,
-                                         pad - j * dilation + left, 0],
-                                [-1, in_shape[1], in_shape[2], -1])
-                       for i in range(k_h) for j in range(k_w)]
-            return tf.concat(windows, axis=3)
-
-        return output, grad
-
-    return shifted_sum(products)
-
-
-def caffe_pool_output_size(size, kernel, stride, pad):
-    """Caffe's pooled size: ceil rounding, minus a window starting in the pad.
-
-    Works on Python ints and on scalar int tensors alike.
-    """
-    out = -(-(size + 2 * pad - kernel) // stride) + 1
-    if isinstance(out, int):
-        return out - 1 if pad and (out - 1) * stride >= size + pad else out
-    if pad:
-        out = tf.where((out - 1) * stride >= size + pad, out - 1, out)
-    return out
 
 
 def fold_batchnorm_weights(weights, producers):
@@ -519,3 +396,21 @@ def compare_shapes(given, expected):
                         for k in set(given) & set(expected)
                         if given[k] != expected[k])
     return unexpected, missing, mismatched
+
+
+def shape_problems(given, expected, unexpected="weights with no matching variable: %s",
+                   missing="variables with no weights: %s"):
+    """``compare_shapes``'s findings as parts of a message, one per kind.
+
+    Args:
+      given, expected: as ``compare_shapes``.
+      unexpected, missing: '%s' formats for those names; None leaves the kind
+        out of the message.
+    Returns:
+      (message parts, the missing names).
+    """
+    unexpected_names, missing_names, mismatched = compare_shapes(given, expected)
+    found = ((unexpected, unexpected_names), (missing, missing_names),
+             ("shape mismatches: %s", mismatched))
+    return ([text % abbreviate(names) for text, names in found if text and names],
+            missing_names)

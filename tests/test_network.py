@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import tensorflow.compat.v1 as tf
-from deeplab_resnet.network import BN_EPSILON, Network, caffe_pool_output_size, frozen_batch_norm
+from deeplab_resnet.layer_ops import BN_EPSILON, caffe_pool_output_size, frozen_batch_norm
+from deeplab_resnet.network import Network
 from deeplab_resnet import checkpoints
 from deeplab_resnet import constants
 from deeplab_resnet.model import build_model

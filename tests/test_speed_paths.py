@@ -23,7 +23,7 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from deeplab_resnet.model import ModelConfig
-from deeplab_resnet.network import taps_conv2d
+from deeplab_resnet.layer_ops import taps_conv2d
 from deeplab_resnet import checkpoints
 from deeplab_resnet import constants
 from deeplab_resnet.data import label_files

@@ -24,7 +24,7 @@ from deeplab_resnet.caffe.wire import CaffeFormatError, layer_kind, read_caffemo
 from deeplab_resnet.constants import CLASSIFIER_PREFIX, MODEL_CONFIG_FILE, NUM_CLASSES
 from deeplab_resnet.messages import abbreviate
 from deeplab_resnet.model import DeepLabResNetModel, ModelConfig
-from deeplab_resnet.network import compare_shapes
+from deeplab_resnet.network import shape_problems
 from deeplab_resnet.runtime import tf
 
 log = logging.getLogger(__name__)
@@ -144,14 +144,36 @@ def convert_net(net_proto, num_classes=None, config=None, drop_classifier=False)
     config = config or ModelConfig()
     weights, origin = caffe_weights(net_proto.layers)
     classifier = _classifier_keys(weights)
-    first = CLASSIFIER_PREFIX + "_c0/weights"
     if drop_classifier:
-        for key in classifier:
-            del weights[key]
-        if classifier:
-            log.info("dropped the model's classifier (%s) as asked",
-                     ", ".join(sorted({origin[k] for k in classifier})))
+        _drop_classifier(weights, origin, classifier)
         classifier = []
+    num_classes = _classes(weights, origin, classifier, num_classes)
+    has_classifier = bool(classifier)
+    graph, net = build_network(num_classes, config)
+    expected = {k: v.get_shape().as_list() for k, v in net.variables.items()}
+    if not has_classifier:
+        expected = {k: v for k, v in expected.items()
+                    if k not in set(_classifier_keys(expected))}
+    _check_fit(weights, expected, config, num_classes)
+    ignored = _ignored_layers(net_proto, net, {origin[k] for k in expected})
+    weights = {k: weights[k] for k in sorted(expected)}
+    _log_classifier(has_classifier, drop_classifier, num_classes)
+    return Conversion(weights, num_classes, has_classifier, ignored), graph, net
+
+
+def _drop_classifier(weights, origin, classifier):
+    """--drop-classifier: take the classifier's entries out of ``weights``."""
+    for key in classifier:
+        del weights[key]
+    if classifier:
+        log.info("dropped the model's classifier (%s) as asked",
+                 ", ".join(sorted({origin[k] for k in classifier})))
+
+
+def _classes(weights, origin, classifier, num_classes):
+    """The number of classes: the file's classifier's, which ``num_classes``
+    (--num-classes) must equal when given; ``NUM_CLASSES`` without one."""
+    first = CLASSIFIER_PREFIX + "_c0/weights"
     if classifier and first in weights:
         file_classes = weights[first].shape[-1]
         if num_classes is None:
@@ -163,36 +185,37 @@ def convert_net(net_proto, num_classes=None, config=None, drop_classifier=False)
                 "--drop-classifier to convert the body only (then train with "
                 "--not-restore-last)." % (origin[first], file_classes, num_classes,
                                           file_classes))
-    if num_classes is None:
-        num_classes = NUM_CLASSES
-    has_classifier = bool(classifier)
-    graph, net = build_network(num_classes, config)
-    expected = {k: v.get_shape().as_list() for k, v in net.variables.items()}
-    if not has_classifier:
-        expected = {k: v for k, v in expected.items()
-                    if k not in set(_classifier_keys(expected))}
-    _, missing, mismatched = compare_shapes(
-        {k: v.shape for k, v in weights.items() if k in expected}, expected)
-    problems = []
-    if missing:
-        problems.append("no weights for %s" % abbreviate(missing))
-    if mismatched:
-        problems.append("shape mismatches: %s" % abbreviate(mismatched))
+    return NUM_CLASSES if num_classes is None else num_classes
+
+
+def _check_fit(weights, expected, config, num_classes):
+    """Raise ValueError unless ``weights`` hold every ``expected`` shape."""
+    problems, _ = shape_problems(
+        {k: v.shape for k, v in weights.items() if k in expected}, expected,
+        missing="no weights for %s")
     if problems:
         raise ValueError(
             "The Caffe model does not fit DeepLab-v2 ResNet-101 (blocks %s) with %d "
             "classes: %s. Is it a DeepLab-v2 ResNet-101 model (not VGG/LargeFOV)? "
             "A cut-short download also loses layers." % (
                 ",".join(map(str, config.blocks)), num_classes, "; ".join(problems)))
+
+
+def _ignored_layers(net_proto, net, used):
+    """Caffe layers with weights the network does not use, or that the
+    network does not have (logged; converted models keep none of them)."""
     known = {d["name"] for d in deploy_layers(net.layer_specs)}
-    used = {origin[k] for k in expected}
     ignored = [layer.name for layer in net_proto.layers
                if layer.name not in used and (layer.blobs or layer.name not in known)]
     if ignored:
         log.info("ignored %d Caffe layers that are not part of the network "
                  "(multi-scale copies, data, loss, interp...): %s",
                  len(ignored), abbreviate(ignored, 6))
-    weights = {k: weights[k] for k in sorted(expected)}
+    return ignored
+
+
+def _log_classifier(has_classifier, drop_classifier, num_classes):
+    """Say what became of the classifier, and how to train without one."""
     if has_classifier:
         log.info("classifier %s: %d classes", CLASSIFIER_PREFIX, num_classes)
     elif drop_classifier:
@@ -203,7 +226,6 @@ def convert_net(net_proto, num_classes=None, config=None, drop_classifier=False)
                     "converted the ResNet body only. Train from it with "
                     "--not-restore-last so the classifier starts from scratch.",
                     CLASSIFIER_PREFIX)
-    return Conversion(weights, num_classes, has_classifier, ignored), graph, net
 
 
 def _check_output(path, overwrite, existing_dir=True):

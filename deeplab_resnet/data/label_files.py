@@ -240,9 +240,34 @@ def load_label(path):
     return array
 
 
-# EXIF orientations that turn the photo on its side (swap height and width).
-SIDEWAYS_ORIENTATIONS = (5, 6, 7, 8)
 EXIF_ORIENTATION = 0x0112
+# The transpose that turns a photo's raw pixels upright, by EXIF orientation
+# (as photo viewers and PIL's ``ImageOps.exif_transpose`` do); 1 and unknown
+# values need none. The reader's pixels and check_labels.py's header sizes
+# both follow this one table.
+UPRIGHT_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Transposes that turn the photo on its side (swap height and width).
+SIDEWAYS = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
+            Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90)
+
+
+def orientation(image):
+    """The transpose that turns an open PIL image upright, or None."""
+    return UPRIGHT_TRANSPOSE.get(image.getexif().get(EXIF_ORIENTATION, 1))
+
+
+def upright(image):
+    """An open PIL image turned upright by its EXIF orientation."""
+    method = orientation(image)
+    return image if method is None else image.transpose(method)
 
 
 def image_size(path):
@@ -269,10 +294,9 @@ def image_shapes(path, decode=False):
     try:
         with Image.open(path) as image:
             width, height = image.size
-            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            method = orientation(image)
             if decode:
                 image.load()
     except DECODE_ERRORS as err:
         raise UnreadableError("image", path, err)
-    upright = (width, height) if orientation in SIDEWAYS_ORIENTATIONS else (height, width)
-    return (height, width), upright
+    return (height, width), ((width, height) if method in SIDEWAYS else (height, width))

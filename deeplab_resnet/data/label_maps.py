@@ -21,6 +21,7 @@ import json
 import numpy as np
 
 from deeplab_resnet.constants import IGNORE_LABEL, VOC_CLASSES
+from deeplab_resnet.data.lists import read_text
 
 # An 8-bit label holds values 0..255.
 NUM_VALUES = 256
@@ -141,11 +142,7 @@ def read_label_map(path, num_classes=None, ignore_label=IGNORE_LABEL):
     """
     if path is None or isinstance(path, LabelMap):
         return path
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as err:
-        raise IOError("--label-map %r cannot be read (%s)." % (path, err))
+    text = read_text(path, "--label-map")
     if path.lower().endswith(".json") or text.lstrip().startswith("{"):
         entries = _json_entries(text, path)
     else:
@@ -160,38 +157,15 @@ def read_label_map(path, num_classes=None, ignore_label=IGNORE_LABEL):
                              % (path, where, " ".join(fields)))
         source, target = fields
         targets = _parse_span(target, where, path)
-        for value in targets:
-            if not ((num_classes is None and 0 <= value < NUM_VALUES)
-                    or (num_classes is not None and 0 <= value < num_classes)
-                    or value == ignore_label):
-                classes = ("0..%d" % (num_classes - 1) if num_classes is not None
-                           else "0..255")
-                raise ValueError(
-                    "--label-map %s, %s: target %d is neither a class id %s nor "
-                    "the ignore label %d. Fix the table, or --num-classes / "
-                    "--ignore-label." % (path, where, value, classes, ignore_label))
+        _check_targets(targets, where, path, num_classes, ignore_label)
         if source.strip() == "*":
             if len(targets) != 1 or default is not None:
                 raise ValueError("--label-map %s, %s: '*' takes one target and "
                                  "may appear once." % (path, where))
             default = targets[0]
             continue
-        sources = _parse_span(source, where, path)
-        if len(targets) == 1:
-            targets = targets * len(sources)
-        elif len(targets) != len(sources):
-            raise ValueError("--label-map %s, %s: %d source values but %d "
-                             "targets; give one target, or a range of the same "
-                             "length." % (path, where, len(sources), len(targets)))
-        for value, train_id in zip(sources, targets):
-            if not 0 <= value < NUM_VALUES:
-                raise ValueError("--label-map %s, %s: source %d is not an 8-bit "
-                                 "label value 0..255." % (path, where, value))
-            if value in listed:
-                raise ValueError("--label-map %s: value %d is listed twice (%s and "
-                                 "%s)." % (path, value, listed[value], where))
-            listed[value] = where
-            table[value] = train_id
+        _enter_sources(table, listed, _parse_span(source, where, path), targets,
+                       where, path)
     if not listed and default is None:
         raise ValueError("--label-map %s lists no values. Write 'SOURCE TARGET' "
                          "lines such as '7 0'." % path)
@@ -200,6 +174,41 @@ def read_label_map(path, num_classes=None, ignore_label=IGNORE_LABEL):
     if default is not None:
         table[table < 0] = default
     return LabelMap(table, path)
+
+
+def _check_targets(targets, where, path, num_classes, ignore_label):
+    """Raise unless every target is a class id (or, without ``num_classes``,
+    an 8-bit value) or the ignore label."""
+    for value in targets:
+        if not ((num_classes is None and 0 <= value < NUM_VALUES)
+                or (num_classes is not None and 0 <= value < num_classes)
+                or value == ignore_label):
+            classes = ("0..%d" % (num_classes - 1) if num_classes is not None
+                       else "0..255")
+            raise ValueError(
+                "--label-map %s, %s: target %d is neither a class id %s nor "
+                "the ignore label %d. Fix the table, or --num-classes / "
+                "--ignore-label." % (path, where, value, classes, ignore_label))
+
+
+def _enter_sources(table, listed, sources, targets, where, path):
+    """Set ``table[source] = target`` for one line, one target for all
+    sources or pairwise; ``listed`` (value -> line) catches repeats."""
+    if len(targets) == 1:
+        targets = targets * len(sources)
+    elif len(targets) != len(sources):
+        raise ValueError("--label-map %s, %s: %d source values but %d "
+                         "targets; give one target, or a range of the same "
+                         "length." % (path, where, len(sources), len(targets)))
+    for value, train_id in zip(sources, targets):
+        if not 0 <= value < NUM_VALUES:
+            raise ValueError("--label-map %s, %s: source %d is not an 8-bit "
+                             "label value 0..255." % (path, where, value))
+        if value in listed:
+            raise ValueError("--label-map %s: value %d is listed twice (%s and "
+                             "%s)." % (path, value, listed[value], where))
+        listed[value] = where
+        table[value] = train_id
 
 
 # -------------------------------------------------------------- class names
@@ -215,11 +224,8 @@ def class_names(num_classes, path=None):
         if num_classes == len(VOC_CLASSES):
             return list(VOC_CLASSES)
         return ["class_%d" % i for i in range(num_classes)]
-    try:
-        with open(path) as f:
-            names = [line.strip() for line in f if line.strip()]
-    except OSError as err:
-        raise IOError("--class-names %r cannot be read (%s)." % (path, err))
+    names = [line.strip() for line in read_text(path, "--class-names").split("\n")
+             if line.strip()]
     if len(names) != num_classes:
         raise ValueError("--class-names %s has %d names but --num-classes is %d; "
                          "give one name per line for every class, background "

@@ -37,6 +37,24 @@ def write_list(path, names, force=False):
     return files.write_text(path, list_text(names), force)
 
 
+def read_text(path, flag):
+    """The text of a UTF-8 file a flag names, newlines as '\\n'.
+
+    Raises:
+      IOError: it cannot be read; ValueError: it is not UTF-8 text (a binary
+      file given by mistake). Both messages name ``flag`` and the file, where
+      Python's own would name neither.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as err:
+        raise ValueError("%s %s is not UTF-8 text (byte 0x%02x at offset %d); give "
+                         "a text file." % (flag, path, err.object[err.start], err.start))
+    except OSError as err:
+        raise IOError("%s %r cannot be read (%s)." % (flag, path, err))
+
+
 def _join(data_dir, path):
     """``data_dir`` + a list entry. Entries start with '/' but are relative."""
     return os.path.join(data_dir, path.lstrip("/")) if data_dir else path
@@ -66,23 +84,22 @@ def read_labeled_image_list(data_dir, data_list, check_exists=True,
                       "file of '/JPEGImages/x.jpg /SegmentationClassAug/x.png' "
                       "lines." % data_list)
     images, labels, numbers, missing = [], [], [], []
-    with open(data_list) as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise ValueError(
-                    "%s line %d is not an 'IMAGE LABEL' pair of paths: %r. Each "
-                    "line must be e.g. '/JPEGImages/x.jpg "
-                    "/SegmentationClassAug/x.png' (paths without spaces)."
-                    % (data_list, number, line.strip()))
-            image, label = (_join(data_dir, p) for p in fields)
-            missing.extend("line %d: %s" % (number, p)
-                           for p in (image, label) if not os.path.isfile(p))
-            images.append(image)
-            labels.append(label)
-            numbers.append(number)
+    for number, line in enumerate(read_text(data_list, "--data-list").split("\n"), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ValueError(
+                "%s line %d is not an 'IMAGE LABEL' pair of paths: %r. Each "
+                "line must be e.g. '/JPEGImages/x.jpg "
+                "/SegmentationClassAug/x.png' (paths without spaces)."
+                % (data_list, number, line.strip()))
+        image, label = (_join(data_dir, p) for p in fields)
+        missing.extend("line %d: %s" % (number, p)
+                       for p in (image, label) if not os.path.isfile(p))
+        images.append(image)
+        labels.append(label)
+        numbers.append(number)
     if not images:
         raise ValueError("List file %r lists no image/label pairs. Fill it with "
                          "'/JPEGImages/x.jpg /SegmentationClassAug/x.png' lines."

@@ -34,12 +34,12 @@ import threading
 import time
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.data import label_checks, label_maps
 from deeplab_resnet.data.label_files import (DECODE_ERRORS, UNREADABLE, WIDE_MODES,
-                                             UnreadableError, load_label)
+                                             UnreadableError, load_label, upright)
 from deeplab_resnet.data.lists import read_labeled_image_list
 from deeplab_resnet.images import bgr_minus_mean
 from deeplab_resnet.runtime import tf
@@ -72,7 +72,7 @@ def load_image(path, orient=False, fix=None):
         with Image.open(path) as image:
             image.load()
             if orient:
-                image = ImageOps.exif_transpose(image)
+                image = upright(image)
             if image.mode.startswith(WIDE_MODES):
                 wide = np.asarray(image, dtype=np.float64)
                 # 16-bit images use the full range; 8-bit conversion keeps the top byte.
@@ -236,8 +236,13 @@ class ImageReader(object):
         self.failure = None
         self._skipped = set()
         self._lock = threading.Lock()
+        self._read_list(shard)
+        self._build_queues(random_scale, scale_set, random_mirror)
+
+    def _read_list(self, shard):
+        """The list's pairs (this worker's ``shard`` of them), checked to exist."""
         self.image_list, self.label_list, self.line_numbers = read_labeled_image_list(
-            data_dir, data_list, with_line_numbers=True)
+            self.data_dir, self.data_list, with_line_numbers=True)
         self.num_listed = len(self.image_list)
         if shard is not None:
             index, count = shard
@@ -246,16 +251,18 @@ class ImageReader(object):
                                                 self.line_numbers))
             if not self.image_list:
                 raise ValueError("%s lists too few images for worker %d of %d."
-                                 % (data_list, index, count))
+                                 % (self.data_list, index, count))
         self._index = {path: i for i, path in enumerate(self.image_list)}
         self.num_images = len(self.image_list)
 
+    def _build_queues(self, random_scale, scale_set, random_mirror):
+        """The graph that reads, augments and queues one example at a time."""
         first_runner = len(tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS))
         with tf.name_scope("image_reader"):
             self.image_path, label_path = tf.train.slice_input_producer(
                 [tf.convert_to_tensor(self.image_list, dtype=tf.string),
                  tf.convert_to_tensor(self.label_list, dtype=tf.string)],
-                shuffle=shuffle)
+                shuffle=self.shuffle)
             image, label = tf.numpy_function(self._load, [self.image_path, label_path],
                                              [tf.uint8, tf.uint8], name="load_pair")
             image.set_shape([None, None, 3])
@@ -269,7 +276,8 @@ class ImageReader(object):
                 if random_mirror:
                     image, label = image_mirroring(image, label)
                 image, label = random_crop_and_pad_image_and_labels(
-                    image, label, self.input_size[0], self.input_size[1], ignore_label)
+                    image, label, self.input_size[0], self.input_size[1],
+                    self.ignore_label)
             else:
                 # A thread of its own decodes the next images while the
                 # network runs on this one (training's batch queue does the
@@ -309,6 +317,7 @@ class ImageReader(object):
             decode_images=True)
         if self.skip_bad_images:
             unreadable = [p for p in result.problems if p.kind == UNREADABLE]
+            self._refuse_if_none_readable(indices, unreadable)
             result.problems = [p for p in result.problems if p.kind != UNREADABLE]
             result.warnings = unreadable + result.warnings
         if result.problems:
@@ -318,6 +327,17 @@ class ImageReader(object):
                  self.num_images, self.data_list, time.time() - start,
                  "; label map " + self.label_map.describe() if self.label_map
                  else "")
+
+    def _refuse_if_none_readable(self, indices, unreadable):
+        """--skip-bad-images replaces a bad pair by a readable one; with no
+        readable pair in the whole list the queues would close at step 1."""
+        bad = {problem.path for problem in unreadable}
+        if unreadable and len(indices) == self.num_images and all(
+                self.image_list[i] in bad or self.label_list[i] in bad for i in indices):
+            raise IOError("No image/label pair listed in %s (--data-list) can be read, "
+                          "so --skip-bad-images leaves nothing to train on; the first: "
+                          "%s Fix or replace the files." % (self.data_list,
+                                                            unreadable[0].message))
 
     def _load(self, image_path, label_path):
         image_path, label_path = image_path.decode(), label_path.decode()

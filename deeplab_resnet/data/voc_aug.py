@@ -217,11 +217,7 @@ def build_voc_aug(voc_dir, sbd_dir, output_dir=None, force=False,
     check_voc_dir(voc_dir)
     check_sbd_dir(sbd_dir)
     output_dir = voc_dir if output_dir is None else output_dir
-    voc_sets = os.path.join(voc_dir, "ImageSets", "Segmentation")
-    train, val = plan_splits(read_split(os.path.join(voc_sets, "train.txt")),
-                             read_split(os.path.join(voc_sets, "val.txt")),
-                             read_split(os.path.join(sbd_dir, "train.txt")),
-                             read_split(os.path.join(sbd_dir, "val.txt")))
+    train, val = _splits(voc_dir, sbd_dir)
     names = sorted(set(train) | set(val))
     labels, images = plan_sources(names, voc_dir, sbd_dir)
     lists = [(os.path.join(output_dir, TRAIN_LIST), list_text(train)),
@@ -238,21 +234,37 @@ def build_voc_aug(voc_dir, sbd_dir, output_dir=None, force=False,
     os.makedirs(image_dir, exist_ok=True)
     counts = collections.Counter(train=len(train), val=len(val))
     for name in logged_progress(names, "labels", log, interval=progress_interval):
-        image_path = os.path.join(image_dir, name + ".jpg")
-        if not os.path.exists(image_path):
-            counts["images_" + _link_or_copy(images[name], image_path)] += 1
-        label_path = os.path.join(label_dir, name + ".png")
-        if os.path.exists(label_path) and not force:
-            counts["labels_kept"] += 1
-            continue
-        source = labels[name]
-        read = label_files.load_label if source.kind == "voc" else read_sbd_label
-        label = label_checks.check_label(
-            read(source.path), source.path, num_classes, IGNORE_LABEL,
-            image_shape=label_files.image_size(image_path), image_path=image_path)
-        save_label(label, label_path)
-        counts["labels_" + source.kind] += 1
-
+        counts.update(_write_pair(os.path.join(image_dir, name + ".jpg"), images[name],
+                                  os.path.join(label_dir, name + ".png"), labels[name],
+                                  force, num_classes))
     for path, text in lists:
         counts["lists_written"] += write_text(path, text, force)
     return counts
+
+
+def _splits(voc_dir, sbd_dir):
+    """(train_aug names, val names) from VOC's and SBD's split files."""
+    voc_sets = os.path.join(voc_dir, "ImageSets", "Segmentation")
+    return plan_splits(read_split(os.path.join(voc_sets, "train.txt")),
+                       read_split(os.path.join(voc_sets, "val.txt")),
+                       read_split(os.path.join(sbd_dir, "train.txt")),
+                       read_split(os.path.join(sbd_dir, "val.txt")))
+
+
+def _write_pair(image_path, image_source, label_path, source, force, num_classes):
+    """Link or copy one photo in if missing, write its label PNG unless kept.
+
+    Returns:
+      the ``build_voc_aug`` count keys this pair adds one to.
+    """
+    done = []
+    if not os.path.exists(image_path):
+        done.append("images_" + _link_or_copy(image_source, image_path))
+    if os.path.exists(label_path) and not force:
+        return done + ["labels_kept"]
+    read = label_files.load_label if source.kind == "voc" else read_sbd_label
+    label = label_checks.check_label(
+        read(source.path), source.path, num_classes, IGNORE_LABEL,
+        image_shape=label_files.image_size(image_path), image_path=image_path)
+    save_label(label, label_path)
+    return done + ["labels_" + source.kind]
