@@ -28,8 +28,8 @@ from misc.benchmarks import (common, crf as crf_part, evaluate as evaluate_part,
 
 
 def test_parts_table_names_a_module_for_each_part(capsys):
-    assert parts.NAMES == ("peak", "flops", "inference", "opencv", "evaluate", "train",
-                           "crf")
+    assert parts.NAMES == ("peak", "flops", "inference", "opencv", "onnx", "evaluate",
+                           "train", "crf")
     for part in parts.PARTS:
         module = parts.module(part.name)
         assert module.__file__ == os.path.join(REPO_ROOT, "misc", "benchmarks",
