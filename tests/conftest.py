@@ -79,6 +79,22 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+# ------------------------------------------------------------------ timeouts
+# pytest.ini gives every test 600 s (pytest-timeout). These tests take longer;
+# each limit is about 3x the test's duration measured on a shared 2-core
+# machine under load (in parentheses), itself above an idle machine's.
+# test_multiworker.py sets its own, above its workers' deadlines.
+LONG_TIMEOUTS = {
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        seconds = LONG_TIMEOUTS.get(item.nodeid.split("[", 1)[0])
+        if seconds and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(seconds))
+
+
 # --------------------------------------------------------------------- ports
 _RESERVED = []
 
@@ -155,6 +171,24 @@ def write_voc_pair(root, name, size, num_classes=constants.NUM_CLASSES, seed=0,
     return image, label
 
 
+def write_voc_dataset(root, count=4, num_classes=constants.NUM_CLASSES, palette_first=True):
+    """``count`` 33x33 image/label pairs, palette and grayscale labels in turn
+    (palette first or second), and their list ``root``/train.txt.
+
+    Returns (list_path, names).
+    """
+    names = ["img%d" % i for i in range(count)]
+    for i, name in enumerate(names):
+        palette = (i % 2 == 0) == palette_first
+        write_voc_pair(root, name, (33, 33), num_classes=num_classes, seed=i,
+                       label_mode="P" if palette else "L")
+    list_path = os.path.join(root, "train.txt")
+    with open(list_path, "w") as f:
+        for name in names:
+            f.write("/JPEGImages/%s.jpg /SegmentationClassAug/%s.png\n" % (name, name))
+    return list_path, names
+
+
 @pytest.fixture
 def voc_dataset(tmp_path):
     """Four 33x33 image/label pairs (two palette, two grayscale) and a list file.
@@ -162,15 +196,23 @@ def voc_dataset(tmp_path):
     Returns (data_dir, list_path, names).
     """
     root = str(tmp_path / "voc")
-    names = ["img%d" % i for i in range(4)]
-    for i, name in enumerate(names):
-        write_voc_pair(root, name, (33, 33), seed=i,
-                       label_mode="P" if i % 2 == 0 else "L")
-    list_path = os.path.join(root, "train.txt")
-    with open(list_path, "w") as f:
-        for name in names:
-            f.write("/JPEGImages/%s.jpg /SegmentationClassAug/%s.png\n" % (name, name))
+    list_path, names = write_voc_dataset(root)
     return root, list_path, names
+
+
+TrainPaths = collections.namedtuple("TrainPaths", ["data_dir", "list_path", "snapshot_dir"])
+
+
+@pytest.fixture
+def train_paths(tmp_path):
+    """What most training tests start from: tmp_path/data with test_train's
+    four-image dataset (``write_dataset``), and tmp_path/snap, not yet made.
+
+    Returns ``TrainPaths(data_dir, list_path, snapshot_dir)``.
+    """
+    data_dir = str(tmp_path / "data")
+    list_path, _ = write_voc_dataset(data_dir, palette_first=False)
+    return TrainPaths(data_dir, list_path, str(tmp_path / "snap"))
 
 
 @pytest.fixture
