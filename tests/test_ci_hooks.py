@@ -125,3 +125,30 @@ def test_a_reuseport_reservation_would_not_do():
     finally:
         holder.close()
     assert result.returncode != 0 and "Could not start gRPC server" in result.stderr
+
+
+@pytest.mark.parametrize("table", ["ALLOWED_SKIPS", "LONG_TIMEOUTS"])
+def test_the_tables_name_tests_that_exist(table):
+    """A renamed test must not silently lose its allowance or its limit."""
+    for nodeid in getattr(conftest, table):
+        path, name = nodeid.split("::")
+        with open(os.path.join(conftest.REPO_ROOT, path)) as f:
+            assert "\ndef %s(" % name in f.read(), (table, nodeid)
+
+
+def test_a_long_timeouts_entry_limits_its_test(pytester):
+    pytester.makeconftest(INNER_CONFTEST.format(path=os.path.abspath(conftest.__file__))
+                          + 'guard.LONG_TIMEOUTS["test_inner.py::test_limited"] = 1\n'
+                          + "pytest_collection_modifyitems = guard.pytest_collection_modifyitems\n")
+    pytester.makepyfile(test_inner="""
+        import time
+
+        def test_limited():
+            time.sleep(4)
+
+        def test_free():
+            time.sleep(4)
+        """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "timeout_method=signal")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*Timeout (>1.0s) from pytest-timeout*", "FAILED test_inner.py::test_limited*"])
