@@ -10,7 +10,7 @@ from deeplab_resnet import checkpoints
 from deeplab_resnet.data import demo
 from deeplab_resnet.images import bgr_minus_mean
 from deeplab_resnet.training import Trainer, gradients
-from test_train import run_train, train_argv, write_dataset
+from test_train import run_train, train_argv
 
 # bfloat16 keeps 8 significant bits (rounding error 2^-9 = 0.2%); through
 # the tiny network the global gradient moved 1.4% of its norm (measured),
@@ -120,11 +120,9 @@ def test_towers_on_gpus_use_tensorflows_own_gradients():
     assert not any("taps" in op.name for op in ops)
 
 
-def test_a_bf16_run_resumes_as_float32_and_back(tmp_path, caplog):
+def test_a_bf16_run_resumes_as_float32_and_back(train_paths, caplog):
     caplog.set_level(logging.INFO)
-    data_dir = str(tmp_path / "data")
-    list_path = write_dataset(data_dir)
-    snapshot_dir = str(tmp_path / "snap")
+    data_dir, list_path, snapshot_dir = train_paths
     for steps, extra in ((1, ["--bf16"]), (2, []), (3, ["--bf16"])):
         assert run_train(train_argv(data_dir, list_path, snapshot_dir, "--num-steps",
                                     str(steps), "--save-pred-every", "1", *extra)) == 0

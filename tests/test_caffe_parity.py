@@ -28,7 +28,11 @@ if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
 # dilation 2 (res4) and 4 (res5), and the full ASPP head.
 PARITY_CONFIG = ModelConfig(blocks=(1, 2, 2, 1), base_depth=8, aspp_rates=(6, 12, 18, 24))
 PARITY_CLASSES = 5
-TOLERANCE = 1e-4
+# Relative error of the logits. Measured: 1.5e-6 to 1.6e-6 on PARITY_CONFIG
+# at the three sizes and from the V1 file, 2.8e-6 on the full ResNet-101,
+# whose 101 layers and wider sums leave it less margin under the README's 4e-6.
+TOLERANCE = 4e-6
+FULL_TOLERANCE = 1e-5
 
 
 def relative_error(got, want):
@@ -104,4 +108,4 @@ def test_full_resnet101_matches_opencv(tmp_path):
     finally:
         models.session.close()
     assert ours.shape == (1, 41, 41, constants.NUM_CLASSES)
-    assert relative_error(ours, reference) < TOLERANCE
+    assert relative_error(ours, reference) < FULL_TOLERANCE

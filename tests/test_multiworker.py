@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-from conftest import REPO_ROOT, save_tiny_model, write_voc_pair
+from conftest import REPO_ROOT, reserve_ports, save_tiny_model, write_voc_pair
 from test_train import run_train, train_argv, write_dataset
 
 NUM_CLASSES = 5
@@ -27,19 +26,20 @@ NUM_CLASSES = 5
 FLAGS = ["--no-shuffle", "--learning-rate", "1e-5", "--save-num-images", "0",
          "--num-classes", str(NUM_CLASSES), "--intra-op-threads", "1",
          "--startup-timeout", "120"]
+# Deadlines, generous on purpose (a shared 2-core machine): measured there
+# under a load of 3-4, the workers had all joined at most 31 s after the test
+# began (their servers up within 20 s; --startup-timeout 120 is ~4x that), and
+# a whole two-worker run of 3 steps took 34 s (TIMEOUT, per Workers, ~7x).
+# pytest-timeout's limit lies above two Workers runs (the most a test has),
+# so that the deadlines here, which print the worker logs, fire first.
 TIMEOUT = 240
+pytestmark = pytest.mark.timeout(2 * TIMEOUT + 300)
 
 
 def free_ports(count):
-    """Distinct free ports on 127.0.0.1 (bind to 0, read, close)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """Distinct free ports on 127.0.0.1, held against other binders until the
+    test ends (conftest.reserve_ports: no bind-release race)."""
+    return reserve_ports(count)
 
 
 class Workers(object):

@@ -12,7 +12,8 @@ import pytest
 import tensorflow.compat.v1 as tf
 from PIL import Image
 
-from conftest import REPO_ROOT, TINY_CONFIG, load_script, save_tiny_model, write_voc_pair
+from conftest import (REPO_ROOT, TINY_CONFIG, load_script, save_tiny_model, write_voc_dataset,
+                      write_voc_pair)
 from deeplab_resnet.data.reader import ImageReader
 from deeplab_resnet import cli
 from deeplab_resnet import constants
@@ -44,15 +45,9 @@ def run_train(argv):
 
 
 def write_dataset(root, num_classes=constants.NUM_CLASSES, count=4):
-    names = ["img%d" % i for i in range(count)]
-    for i, name in enumerate(names):
-        write_voc_pair(root, name, (33, 33), num_classes=num_classes, seed=i,
-                       label_mode="P" if i % 2 else "L")
-    list_path = os.path.join(root, "train.txt")
-    with open(list_path, "w") as f:
-        for name in names:
-            f.write("/JPEGImages/%s.jpg /SegmentationClassAug/%s.png\n" % (name, name))
-    return list_path
+    """conftest.write_voc_dataset, grayscale labels first; returns the list path."""
+    return write_voc_dataset(root, count=count, num_classes=num_classes,
+                             palette_first=False)[0]
 
 
 def random_batch(rng, count, num_classes, size=33):

@@ -41,11 +41,9 @@ def numpy_l2(checkpoint, weight_decay):
     return 0.5 * weight_decay * total
 
 
-def test_progress_line_and_tensorboard_report_loss_and_l2_apart(tmp_path, caplog):
+def test_progress_line_and_tensorboard_report_loss_and_l2_apart(train_paths, caplog):
     caplog.set_level(logging.INFO)
-    data_dir = str(tmp_path / "data")
-    list_path = write_dataset(data_dir)
-    snapshot_dir = str(tmp_path / "snap")
+    data_dir, list_path, snapshot_dir = train_paths
     decay = 0.01
     assert run_train(train_argv(
         data_dir, list_path, snapshot_dir, "--is-training", "--weight-decay",
@@ -81,10 +79,8 @@ def test_batchnorm_warning_only_for_updated_statistics_on_small_batches(
         assert "from %d image(s) per device; under 8" % per_device in warning
 
 
-def test_divergence_stops_and_keeps_the_last_good_snapshot(tmp_path, caplog):
-    data_dir = str(tmp_path / "data")
-    list_path = write_dataset(data_dir)
-    snapshot_dir = str(tmp_path / "snap")
+def test_divergence_stops_and_keeps_the_last_good_snapshot(train_paths, caplog):
+    data_dir, list_path, snapshot_dir = train_paths
     assert run_train(train_argv(data_dir, list_path, snapshot_dir,
                                 "--learning-rate", "1e-3", "--save-pred-every", "1",
                                 "--keep-checkpoints", "0")) == 0
