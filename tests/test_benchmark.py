@@ -46,7 +46,7 @@ def test_parts_table_names_a_module_for_each_part(capsys):
 def test_unknown_part_is_refused_with_the_list_of_parts(capsys):
     with pytest.raises(argparse.ArgumentTypeError,
                        match="unknown parts nope; choose from "
-                             "peak,flops,inference,opencv,evaluate,train,crf"):
+                             "peak,flops,inference,opencv,onnx,evaluate,train,crf"):
         parts.parse_parts("train,nope")
     with pytest.raises(SystemExit):
         benchmark.get_arguments(["--parts", "train,nope"])
