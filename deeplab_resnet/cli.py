@@ -8,9 +8,9 @@ tools start fast.
 import argparse
 import logging
 import os
-import sys
 import time
 
+from deeplab_resnet import process
 from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES
 
 
@@ -313,12 +313,7 @@ def run_main(main):
     except KeyboardInterrupt:
         logging.getLogger("__main__").error("interrupted")
         status = 130
-    distributed = sys.modules.get("deeplab_resnet.distributed")
-    if distributed is not None and distributed.active():
-        # One of several workers: leave without interpreter teardown
-        # (``distributed.exit_process`` says why).
-        distributed.exit_process(status)
-    sys.exit(status)
+    process.exit(status)
 
 
 def format_duration(seconds):

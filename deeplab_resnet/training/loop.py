@@ -27,8 +27,9 @@ from deeplab_resnet.training import gradients
 from deeplab_resnet.training.snapshots import (SnapshotLock, Snapshots,
                                                check_snapshot_config, divergence_message,
                                                remove_interrupted_saves)
-from deeplab_resnet.training.solver import (VARIABLE_DEVICE, Trainer,
-                                            batchnorm_batch_warning, tower_devices)
+from deeplab_resnet.training.solver import Trainer
+from deeplab_resnet.training.towers import (VARIABLE_DEVICE, batchnorm_batch_warning,
+                                            tower_devices)
 from deeplab_resnet.training.validation import Validation, scalar_summary
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ def train(config, task=None):
                               weight_decay=config.weight_decay,
                               grad_update_every=config.grad_update_every,
                               devices=devices, scales=config.train_scales,
-                              last_only=config.train_last_only, cluster=cluster,
+                              last_only=config.train_last_only, collectives=cluster,
                               compute_dtype=_compute_dtype(config.bf16))
             if devices:
                 log.info("%d towers on %s, %d images each; variables on %s",
