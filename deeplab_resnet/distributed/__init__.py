@@ -5,12 +5,13 @@ is the one interface the training loop talks to (``Local`` for one process,
 ``Cluster`` on TensorFlow's collective ops for many); ``watchdog`` ends a
 worker that lost a peer. The names below are the package's surface.
 """
-from deeplab_resnet.distributed.collectives import PACK_BYTES, Cluster, Local, start
+from deeplab_resnet.distributed.collectives import (PACK_BYTES, Cluster, Local, connect,
+                                                    start)
 from deeplab_resnet.distributed.task import WorkerTask, start_server, task_from_env
 from deeplab_resnet.distributed.watchdog import (EXIT_LOST_WORKER, RESTART_ADVICE,
                                                  Watchdog, exit_process, lost_message,
                                                  port_open)
 
-__all__ = ["PACK_BYTES", "Cluster", "Local", "start", "WorkerTask", "start_server",
+__all__ = ["PACK_BYTES", "Cluster", "Local", "connect", "start", "WorkerTask", "start_server",
            "task_from_env", "EXIT_LOST_WORKER", "RESTART_ADVICE", "Watchdog",
            "exit_process", "lost_message", "port_open"]

@@ -188,10 +188,16 @@ class Cluster(object):
     def watch_peers(self):
         """Every peer is up (a collective completed): the watchdog starts probing."""
         self.watchdog.started()
+        log.info("worker %d of %d: all workers joined", self.index, self.num_workers)
 
     def stop_watching(self):
         """The run is over: peers leaving are no longer lost."""
         self.watchdog.stop()
+        log.info("worker %d of %d: done", self.index, self.num_workers)
+
+    def lost_peer(self, err):
+        """The message for an op error during training: a collective failed."""
+        return self.describe_failure(err)
 
     def describe_failure(self, err):
         """The message for a failed collective: who was lost, what to do.
@@ -258,6 +264,10 @@ class Local(object):
     def stop_watching(self):
         """Nobody to watch."""
 
+    def lost_peer(self, err):
+        """None: an op error of one process is its own, not a lost peer."""
+        return None
+
 
 def start(task, *, config, step_timeout=1800.0, startup_timeout=300.0,
           peer_timeout=45.0):
@@ -271,3 +281,16 @@ def start(task, *, config, step_timeout=1800.0, startup_timeout=300.0,
     cluster.watchdog = Watchdog(cluster, peer_timeout=peer_timeout)
     cluster.watchdog.startup_deadline(startup_timeout)
     return cluster
+
+
+def connect(task, *, config, step_timeout=1800.0, startup_timeout=300.0,
+            peer_timeout=45.0):
+    """The collectives of this process: ``Local`` without a task, else ``start``.
+
+    The one place that tells one process from many; everything after talks
+    to the interface.
+    """
+    if task is None:
+        return Local(config=config)
+    return start(task, config=config, step_timeout=step_timeout,
+                 startup_timeout=startup_timeout, peer_timeout=peer_timeout)

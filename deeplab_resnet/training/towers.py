@@ -85,10 +85,8 @@ def build_towers(image_batch, label_batch, num_classes, *, ignore_label=IGNORE_L
       last_only: train the classifier alone (``trained_params``).
       compute_dtype: tf.bfloat16 for mixed-precision training.
       collectives: ``distributed.Local`` or ``Cluster``: with several
-        scales, each output's labelled pixels are counted over all workers'
-        towers (one small all-reduce per pass; nothing with ``Local``), so
-        that the workers' summed gradients are those of one process taking
-        every worker's share.
+        scales, each output's labelled pixels are counted over all workers
+        (one small all-reduce per pass), as one process taking them all.
     Returns:
       ``TowerSums``.
     Raises:
