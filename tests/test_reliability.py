@@ -13,6 +13,8 @@ from conftest import load_script, save_tiny_model
 from deeplab_resnet import checkpoints, constants, files
 from deeplab_resnet.data import label_checks, label_files
 from deeplab_resnet.data.reader import load_pair
+from deeplab_resnet.training import snapshots as training_snapshots
+from deeplab_resnet.training import soundness
 from test_train import run_train, train_argv, write_dataset
 
 EXIF_ORIENTATION = 0x0112
@@ -58,10 +60,10 @@ def test_divergence_keeps_only_sound_snapshots_and_resume_steps_back(tmp_path, c
     error = errors_of(caplog)[-1]
     assert "weights became non-finite or too large" in error
     # Each kept snapshot is sound next to the one before (or the start).
-    norms = [checkpoints.weight_statistics(checkpoints.read_weights(p)) for p in kept]
+    norms = [soundness.weight_statistics(checkpoints.read_weights(p)) for p in kept]
     for i, (norm, largest, finite) in enumerate(norms):
         reference = norms[i - 1][0] if i else None
-        assert checkpoints.soundness_problem(norm, largest, finite, reference) is None, \
+        assert soundness.soundness_problem(norm, largest, finite, reference) is None, \
             kept[i]
     if kept:
         assert error.endswith("%s. That is the last sound snapshot: rerunning resumes "
@@ -87,6 +89,28 @@ def test_divergence_keeps_only_sound_snapshots_and_resume_steps_back(tmp_path, c
                      r".*lower --learning-rate" % (re.escape(sound), re.escape(diverged)),
                      caplog.text)
     assert "resuming from %s at step %d" % (sound, step) in caplog.text
+
+
+def test_the_growth_limit_is_100x_the_last_sound_norm():
+    """README: 'their norm at most 100x that of the last sound weights'."""
+    assert soundness.GROWTH_LIMIT == 100.0
+    assert soundness.soundness_problem(99.9, 1.0, True, reference_norm=1.0) is None
+    problem = soundness.soundness_problem(100.1, 1.0, True, reference_norm=1.0)
+    assert problem is not None and "at most 100x" in problem
+    assert soundness.soundness_problem(1e3, 1.0, True) is None  # no reference yet
+
+
+def test_a_negative_keep_checkpoints_cannot_delete_every_snapshot(capsys):
+    train_script = load_script("train")
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.get_arguments(["--keep-checkpoints", "-1"])
+    assert exit_info.value.code == 2
+    assert "--keep-checkpoints: must be 0 (keep all) or more" in capsys.readouterr().err
+    assert train_script.get_arguments(["--keep-checkpoints", "0"]).keep_checkpoints == 0
+    with tf.Graph().as_default():
+        tf.Variable(1.0)
+        with pytest.raises(ValueError, match="would delete every snapshot"):
+            training_snapshots.make_saver(-1)
 
 
 def test_a_truncated_snapshot_is_passed_over_with_a_warning(tmp_path, caplog):

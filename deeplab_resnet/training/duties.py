@@ -11,6 +11,7 @@ import logging
 
 from deeplab_resnet import checkpoints
 from deeplab_resnet.runtime import first_error_line, tf
+from deeplab_resnet.training import soundness
 from deeplab_resnet.training.snapshots import (SnapshotLock, check_snapshot_config,
                                                remove_interrupted_saves)
 from deeplab_resnet.training.validation import Validation
@@ -66,7 +67,7 @@ class ChiefDuties(WorkerDuties):
         checks --restore-from otherwise."""
         config = self.config
         remove_interrupted_saves(config.snapshot_dir)
-        resume, _ = checkpoints.newest_sound_snapshot(config.snapshot_dir)
+        resume, _ = soundness.newest_sound_snapshot(config.snapshot_dir)
         if resume:
             check_snapshot_config(config.snapshot_dir, config.num_classes, config.model)
         elif config.restore_from:

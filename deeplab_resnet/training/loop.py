@@ -25,7 +25,7 @@ from deeplab_resnet.runtime import session_config, tf
 from deeplab_resnet.training import gradients
 from deeplab_resnet.training.duties import duties_for
 from deeplab_resnet.training.snapshots import (SnapshotLock, Snapshots,  # noqa: F401
-                                               divergence_message)
+                                               divergence_message, make_saver)
 from deeplab_resnet.training.solver import Trainer
 from deeplab_resnet.training.towers import (VARIABLE_DEVICE, batchnorm_batch_warning,
                                             check_batch_split, tower_devices)
@@ -191,9 +191,7 @@ def train_with(config, collectives, devices=None):
             resume = duties.find_resume()
             trainer = _trainer(config, reader, devices, collectives)
             images_op = duties.summary_images(_image_summary(trainer, config))
-            saver = tf.train.Saver(tf.global_variables(),
-                                   max_to_keep=config.keep_checkpoints or None,
-                                   save_relative_paths=True)
+            saver = make_saver(config.keep_checkpoints)
             init_op = tf.group(tf.global_variables_initializer(),
                                tf.local_variables_initializer())
             sync_op = collectives.broadcast(tf.global_variables())

@@ -1,6 +1,6 @@
 """Snapshots: only of sound weights, one run per directory, no half-written files left.
 
-A snapshot is written only after ``checkpoints.soundness_problem`` passes
+A snapshot is written only after ``soundness.soundness_problem`` passes
 on the weights, against the last sound ones, so a diverging run never
 leaves a snapshot that resuming would diverge from again; a save that fails
 (disk full, permission) ends the run with one line, the last snapshot
@@ -14,11 +14,26 @@ import shutil
 import numpy as np
 
 from deeplab_resnet import checkpoints, files
-from deeplab_resnet.runtime import tf
+from deeplab_resnet.runtime import first_error_line, tf
+from deeplab_resnet.training import soundness
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "model.ckpt"
+
+
+def make_saver(keep_checkpoints):
+    """The Saver of the snapshots: the newest ``keep_checkpoints`` kept, 0 for all.
+
+    Raises:
+      ValueError: a negative count, which would delete every snapshot, so
+        that a rerun silently starts again from step 0.
+    """
+    if keep_checkpoints < 0:
+        raise ValueError("--keep-checkpoints %d would delete every snapshot; give 0 "
+                         "to keep all, or how many to keep." % keep_checkpoints)
+    return tf.train.Saver(tf.global_variables(), max_to_keep=keep_checkpoints or None,
+                          save_relative_paths=True)
 
 
 def check_snapshot_config(snapshot_dir, num_classes, config):
@@ -92,7 +107,7 @@ class Snapshots(object):
     """Snapshots of sound weights only, and the one message for a failed save.
 
     Before every save the weights are checked with
-    ``checkpoints.soundness_problem`` against the last sound ones: those of
+    ``soundness.soundness_problem`` against the last sound ones: those of
     the last snapshot, or of the run's start. So a diverging run never
     leaves a snapshot that resuming would diverge from again.
 
@@ -117,7 +132,7 @@ class Snapshots(object):
     def start(self, sess, trainer):
         """Take the weights the run starts from as the reference."""
         statistics = sess.run(trainer.weight_statistics)
-        if checkpoints.soundness_problem(*statistics) is None:
+        if soundness.soundness_problem(*statistics) is None:
             self.reference_norm = statistics[0]
 
     def check(self, sess, trainer, step, lr):
@@ -128,7 +143,7 @@ class Snapshots(object):
         """
         weights, momentum = sess.run([trainer.weight_statistics,
                                       trainer.momentum_statistics])
-        problem = (checkpoints.soundness_problem(*weights,
+        problem = (soundness.soundness_problem(*weights,
                                                  reference_norm=self.reference_norm)
                    or (None if momentum[2] and np.isfinite(momentum[0]) else
                        "momentum became non-finite"))
@@ -158,12 +173,11 @@ class Snapshots(object):
             path = self.saver.save(sess, self.prefix, global_step=step,
                                    write_meta_graph=False)
         except (tf.errors.OpError, OSError) as err:
-            reason = getattr(err, "message", None) or str(err)
             raise IOError("Could not write the snapshot of step %d to %s (%s). %s "
                           "Free some space or fix the permissions, then rerun the "
                           "same command to resume." % (
                               step, self.config.snapshot_dir,
-                              reason.strip().splitlines()[0],
+                              first_error_line(err),
                               "%s is intact." % self.last if self.last else
                               "Nothing was saved from this run."))
         self.last, self.last_step, self.reference_norm = path, step, norm

@@ -38,10 +38,10 @@ whose gradient is the ``weight_decay * w`` added to the update, as
 """
 import numpy as np
 
-from deeplab_resnet import checkpoints
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.distributed.collectives import Local
 from deeplab_resnet.runtime import tf
+from deeplab_resnet.training import soundness
 from deeplab_resnet.training.towers import build_towers, on_variable_device, total
 
 
@@ -93,7 +93,7 @@ class Trainer(object):
       learning_rate: the base rate at the current global step.
       global_step: updates done.
       weight_statistics: (norm, largest magnitude, all finite) of the
-        network's variables (``checkpoints.graph_weight_statistics``);
+        network's variables (``soundness.graph_weight_statistics``);
         momentum_statistics: the same of the momentum.
     """
 
@@ -138,10 +138,10 @@ class Trainer(object):
                 self.train_op = tf.group([tf.assign(v, tf.zeros_like(v) + initial)
                                           for v, initial in resets] or [tf.no_op()])
         self._reduced = [stats, largest]
-        self.weight_statistics = checkpoints.graph_weight_statistics(
+        self.weight_statistics = soundness.graph_weight_statistics(
             self.tower.net.variables)
         # Momentum slots, named as their variables, so the same rule applies.
-        self.momentum_statistics = checkpoints.graph_weight_statistics(
+        self.momentum_statistics = soundness.graph_weight_statistics(
             {var.op.name: optimizer.get_slot(var, "momentum") for var in variables})
 
     def _add_reported_sums(self):

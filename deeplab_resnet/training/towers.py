@@ -15,11 +15,11 @@ import collections
 import contextlib
 import os
 
-from deeplab_resnet.checkpoints import is_trained
 from deeplab_resnet.constants import CLASSIFIER_PREFIX, IGNORE_LABEL
 from deeplab_resnet.network import VARIABLE_OPS
 from deeplab_resnet.runtime import tf
 from deeplab_resnet.training.loss import tower_loss
+from deeplab_resnet.training.soundness import is_trained
 
 # DeepLab-v2's prototxt: the classifier is new, so it learns faster.
 CLASSIFIER_WEIGHTS_LR_MULT = 10.0
@@ -233,7 +233,7 @@ def trained_params(net, last_only=False):
 
     Convolution weights and biases only; BatchNorm is frozen (see
     ``solver``'s module doc); which variables those are is
-    ``checkpoints.is_trained``, the rule snapshots are judged by.
+    ``soundness.is_trained``, the rule snapshots are judged by.
 
     Args:
       last_only: the classifier ``fc1_voc12_*`` alone (the original project's
