@@ -299,6 +299,34 @@ def load_model_config(path):
     return num_classes, ModelConfig(**data)
 
 
+def architecture_from_shapes(prefix):
+    """What a checkpoint's variable shapes say of its network.
+
+    Returns:
+      dict: ``blocks`` (per stage res2..res5), ``base_depth`` (res2a's inner
+      width), ``aspp_branches`` and ``num_classes`` (the classifier's); the
+      ASPP dilation rates leave no trace in the shapes.
+    Raises:
+      IOError: the checkpoint cannot be read.
+    """
+    try:
+        shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    except _READ_ERRORS as err:
+        raise IOError("Cannot read the checkpoint %s (%s)." % (prefix,
+                                                               first_error_line(err)))
+    blocks = [len({name.split("_")[0] for name in shapes
+                   if name.startswith("res%d" % stage) and "_branch2a/weights" in name})
+              for stage in (2, 3, 4, 5)]
+    branches = sorted(name for name in shapes
+                      if name.startswith(CLASSIFIER_PREFIX + "_c") and
+                      name.endswith("/weights"))
+    inner = shapes.get("res2a_branch2a/weights")
+    classes = shapes.get(CLASSIFIER_WEIGHTS)
+    return {"blocks": blocks, "base_depth": int(inner[-1]) if inner else None,
+            "aspp_branches": len(branches),
+            "num_classes": int(classes[-1]) if classes else None}
+
+
 def read_model_config(path):
     """(num_classes or None, ModelConfig) from a model_config.json or its directory.
 

@@ -349,3 +349,27 @@ def test_one_mask_among_good_labels_is_a_warning(tmp_path):
     assert re.search(r"warning \(mask\), 1 label\(s\):\n  Label .*img3\.png holds only "
                      r"0 and 255.*\n  fix: If it is a binary object mask", report)
     assert list_path
+
+
+def test_a_snapshot_dir_without_model_config_resumes_by_the_checkpoints_shapes(
+        tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    data_dir = str(tmp_path / "data")
+    list_path = write_dataset(data_dir)
+    snapshot_dir = str(tmp_path / "snap")
+    assert run_train(train_argv(data_dir, list_path, snapshot_dir, "--num-steps", "1")) == 0
+    config_file = os.path.join(snapshot_dir, constants.MODEL_CONFIG_FILE)
+    os.remove(config_file)
+    # Flags of another network: the shapes say which, not 'ResNet-101'.
+    caplog.clear()
+    assert run_train(train_argv(data_dir, list_path, snapshot_dir, "--num-steps", "2",
+                                "--num-classes", "30")) == 2
+    error = errors_of(caplog)[-1]
+    assert "has no %s" % constants.MODEL_CONFIG_FILE in error
+    assert "%d classes, against" % constants.NUM_CLASSES in error
+    assert "30 classes" in error and "aspp_rates" not in error
+    # The flags it was trained with: it resumes, and the file is back.
+    caplog.clear()
+    assert run_train(train_argv(data_dir, list_path, snapshot_dir, "--num-steps", "2")) == 0
+    assert re.search(r"resuming from .*model.ckpt-1 at step 1", caplog.text)
+    assert os.path.isfile(config_file)

@@ -69,7 +69,8 @@ class ChiefDuties(WorkerDuties):
         remove_interrupted_saves(config.snapshot_dir)
         resume, _ = soundness.newest_sound_snapshot(config.snapshot_dir)
         if resume:
-            check_snapshot_config(config.snapshot_dir, config.num_classes, config.model)
+            check_snapshot_config(config.snapshot_dir, config.num_classes, config.model,
+                                  resume)
         elif config.restore_from:
             checkpoints.resolve_checkpoint(config.restore_from)
         return resume

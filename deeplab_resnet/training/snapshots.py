@@ -14,6 +14,7 @@ import shutil
 import numpy as np
 
 from deeplab_resnet import checkpoints, files
+from deeplab_resnet.constants import MODEL_CONFIG_FILE
 from deeplab_resnet.runtime import first_error_line, tf
 from deeplab_resnet.training import soundness
 
@@ -36,12 +37,21 @@ def make_saver(keep_checkpoints):
                           save_relative_paths=True)
 
 
-def check_snapshot_config(snapshot_dir, num_classes, config):
+def check_snapshot_config(snapshot_dir, num_classes, config, resume=None):
     """Refuse to resume checkpoints of another network.
 
+    Without ``model_config.json`` (deleted, or a directory copied without
+    it) the network is read from the shapes of ``resume``'s variables: the
+    run resumes if they fit the flags (the file is then written again), and
+    otherwise says what the shapes show.
+
     Raises:
-      ValueError: ``snapshot_dir`` records another architecture.
+      ValueError: ``snapshot_dir`` records (or its checkpoint shows) another
+        architecture.
     """
+    if resume and not os.path.isfile(os.path.join(snapshot_dir, MODEL_CONFIG_FILE)):
+        _check_shapes(snapshot_dir, resume, num_classes, config)
+        return
     saved_classes, saved_config = checkpoints.load_model_config(snapshot_dir)
     if saved_config != config or saved_classes not in (None, num_classes):
         raise ValueError(
@@ -50,6 +60,30 @@ def check_snapshot_config(snapshot_dir, num_classes, config):
             "trained with to resume, or pick another --snapshot-dir."
             % (snapshot_dir, saved_classes, saved_config.to_dict(), num_classes,
                config.to_dict()))
+
+
+def _check_shapes(snapshot_dir, resume, num_classes, config):
+    found = checkpoints.architecture_from_shapes(resume)
+    wanted = {"blocks": list(config.blocks), "base_depth": config.base_depth,
+              "aspp_branches": len(config.aspp_rates), "num_classes": num_classes}
+    if found == wanted:
+        log.warning("%s has no %s; %s's variable shapes fit the flags' network, so "
+                    "the run resumes and writes the file again (ASPP rates %s as "
+                    "the flags say: the shapes cannot show them).", snapshot_dir,
+                    MODEL_CONFIG_FILE, resume, list(config.aspp_rates))
+        return
+    raise ValueError(
+        "%s has no %s, and the variable shapes of %s show another network than the "
+        "flags ask for: %s, against %s. Rerun with --num-classes, --blocks and "
+        "--base-depth (and the --aspp-rates it was trained with) matching the "
+        "checkpoint to resume, or pick another --snapshot-dir."
+        % (snapshot_dir, MODEL_CONFIG_FILE, resume, _describe(found), _describe(wanted)))
+
+
+def _describe(architecture):
+    return ("blocks %s, base depth %s, %s ASPP branches, %s classes"
+            % (",".join(map(str, architecture["blocks"])), architecture["base_depth"],
+               architecture["aspp_branches"], architecture["num_classes"]))
 
 
 class SnapshotLock(object):
