@@ -373,3 +373,30 @@ def test_a_snapshot_dir_without_model_config_resumes_by_the_checkpoints_shapes(
     assert run_train(train_argv(data_dir, list_path, snapshot_dir, "--num-steps", "2")) == 0
     assert re.search(r"resuming from .*model.ckpt-1 at step 1", caplog.text)
     assert os.path.isfile(config_file)
+
+
+@pytest.mark.parametrize("breakage", ["missing list", "empty list", "missing image",
+                                      "label size"])
+def test_a_bad_val_list_fails_before_step_1(tmp_path, caplog, breakage):
+    data_dir = str(tmp_path / "data")
+    list_path = write_dataset(data_dir)
+    val_dir = str(tmp_path / "val")
+    val_list = write_dataset(val_dir, count=2)
+    if breakage == "missing list":
+        os.remove(val_list)
+    elif breakage == "empty list":
+        open(val_list, "w").close()
+    elif breakage == "missing image":
+        os.remove(os.path.join(val_dir, "JPEGImages", "img1.jpg"))
+    else:
+        label = os.path.join(val_dir, "SegmentationClassAug", "img0.png")
+        Image.open(label).resize((20, 20)).save(label)
+    snapshot_dir = str(tmp_path / "snap")
+    assert run_train(train_argv(data_dir, list_path, snapshot_dir, "--val-list", val_list,
+                                "--val-data-dir", val_dir, "--val-every", "1000")) == 2
+    error = errors_of(caplog)[-1]
+    assert "--val-list" in error and "--data-list" not in error, error
+    if breakage == "missing image":
+        assert "--val-data-dir" in error and "img1.jpg" in error
+    assert "step 1/" not in caplog.text
+    assert tf.train.latest_checkpoint(snapshot_dir) is None

@@ -43,7 +43,7 @@ class WorkerDuties(object):
     def writer(self):
         return _NoWriter()
 
-    def validation(self):
+    def validation(self, sample_size):
         return None
 
     def summary_images(self, images_op):
@@ -101,8 +101,13 @@ class ChiefDuties(WorkerDuties):
     def writer(self):
         return tf.summary.FileWriter(self.config.snapshot_dir)
 
-    def validation(self):
-        return Validation(self.config) if self.config.val_list else None
+    def validation(self, sample_size):
+        """``Validation`` with its list checked (``sample_size`` pairs), or None."""
+        if not self.config.val_list:
+            return None
+        validation = Validation(self.config)
+        validation.check(sample_size)
+        return validation
 
     def summary_images(self, images_op):
         return images_op

@@ -186,6 +186,7 @@ def train_with(config, collectives, devices=None):
         tf.set_random_seed(config.random_seed)
         reader = _reader(config, collectives.shard)
         reader.check(CHECKED_LABELS)
+        validation = duties.validation(CHECKED_LABELS)
         # The snapshot directory is the chief's alone (shared storage).
         with duties.lock():
             resume = duties.find_resume()
@@ -213,7 +214,8 @@ def train_with(config, collectives, devices=None):
                 snapshots.start(sess, trainer)
                 run = Run(sess=sess, trainer=trainer, reader=reader, snapshots=snapshots,
                           duties=duties, collectives=collectives, config=config,
-                          images_op=images_op, start_step=start_step)
+                          validation=validation, images_op=images_op,
+                          start_step=start_step)
                 status = run.run()
                 if status != distributed.EXIT_LOST_WORKER:
                     status = _leave(sess, final_barrier, collectives, status)
@@ -303,13 +305,13 @@ class Run(object):
     duties: object
     collectives: object
     config: TrainConfig
+    validation: object = None
     images_op: object = None
     start_step: int = 0
 
     def run(self):
         threads = self.reader.start(self.sess)
         self.writer = self.duties.writer()
-        self.validation = self.duties.validation()
         self.progress = Progress(self.config.num_steps)
         self.lr = None
         try:

@@ -8,6 +8,7 @@ import numpy as np
 
 from deeplab_resnet import files, metrics
 from deeplab_resnet.constants import MODEL_CONFIG_FILE
+from deeplab_resnet.data.reader import ImageReader
 from deeplab_resnet.evaluation.evaluate import evaluate
 from deeplab_resnet.runtime import tf
 
@@ -37,6 +38,26 @@ class Validation(object):
         self.config = config
         self.best_dir = os.path.join(config.snapshot_dir, self.BEST_DIR)
         self.best_miou = self._recorded_best()
+
+    def check(self, sample_size):
+        """Read --val-list and scan its first pairs now, as the training list is
+        checked, so that a bad validation list fails before step 1, not at the
+        first validation --val-every steps later.
+
+        Raises:
+          IOError, ValueError: the problem, naming --val-list and --val-data-dir.
+        """
+        config = self.config
+        try:
+            with tf.Graph().as_default():
+                ImageReader(config.val_data_dir or config.data_dir, config.val_list,
+                            shuffle=False, num_classes=config.num_classes,
+                            ignore_label=config.ignore_label,
+                            label_map=config.label_map).check(sample_size)
+        except (IOError, ValueError) as err:
+            message = ("--val-list: %s" % err).replace("--data-list", "--val-list")
+            message = message.replace("--data-dir", "--val-data-dir")
+            raise type(err)(message) from err
 
     def _recorded_best(self):
         path = os.path.join(self.best_dir, self.BEST_FILE)
