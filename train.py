@@ -33,8 +33,11 @@ from deeplab_resnet import cli, distributed, training
 from deeplab_resnet.model import ModelConfig
 from deeplab_resnet.training.towers import check_batch_split
 
-# DeepLab-v2's recipe, as training.TrainConfig holds it.
-DEFAULTS = training.TrainConfig()
+# DeepLab-v2's recipe, as training.TrainConfig's parts hold it.
+_RECIPE = training.TrainConfig()
+DEFAULTS = argparse.Namespace(**{f.name: getattr(part, f.name)
+                                 for part in vars(_RECIPE).values()
+                                 for f in dataclasses.fields(part)})
 
 
 def non_negative_int(text):
@@ -205,11 +208,10 @@ def get_arguments(argv=None):
 
 
 def train_config(args):
-    """The ``training.TrainConfig`` of the parsed flags."""
-    fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
+    """The ``training.TrainConfig`` of the parsed flags, each to its part."""
+    values = {k: v for k, v in vars(args).items() if hasattr(DEFAULTS, k)}
     values["model"] = ModelConfig(args.blocks, args.base_depth, args.aspp_rates)
-    return training.TrainConfig(**values)
+    return training.TrainConfig.from_fields(**values)
 
 
 def main(argv=None):

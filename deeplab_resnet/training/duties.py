@@ -60,19 +60,20 @@ class ChiefDuties(WorkerDuties):
 
     def lock(self):
         """One training run per snapshot directory (``SnapshotLock``)."""
-        return SnapshotLock(self.config.snapshot_dir)
+        return SnapshotLock(self.config.snapshots.snapshot_dir)
 
     def find_resume(self):
         """The snapshot to resume (after clearing interrupted saves), or None;
         checks --restore-from otherwise."""
         config = self.config
-        remove_interrupted_saves(config.snapshot_dir)
-        resume, _ = soundness.newest_sound_snapshot(config.snapshot_dir)
+        remove_interrupted_saves(config.snapshots.snapshot_dir)
+        resume, _ = soundness.newest_sound_snapshot(config.snapshots.snapshot_dir)
         if resume:
-            check_snapshot_config(config.snapshot_dir, config.num_classes, config.model,
+            check_snapshot_config(config.snapshots.snapshot_dir,
+                                  config.network.num_classes, config.network.model,
                                   resume)
-        elif config.restore_from:
-            checkpoints.resolve_checkpoint(config.restore_from)
+        elif config.network.restore_from:
+            checkpoints.resolve_checkpoint(config.network.restore_from)
         return resume
 
     def restore(self, sess, saver, trainer, resume):
@@ -80,32 +81,35 @@ class ChiefDuties(WorkerDuties):
         config = self.config
         if resume:
             return _resume(sess, saver, trainer, config, resume)
-        if config.restore_from:
-            path = checkpoints.restore(sess, config.restore_from, trainer.tower.net,
-                                       skip_classifier=config.not_restore_last,
+        if config.network.restore_from:
+            path = checkpoints.restore(sess, config.network.restore_from, trainer.tower.net,
+                                       skip_classifier=config.network.not_restore_last,
                                        skip_mismatched_classifier=True)
             log.info("restored weights from %s%s", path,
-                     " (classifier left initialised)" if config.not_restore_last else "")
+                     " (classifier left initialised)" if config.network.not_restore_last else "")
         else:
             log.warning("No --restore-from: training from random weights. Real "
                         "training starts from converted ImageNet or DeepLab weights "
-                        "(convert.py).%s", "" if config.is_training else
+                        "(convert.py).%s", "" if config.network.is_training else
                         " BatchNorm is frozen at its initial statistics, so nothing "
                         "normalises the activations; add --is-training.")
         return 0
 
     def save_model_config(self):
-        checkpoints.save_model_config(self.config.snapshot_dir, self.config.num_classes,
-                                      self.config.model)
+        checkpoints.save_model_config(self.config.snapshots.snapshot_dir, self.config.network.num_classes,
+                                      self.config.network.model)
 
     def writer(self):
-        return tf.summary.FileWriter(self.config.snapshot_dir)
+        return tf.summary.FileWriter(self.config.snapshots.snapshot_dir)
 
     def validation(self, sample_size):
         """``Validation`` with its list checked (``sample_size`` pairs), or None."""
-        if not self.config.val_list:
+        if not self.config.validation.val_list:
             return None
-        validation = Validation(self.config)
+        config = self.config
+        validation = Validation(config.validation, snapshot_dir=config.snapshots.snapshot_dir,
+                                data=config.data, num_classes=config.network.num_classes,
+                                runtime=config.runtime)
         validation.check(sample_size)
         return validation
 
@@ -127,11 +131,11 @@ def _resume(sess, saver, trainer, config, resume):
     except tf.errors.OpError as err:
         raise IOError("Cannot restore %s (%s). Move it away to resume from the "
                       "snapshot before it." % (resume, first_error_line(err)))
-    saver.recover_last_checkpoints(checkpoints.snapshot_prefixes(config.snapshot_dir))
+    saver.recover_last_checkpoints(checkpoints.snapshot_prefixes(config.snapshots.snapshot_dir))
     step = int(sess.run(trainer.global_step))
-    if config.restore_from:
+    if config.network.restore_from:
         log.info("--restore-from %s ignored: resuming the snapshot in %s.",
-                 config.restore_from, config.snapshot_dir)
+                 config.network.restore_from, config.snapshots.snapshot_dir)
     log.info("resuming from %s at step %d", resume, step)
     return step
 

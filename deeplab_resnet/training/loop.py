@@ -1,6 +1,7 @@
 """The training loop train.py runs: resume, steps with progress and summaries, sound snapshots.
 
-``train(TrainConfig(...))`` checks the data, builds the reader and the
+``train(TrainConfig(...))`` (``config``: data, network, solver, snapshots,
+validation, runtime parts) checks the data, builds the reader and the
 ``solver.Trainer``, resumes from the last snapshot in ``snapshot_dir`` or
 restores ``restore_from``, trains to ``num_steps`` with progress lines and
 TensorBoard summaries, and snapshots every ``save_pred_every`` steps, at the
@@ -11,18 +12,16 @@ import dataclasses
 import logging
 import signal
 import threading
-from typing import Optional, Tuple
 
 import numpy as np
 
 from deeplab_resnet import checkpoints, distributed
 from deeplab_resnet.cli import Progress
-from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES
 from deeplab_resnet.data.reader import ImageReader
 from deeplab_resnet.images import decode_labels, inv_preprocess
-from deeplab_resnet.model import ModelConfig
 from deeplab_resnet.runtime import session_config, tf
 from deeplab_resnet.training import gradients
+from deeplab_resnet.training.config import TrainConfig
 from deeplab_resnet.training.duties import duties_for
 from deeplab_resnet.training.snapshots import (SnapshotLock, Snapshots,  # noqa: F401
                                                divergence_message, make_saver)
@@ -39,63 +38,6 @@ log = logging.getLogger(__name__)
 CHECKED_LABELS = 1000
 # Exit status after Ctrl-C, as a shell reports a SIGINT death.
 INTERRUPTED_STATUS = 130
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run needs; the defaults are DeepLab-v2's recipe.
-
-    train.py's flags map one to one onto these fields (``--batch-size`` ->
-    ``batch_size``), and show these defaults.
-    """
-    # Data.
-    data_dir: str = "."
-    data_list: str = "dataset/train.txt"
-    ignore_label: int = IGNORE_LABEL
-    label_map: Optional[str] = None
-    input_size: Tuple[int, int] = (321, 321)
-    random_scale: bool = False
-    scale_set: Optional[Tuple[float, ...]] = None
-    random_mirror: bool = False
-    random_seed: int = 1234
-    skip_bad_images: bool = False
-    shuffle: bool = True
-    # Model and its starting point.
-    num_classes: int = NUM_CLASSES
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    restore_from: Optional[str] = None
-    not_restore_last: bool = False
-    is_training: bool = False
-    train_scales: Tuple[float, ...] = (1.0,)
-    train_last_only: bool = False
-    bf16: bool = False
-    # Solver.
-    batch_size: int = 10
-    learning_rate: float = 2.5e-4
-    momentum: float = 0.9
-    power: float = 0.9
-    num_steps: int = 20001
-    weight_decay: float = 0.0005
-    grad_update_every: int = 1
-    num_gpus: int = 1
-    tower_device: str = "gpu"
-    # Snapshots, logs, threads.
-    snapshot_dir: str = "snapshots"
-    save_pred_every: int = 1000
-    save_num_images: int = 2
-    keep_checkpoints: int = 5
-    log_every: int = 1
-    # Validation during training.
-    val_list: Optional[str] = None
-    val_data_dir: Optional[str] = None
-    val_every: int = 1000
-    val_images: Optional[int] = None
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    # Several workers (TF_CONFIG; see ``distributed``).
-    step_timeout: float = 1800.0
-    startup_timeout: float = 300.0
-    peer_timeout: float = 45.0
 
 
 def image_summary(images, labels, logits, max_outputs):
@@ -149,7 +91,7 @@ def train(config, task=None):
     Args:
       config: ``TrainConfig``.
       task: a ``distributed.WorkerTask`` to train synchronously with the
-        other workers of TF_CONFIG (``config.batch_size`` is then the batch
+        other workers of TF_CONFIG (``config.solver.batch_size`` is then the batch
         of all workers together; worker i reads rows i::N of the list);
         worker 0, the chief, alone resumes, writes the snapshot directory
         and validates. None: this process alone.
@@ -161,29 +103,29 @@ def train(config, task=None):
         a snapshot that cannot be written. Problems with the data, the flags
         or the weights are found before the first step, with nothing written.
     """
-    devices = tower_devices(config.num_gpus, config.tower_device)
-    session = session_config(config.intra_op_threads, config.inter_op_threads)
-    if devices and config.tower_device == "cpu":
+    devices = tower_devices(config.solver.num_gpus, config.solver.tower_device)
+    session = session_config(config.runtime.intra_op_threads, config.runtime.inter_op_threads)
+    if devices and config.solver.tower_device == "cpu":
         # Logical CPU devices for this session: what
         # tf.config.set_logical_device_configuration sets up, but a Session
         # given a ConfigProto (and a server) reads only the ConfigProto.
         session.device_count["CPU"] = len(devices)
     collectives = distributed.connect(task, config=session,
-                                      step_timeout=config.step_timeout,
-                                      startup_timeout=config.startup_timeout,
-                                      peer_timeout=config.peer_timeout)
+                                      step_timeout=config.runtime.step_timeout,
+                                      startup_timeout=config.runtime.startup_timeout,
+                                      peer_timeout=config.runtime.peer_timeout)
     return train_with(config, collectives, devices)
 
 
 def train_with(config, collectives, devices=None):
     """``train`` on a ``distributed.Local`` or ``Cluster`` (``collectives``)."""
     workers = collectives.num_workers
-    check_batch_split(config.batch_size, workers * config.num_gpus,
-                      "--batch-size %d (all workers together)" % config.batch_size,
-                      "%d worker(s) x %d tower(s)" % (workers, config.num_gpus))
+    check_batch_split(config.solver.batch_size, workers * config.solver.num_gpus,
+                      "--batch-size %d (all workers together)" % config.solver.batch_size,
+                      "%d worker(s) x %d tower(s)" % (workers, config.solver.num_gpus))
     duties = duties_for(collectives, config)
     with tf.Graph().as_default() as graph:
-        tf.set_random_seed(config.random_seed)
+        tf.set_random_seed(config.data.random_seed)
         reader = _reader(config, collectives.shard)
         reader.check(CHECKED_LABELS)
         validation = duties.validation(CHECKED_LABELS)
@@ -192,7 +134,7 @@ def train_with(config, collectives, devices=None):
             resume = duties.find_resume()
             trainer = _trainer(config, reader, devices, collectives)
             images_op = duties.summary_images(_image_summary(trainer, config))
-            saver = make_saver(config.keep_checkpoints)
+            saver = make_saver(config.snapshots.keep_checkpoints)
             init_op = tf.group(tf.global_variables_initializer(),
                                tf.local_variables_initializer())
             sync_op = collectives.broadcast(tf.global_variables())
@@ -205,11 +147,13 @@ def train_with(config, collectives, devices=None):
                 if start_step is None:
                     return distributed.EXIT_LOST_WORKER
                 duties.save_model_config()
-                if start_step >= config.num_steps:
+                if start_step >= config.solver.num_steps:
                     log.info("%s is already trained to step %d of --num-steps %d; "
-                             "nothing to do.", resume, start_step, config.num_steps)
+                             "nothing to do.", resume, start_step, config.solver.num_steps)
                     return 0
-                snapshots = Snapshots(saver, config, resume, start_step,
+                snapshots = Snapshots(saver, config.snapshots, network=config.network,
+                                      ignore_label=config.data.ignore_label, last=resume,
+                                      last_step=start_step,
                                       write=duties.writes_snapshots)
                 snapshots.start(sess, trainer)
                 run = Run(sess=sess, trainer=trainer, reader=reader, snapshots=snapshots,
@@ -223,43 +167,43 @@ def train_with(config, collectives, devices=None):
 
 
 def _reader(config, shard):
-    return ImageReader(config.data_dir, config.data_list, input_size=config.input_size,
-                       random_scale=config.random_scale, scale_set=config.scale_set,
-                       random_mirror=config.random_mirror,
-                       ignore_label=config.ignore_label, num_classes=config.num_classes,
-                       label_map=config.label_map,
-                       skip_bad_images=config.skip_bad_images, shuffle=config.shuffle,
+    return ImageReader(config.data.data_dir, config.data.data_list, input_size=config.data.input_size,
+                       random_scale=config.data.random_scale, scale_set=config.data.scale_set,
+                       random_mirror=config.data.random_mirror,
+                       ignore_label=config.data.ignore_label, num_classes=config.network.num_classes,
+                       label_map=config.data.label_map,
+                       skip_bad_images=config.data.skip_bad_images, shuffle=config.data.shuffle,
                        shard=shard)
 
 
 def _trainer(config, reader, devices, collectives):
     """The ``Trainer`` on this worker's share of the batch, with the warnings."""
     workers = collectives.num_workers
-    image_batch, label_batch = reader.dequeue(config.batch_size // workers)
-    trainer = Trainer(image_batch, label_batch, config.num_classes,
-                      ignore_label=config.ignore_label, is_training=config.is_training,
-                      config=config.model, learning_rate=config.learning_rate,
-                      momentum=config.momentum, power=config.power,
-                      num_steps=config.num_steps, weight_decay=config.weight_decay,
-                      grad_update_every=config.grad_update_every, devices=devices,
-                      scales=config.train_scales, last_only=config.train_last_only,
-                      collectives=collectives, compute_dtype=_compute_dtype(config.bf16))
+    image_batch, label_batch = reader.dequeue(config.solver.batch_size // workers)
+    trainer = Trainer(image_batch, label_batch, config.network.num_classes,
+                      ignore_label=config.data.ignore_label, is_training=config.network.is_training,
+                      config=config.network.model, learning_rate=config.solver.learning_rate,
+                      momentum=config.solver.momentum, power=config.solver.power,
+                      num_steps=config.solver.num_steps, weight_decay=config.solver.weight_decay,
+                      grad_update_every=config.solver.grad_update_every, devices=devices,
+                      scales=config.network.train_scales, last_only=config.network.train_last_only,
+                      collectives=collectives, compute_dtype=_compute_dtype(config.network.bf16))
     if devices:
         log.info("%d towers on %s, %d images each; variables on %s", len(devices),
-                 ", ".join(devices), config.batch_size // workers // len(devices),
+                 ", ".join(devices), config.solver.batch_size // workers // len(devices),
                  VARIABLE_DEVICE)
-    warning = batchnorm_batch_warning(config.is_training, config.batch_size,
-                                      config.num_gpus * workers)
+    warning = batchnorm_batch_warning(config.network.is_training, config.solver.batch_size,
+                                      config.solver.num_gpus * workers)
     if warning:
         log.warning(warning)
     return trainer
 
 
 def _image_summary(trainer, config):
-    if config.save_num_images <= 0:
+    if config.snapshots.save_num_images <= 0:
         return None
     return image_summary(trainer.tower.images, trainer.tower.labels,
-                         trainer.tower.logits, config.save_num_images)
+                         trainer.tower.logits, config.snapshots.save_num_images)
 
 
 def _join(sess, sync_op, collectives, trainer):
@@ -312,7 +256,7 @@ class Run(object):
     def run(self):
         threads = self.reader.start(self.sess)
         self.writer = self.duties.writer()
-        self.progress = Progress(self.config.num_steps)
+        self.progress = Progress(self.config.solver.num_steps)
         self.lr = None
         try:
             with InterruptRequest() as interrupt:
@@ -328,9 +272,9 @@ class Run(object):
 
     def _loop(self, interrupt):
         config = self.config
-        for done in range(self.start_step + 1, config.num_steps + 1):
+        for done in range(self.start_step + 1, config.solver.num_steps + 1):
             with_images = self.images_op is not None and (
-                done % config.save_pred_every == 0 or done == self.start_step + 1)
+                done % config.snapshots.save_pred_every == 0 or done == self.start_step + 1)
             result = self._step(done, with_images, interrupt.requested)
             if result is None:
                 return distributed.EXIT_LOST_WORKER
@@ -341,9 +285,9 @@ class Run(object):
             self._summarise(result, done, with_images)
             self._log(result, done, interrupt.requested)
             validate = self.validation is not None and (
-                done % config.val_every == 0 or done == config.num_steps)
-            if validate or done % config.save_pred_every == 0 or \
-                    done == config.num_steps or interrupt.requested:
+                done % config.validation.val_every == 0 or done == config.solver.num_steps)
+            if validate or done % config.snapshots.save_pred_every == 0 or \
+                    done == config.solver.num_steps or interrupt.requested:
                 self.snapshots.save(self.sess, self.trainer, done, self.lr)
             if validate and not interrupt.requested:
                 self.validation.run(self.snapshots.last, done, self.writer)
@@ -383,8 +327,9 @@ class Run(object):
                             ("weight-decay loss (l2)", result["l2"])):
             if not np.isfinite(value):
                 raise ValueError(divergence_message(
-                    "%s became %s" % (what, value), done, self.lr, self.config,
-                    self.snapshots.last))
+                    "%s became %s" % (what, value), done, self.lr, self.snapshots.last,
+                    network=self.config.network,
+                    ignore_label=self.config.data.ignore_label))
 
     def _summarise(self, result, done, with_images):
         scalars = {"loss": result["loss"], "l2_loss": result["l2"],
@@ -399,14 +344,14 @@ class Run(object):
 
     def _log(self, result, done, interrupted):
         config = self.config
-        if (done % config.log_every == 0 or done == config.num_steps or
+        if (done % config.snapshots.log_every == 0 or done == config.solver.num_steps or
                 done == self.start_step + 1 or interrupted):
             self.duties.log_progress(
                 "step %d/%d loss=%.4f%s l2=%.4g acc=%.3f lr=%.3e %s %s",
-                done, config.num_steps, result["loss"], _branch_losses(result["losses"]),
+                done, config.solver.num_steps, result["loss"], _branch_losses(result["losses"]),
                 result["l2"], result["accuracy"], self.lr,
                 _images_per_second(self.progress, done,
-                                   config.batch_size * config.grad_update_every),
+                                   config.solver.batch_size * config.solver.grad_update_every),
                 self.progress.line(done))
 
 
@@ -416,7 +361,7 @@ def _bad_label_message(result, step, config, last_snapshot):
             "GPU. Check --num-classes and --label-map, and run "
             "dataset/check_labels.py on the data. Nothing was saved from this "
             "run after %s." % (step, result["bad_labels"], result["max_bad_label"],
-                               config.num_classes - 1, config.ignore_label,
+                               config.network.num_classes - 1, config.data.ignore_label,
                                last_snapshot or "its start"))
 
 

@@ -154,10 +154,12 @@ class Snapshots(object):
       last_step: its step.
     """
 
-    def __init__(self, saver, config, last=None, last_step=0, write=True):
+    def __init__(self, saver, config, *, network, ignore_label, last=None, last_step=0,
+                 write=True):
         self.saver = saver
         self.write = write
         self.config = config
+        self.network, self.ignore_label = network, ignore_label
         self.prefix = os.path.join(config.snapshot_dir, CHECKPOINT_NAME)
         self.last = last
         self.last_step = last_step
@@ -182,8 +184,9 @@ class Snapshots(object):
                    or (None if momentum[2] and np.isfinite(momentum[0]) else
                        "momentum became non-finite"))
         if problem is not None:
-            raise ValueError(divergence_message(problem, step, lr, self.config,
-                                                self.last))
+            raise ValueError(divergence_message(problem, step, lr, self.last,
+                                                network=self.network,
+                                                ignore_label=self.ignore_label))
         return weights[0]
 
     def save(self, sess, trainer, step, lr):
@@ -219,19 +222,23 @@ class Snapshots(object):
         return path
 
 
-def divergence_message(what, step, lr, config, last_snapshot):
-    """What to check when training diverges: labels first, then the rate."""
+def divergence_message(what, step, lr, last_snapshot, *, network, ignore_label):
+    """What to check when training diverges: labels first, then the rate.
+
+    Args:
+      network: the run's ``config.NetworkConfig`` (classes, starting point).
+    """
     scratch = ""
-    if not config.restore_from:
+    if not network.restore_from:
         scratch = (" Training from random weights (no --restore-from) diverges "
                    "easily: start from converted weights (convert.py)%s."
-                   % ("" if config.is_training else
+                   % ("" if network.is_training else
                       " or add --is-training so that BatchNorm normalises"))
     return ("The %s at step %d (lr=%.3g). First check the labels: every label "
             "value must be a class id below --num-classes %d or --ignore-label "
             "%d (dataset/check_labels.py lists the files with other values). "
             "Then try a lower --learning-rate, e.g. a tenth.%s Nothing was "
             "saved from this run after %s"
-            % (what, step, lr, config.num_classes, config.ignore_label, scratch,
+            % (what, step, lr, network.num_classes, ignore_label, scratch,
                "%s. That is the last sound snapshot: rerunning resumes from it."
                % last_snapshot if last_snapshot else "its start."))
