@@ -31,9 +31,22 @@ import dataclasses
 
 from deeplab_resnet import cli, distributed, training
 from deeplab_resnet.model import ModelConfig
+from deeplab_resnet.training.towers import check_batch_split
 
-# DeepLab-v2's recipe, as training.TrainConfig holds it.
-DEFAULTS = training.TrainConfig()
+# DeepLab-v2's recipe, as training.TrainConfig's parts hold it.
+_RECIPE = training.TrainConfig()
+DEFAULTS = argparse.Namespace(**{f.name: getattr(part, f.name)
+                                 for part in vars(_RECIPE).values()
+                                 for f in dataclasses.fields(part)})
+
+
+def non_negative_int(text):
+    """A count of 0 or more (argparse type): --keep-checkpoints -1 would delete
+    every snapshot."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (keep all) or more, got %d" % value)
+    return value
 
 
 def get_arguments(argv=None):
@@ -136,9 +149,10 @@ def get_arguments(argv=None):
     parser.add_argument("--save-num-images", type=int, default=DEFAULTS.save_num_images,
                         help="Image/label/prediction triplets per TensorBoard "
                              "image summary, 0 for none (default: %(default)s).")
-    parser.add_argument("--keep-checkpoints", type=int, default=DEFAULTS.keep_checkpoints,
-                        help="Snapshots kept, oldest deleted first; 0 keeps all "
-                             "(default: %(default)s).")
+    parser.add_argument("--keep-checkpoints", type=non_negative_int,
+                        default=DEFAULTS.keep_checkpoints,
+                        help="Snapshots kept, oldest deleted first; 0 keeps all, "
+                             "a negative count is refused (default: %(default)s).")
     parser.add_argument("--log-every", type=cli.positive_int, default=DEFAULTS.log_every,
                         help="Progress line every this many steps "
                              "(default: %(default)s).")
@@ -185,21 +199,19 @@ def get_arguments(argv=None):
     if args.scale_set and args.random_scale:
         parser.error("--scale-set and --random-scale are two ways of scaling; "
                      "give one.")
-    if args.batch_size % args.num_gpus:
-        parser.error("--batch-size %d does not split evenly over --num-gpus %d; "
-                     "use a multiple of %d, such as %d."
-                     % (args.batch_size, args.num_gpus, args.num_gpus,
-                        max(args.num_gpus, args.batch_size // args.num_gpus
-                            * args.num_gpus)))
+    try:
+        check_batch_split(args.batch_size, args.num_gpus, "--batch-size %d" % args.batch_size,
+                          "--num-gpus %d" % args.num_gpus)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
 def train_config(args):
-    """The ``training.TrainConfig`` of the parsed flags."""
-    fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
+    """The ``training.TrainConfig`` of the parsed flags, each to its part."""
+    values = {k: v for k, v in vars(args).items() if hasattr(DEFAULTS, k)}
     values["model"] = ModelConfig(args.blocks, args.base_depth, args.aspp_rates)
-    return training.TrainConfig(**values)
+    return training.TrainConfig.from_fields(**values)
 
 
 def main(argv=None):

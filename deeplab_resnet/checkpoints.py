@@ -18,7 +18,7 @@ from deeplab_resnet import files
 from deeplab_resnet.constants import CLASSIFIER_PREFIX, MODEL_CONFIG_FILE
 from deeplab_resnet.model import ModelConfig
 from deeplab_resnet.network import fold_batchnorm_weights
-from deeplab_resnet.runtime import session_config, tf
+from deeplab_resnet.runtime import first_error_line, session_config, tf
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +26,9 @@ log = logging.getLogger(__name__)
 CLASSIFIER_WEIGHTS = CLASSIFIER_PREFIX + "_c0/weights"
 
 
-# The norm of a snapshot's trained weights (convolution weights and biases)
-# may grow at most this much over the last sound weights': a run that
-# diverges multiplies it by orders of magnitude within a few steps, while a
-# healthy run, even from random weights, stays within a few times its start.
-# BatchNorm statistics are left out: from scratch they rightly move from
-# 0 and 1 to the activations' statistics, thousands of times larger.
-GROWTH_LIMIT = 100.0
-# No trained weight comes near this.
-MAX_ABS_WEIGHT = 1e8
 # Errors TensorFlow's checkpoint reader raises for truncated or foreign files.
 _READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, OSError, EOFError,
                 zipfile.BadZipFile)
-
-
-def _error_text(err):
-    """The first line of an error, without TensorFlow's op context."""
-    text = getattr(err, "message", None) or str(err) or type(err).__name__
-    return text.strip().splitlines()[0]
 
 
 def snapshot_prefixes(directory):
@@ -80,7 +65,7 @@ def read_checkpoint(prefix):
         raise IOError("Cannot read the checkpoint %s (%s): it is truncated or corrupt "
                       "(an interrupted copy or save?), or not a TensorFlow checkpoint. "
                       "Use another snapshot, or the .npz written by convert.py."
-                      % (prefix, _error_text(err)))
+                      % (prefix, first_error_line(err)))
 
 
 def _newest_readable(directory):
@@ -156,7 +141,7 @@ def read_weights(path):
             raise IOError("--restore-from %r is not a weight file written by "
                           "convert.py (%s); it may be truncated. Convert the "
                           ".caffemodel again."
-                          % (path, _error_text(err)))
+                          % (path, first_error_line(err)))
     return model_weights(read_checkpoint(path))
 
 
@@ -166,121 +151,6 @@ def model_weights(tensors):
     return {name: value for name, value in tensors.items()
             if "/Momentum" not in name and name != "global_step"
             and not name.startswith("grad_accumulation/")}
-
-
-# ------------------------------------------------------------ soundness
-def is_trained(name):
-    """Whether a variable is one the solver trains: convolution weights and
-    biases (BatchNorm's parameters and statistics are frozen or averaged)."""
-    return name.rsplit("/", 1)[-1] in ("weights", "biases")
-
-
-def weight_statistics(weights):
-    """(L2 norm, largest magnitude) of the trained weights, and whether every
-    float value (BatchNorm statistics included) is finite; float64."""
-    arrays = {k: np.asarray(v, np.float64) for k, v in weights.items()
-              if np.issubdtype(np.asarray(v).dtype, np.floating)}
-    trained = [a for k, a in arrays.items() if is_trained(k)]
-    with np.errstate(over="ignore", invalid="ignore"):
-        norm = float(np.sqrt(sum(np.sum(np.square(a)) for a in trained)))
-        largest = float(max((np.max(np.abs(a)) for a in trained if a.size), default=0.0))
-    finite = all(np.isfinite(a).all() for a in arrays.values())
-    return norm, largest, finite
-
-
-def graph_weight_statistics(variables):
-    """``weight_statistics`` in the graph: (norm and largest
-    magnitude of the trained weights, all values finite), scalar tensors.
-
-    The same rule as for a file, so that a snapshot is judged sound alike
-    when it is written and when it is resumed. float64, so that only
-    non-finite weights give a non-finite norm.
-
-    Args:
-      variables: {name: variable}.
-    """
-    floats = {name: tf.cast(v, tf.float64) for name, v in variables.items()
-              if v.dtype.base_dtype.is_floating}
-    trained = [v for name, v in floats.items() if is_trained(name)] or \
-        [tf.zeros([1], tf.float64)]
-    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(v)) for v in trained]))
-    largest = tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(v)) for v in trained]))
-    finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.is_finite(v))
-                                     for v in floats.values()]))
-    return norm, largest, finite
-
-
-def soundness_problem(norm, largest, finite=True, reference_norm=None):
-    """Why weights with these ``weight_statistics`` are not a sound model,
-    or None.
-
-    Args:
-      reference_norm: the norm of the last sound weights (the run's start or
-        its last snapshot); growth beyond ``GROWTH_LIMIT`` times it is
-        divergence.
-    """
-    if not (finite and np.isfinite(norm) and np.isfinite(largest)):
-        return "weights became non-finite or too large (NaN or inf)"
-    if largest > MAX_ABS_WEIGHT:
-        return ("weights became non-finite or too large (largest %.3g, over %.0e)"
-                % (largest, MAX_ABS_WEIGHT))
-    if reference_norm and norm > GROWTH_LIMIT * reference_norm:
-        return ("weights became non-finite or too large (norm %.3g, %.3gx the last "
-                "sound weights'; at most %gx)" % (norm, norm / reference_norm,
-                                                  GROWTH_LIMIT))
-    return None
-
-
-def newest_sound_snapshot(directory):
-    """The newest snapshot in ``directory`` that reads in full and is sound.
-
-    A snapshot is sound if its weights are finite, no larger in magnitude
-    than ``MAX_ABS_WEIGHT``, and have not grown more than ``GROWTH_LIMIT``
-    times over the snapshot before it. Snapshots that fail are named in a
-    warning; resuming steps back past them.
-
-    Returns:
-      (prefix, norm of its weights), or (None, None) when there is no
-      snapshot at all.
-    Raises:
-      IOError: there are snapshots but none is usable.
-    """
-    prefixes = snapshot_prefixes(directory)
-    if not prefixes:
-        return None, None
-    statistics = {}
-
-    def stats(prefix):
-        if prefix not in statistics:
-            try:
-                statistics[prefix] = weight_statistics(
-                    model_weights(read_checkpoint(prefix)))
-            except IOError as err:
-                log.warning("%s", err)
-                statistics[prefix] = None
-        return statistics[prefix]
-
-    rejected = []
-    for i in range(len(prefixes) - 1, -1, -1):
-        current = stats(prefixes[i])
-        if current is None:
-            rejected.append(prefixes[i])
-            continue
-        older = next((stats(p) for p in reversed(prefixes[:i]) if stats(p) is not None),
-                     None)
-        problem = soundness_problem(*current, reference_norm=older and older[0])
-        if problem is not None:
-            log.warning("%s is not a sound snapshot: its %s.", prefixes[i], problem)
-            rejected.append(prefixes[i])
-            continue
-        if rejected:
-            log.warning("resuming from %s, the newest sound snapshot, instead of %s. "
-                        "If the run diverged, rerun with a lower --learning-rate "
-                        "(e.g. a tenth).", prefixes[i], ", ".join(rejected))
-        return prefixes[i], current[0]
-    raise IOError("None of the %d snapshots in %s is usable (see the warnings). Move "
-                  "them away to start again, or pick another --snapshot-dir."
-                  % (len(prefixes), directory))
 
 
 def classifier_classes(path):
@@ -297,14 +167,14 @@ def classifier_classes(path):
         except _READ_ERRORS as err:
             raise IOError("--restore-from %r is not a weight file written by "
                           "convert.py or train.py (%s); it may be truncated."
-                          % (path, _error_text(err)))
+                          % (path, first_error_line(err)))
         return None
     try:
         shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
     except _READ_ERRORS as err:
         raise IOError("Cannot read the checkpoint %s (%s): it is truncated or corrupt, "
                       "or not a TensorFlow checkpoint. Use another snapshot, or the "
-                      ".npz written by convert.py." % (path, _error_text(err)))
+                      ".npz written by convert.py." % (path, first_error_line(err)))
     shape = shapes.get(CLASSIFIER_WEIGHTS)
     return int(shape[-1]) if shape else None
 
@@ -430,6 +300,34 @@ def load_model_config(path):
         data = json.load(f)
     num_classes = data.pop("num_classes", None)
     return num_classes, ModelConfig(**data)
+
+
+def architecture_from_shapes(prefix):
+    """What a checkpoint's variable shapes say of its network.
+
+    Returns:
+      dict: ``blocks`` (per stage res2..res5), ``base_depth`` (res2a's inner
+      width), ``aspp_branches`` and ``num_classes`` (the classifier's); the
+      ASPP dilation rates leave no trace in the shapes.
+    Raises:
+      IOError: the checkpoint cannot be read.
+    """
+    try:
+        shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    except _READ_ERRORS as err:
+        raise IOError("Cannot read the checkpoint %s (%s)." % (prefix,
+                                                               first_error_line(err)))
+    blocks = [len({name.split("_")[0] for name in shapes
+                   if name.startswith("res%d" % stage) and "_branch2a/weights" in name})
+              for stage in (2, 3, 4, 5)]
+    branches = sorted(name for name in shapes
+                      if name.startswith(CLASSIFIER_PREFIX + "_c") and
+                      name.endswith("/weights"))
+    inner = shapes.get("res2a_branch2a/weights")
+    classes = shapes.get(CLASSIFIER_WEIGHTS)
+    return {"blocks": blocks, "base_depth": int(inner[-1]) if inner else None,
+            "aspp_branches": len(branches),
+            "num_classes": int(classes[-1]) if classes else None}
 
 
 def read_model_config(path):

@@ -38,3 +38,18 @@ def session_config(intra_op_threads=0, inter_op_threads=0):
         allow_soft_placement=True)
     config.gpu_options.allow_growth = True
     return config
+
+
+def first_error_line(err):
+    """The line of an error worth one log line, without TensorFlow's op context.
+
+    TensorFlow's errors open with "Graph execution error:" and the stack of
+    the op; the line that says what went wrong is the first one naming an
+    error, else the first line. Up to 300 characters.
+    """
+    text = getattr(err, "message", None) or str(err) or type(err).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "error" in line.lower() and "Graph execution error" not in line:
+            return line[:300]
+    return lines[0][:300] if lines else type(err).__name__

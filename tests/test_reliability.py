@@ -13,6 +13,8 @@ from conftest import load_script, save_tiny_model
 from deeplab_resnet import checkpoints, constants, files
 from deeplab_resnet.data import label_checks, label_files
 from deeplab_resnet.data.reader import load_pair
+from deeplab_resnet.training import snapshots as training_snapshots
+from deeplab_resnet.training import soundness
 from test_train import run_train, train_argv, write_dataset
 
 EXIF_ORIENTATION = 0x0112
@@ -58,10 +60,10 @@ def test_divergence_keeps_only_sound_snapshots_and_resume_steps_back(tmp_path, c
     error = errors_of(caplog)[-1]
     assert "weights became non-finite or too large" in error
     # Each kept snapshot is sound next to the one before (or the start).
-    norms = [checkpoints.weight_statistics(checkpoints.read_weights(p)) for p in kept]
+    norms = [soundness.weight_statistics(checkpoints.read_weights(p)) for p in kept]
     for i, (norm, largest, finite) in enumerate(norms):
         reference = norms[i - 1][0] if i else None
-        assert checkpoints.soundness_problem(norm, largest, finite, reference) is None, \
+        assert soundness.soundness_problem(norm, largest, finite, reference) is None, \
             kept[i]
     if kept:
         assert error.endswith("%s. That is the last sound snapshot: rerunning resumes "
@@ -87,6 +89,28 @@ def test_divergence_keeps_only_sound_snapshots_and_resume_steps_back(tmp_path, c
                      r".*lower --learning-rate" % (re.escape(sound), re.escape(diverged)),
                      caplog.text)
     assert "resuming from %s at step %d" % (sound, step) in caplog.text
+
+
+def test_the_growth_limit_is_100x_the_last_sound_norm():
+    """README: 'their norm at most 100x that of the last sound weights'."""
+    assert soundness.GROWTH_LIMIT == 100.0
+    assert soundness.soundness_problem(99.9, 1.0, True, reference_norm=1.0) is None
+    problem = soundness.soundness_problem(100.1, 1.0, True, reference_norm=1.0)
+    assert problem is not None and "at most 100x" in problem
+    assert soundness.soundness_problem(1e3, 1.0, True) is None  # no reference yet
+
+
+def test_a_negative_keep_checkpoints_cannot_delete_every_snapshot(capsys):
+    train_script = load_script("train")
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.get_arguments(["--keep-checkpoints", "-1"])
+    assert exit_info.value.code == 2
+    assert "--keep-checkpoints: must be 0 (keep all) or more" in capsys.readouterr().err
+    assert train_script.get_arguments(["--keep-checkpoints", "0"]).keep_checkpoints == 0
+    with tf.Graph().as_default():
+        tf.Variable(1.0)
+        with pytest.raises(ValueError, match="would delete every snapshot"):
+            training_snapshots.make_saver(-1)
 
 
 def test_a_truncated_snapshot_is_passed_over_with_a_warning(tmp_path, caplog):
@@ -325,3 +349,54 @@ def test_one_mask_among_good_labels_is_a_warning(tmp_path):
     assert re.search(r"warning \(mask\), 1 label\(s\):\n  Label .*img3\.png holds only "
                      r"0 and 255.*\n  fix: If it is a binary object mask", report)
     assert list_path
+
+
+def test_a_snapshot_dir_without_model_config_resumes_by_the_checkpoints_shapes(
+        tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    data_dir = str(tmp_path / "data")
+    list_path = write_dataset(data_dir)
+    snapshot_dir = str(tmp_path / "snap")
+    assert run_train(train_argv(data_dir, list_path, snapshot_dir, "--num-steps", "1")) == 0
+    config_file = os.path.join(snapshot_dir, constants.MODEL_CONFIG_FILE)
+    os.remove(config_file)
+    # Flags of another network: the shapes say which, not 'ResNet-101'.
+    caplog.clear()
+    assert run_train(train_argv(data_dir, list_path, snapshot_dir, "--num-steps", "2",
+                                "--num-classes", "30")) == 2
+    error = errors_of(caplog)[-1]
+    assert "has no %s" % constants.MODEL_CONFIG_FILE in error
+    assert "%d classes, against" % constants.NUM_CLASSES in error
+    assert "30 classes" in error and "aspp_rates" not in error
+    # The flags it was trained with: it resumes, and the file is back.
+    caplog.clear()
+    assert run_train(train_argv(data_dir, list_path, snapshot_dir, "--num-steps", "2")) == 0
+    assert re.search(r"resuming from .*model.ckpt-1 at step 1", caplog.text)
+    assert os.path.isfile(config_file)
+
+
+@pytest.mark.parametrize("breakage", ["missing list", "empty list", "missing image",
+                                      "label size"])
+def test_a_bad_val_list_fails_before_step_1(tmp_path, caplog, breakage):
+    data_dir = str(tmp_path / "data")
+    list_path = write_dataset(data_dir)
+    val_dir = str(tmp_path / "val")
+    val_list = write_dataset(val_dir, count=2)
+    if breakage == "missing list":
+        os.remove(val_list)
+    elif breakage == "empty list":
+        open(val_list, "w").close()
+    elif breakage == "missing image":
+        os.remove(os.path.join(val_dir, "JPEGImages", "img1.jpg"))
+    else:
+        label = os.path.join(val_dir, "SegmentationClassAug", "img0.png")
+        Image.open(label).resize((20, 20)).save(label)
+    snapshot_dir = str(tmp_path / "snap")
+    assert run_train(train_argv(data_dir, list_path, snapshot_dir, "--val-list", val_list,
+                                "--val-data-dir", val_dir, "--val-every", "1000")) == 2
+    error = errors_of(caplog)[-1]
+    assert "--val-list" in error and "--data-list" not in error, error
+    if breakage == "missing image":
+        assert "--val-data-dir" in error and "img1.jpg" in error
+    assert "step 1/" not in caplog.text
+    assert tf.train.latest_checkpoint(snapshot_dir) is None

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 from deeplab_resnet import training
-from deeplab_resnet.training import solver
+from deeplab_resnet.training import towers
 
 from conftest import TINY_CONFIG
 from test_train import (random_batch, run_train, train_argv, train_script,
@@ -168,7 +168,7 @@ def test_towers_run_on_their_devices_and_variables_on_the_cpu():
     assert ran_on["tower_0"] == {"device:CPU:0"}
     assert ran_on["tower_1"] == {"device:CPU:1"}
     variables = trainer.tower.net.variables.values()
-    assert {v.device for v in variables} == {solver.VARIABLE_DEVICE}
+    assert {v.device for v in variables} == {towers.VARIABLE_DEVICE}
     assert trainer.towers[1].net.variables["conv1/weights"] is \
         trainer.tower.net.variables["conv1/weights"]
 

@@ -12,7 +12,7 @@ from PIL import Image
 from deeplab_resnet import training
 from deeplab_resnet.training import loop as training_loop
 from deeplab_resnet.data.reader import ImageReader
-from deeplab_resnet.training import solver
+from deeplab_resnet.training import towers
 
 from conftest import TINY_CONFIG
 from test_train import random_batch, read_events, run_train, train_argv, write_dataset
@@ -72,7 +72,7 @@ def test_progress_line_and_tensorboard_report_loss_and_l2_apart(train_paths, cap
     (False, 2, 1, None)])
 def test_batchnorm_warning_only_for_updated_statistics_on_small_batches(
         is_training, batch_size, num_devices, per_device):
-    warning = solver.batchnorm_batch_warning(is_training, batch_size, num_devices)
+    warning = towers.batchnorm_batch_warning(is_training, batch_size, num_devices)
     if per_device is None:
         assert warning is None
     else:

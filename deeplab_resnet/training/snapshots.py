@@ -1,6 +1,6 @@
 """Snapshots: only of sound weights, one run per directory, no half-written files left.
 
-A snapshot is written only after ``checkpoints.soundness_problem`` passes
+A snapshot is written only after ``soundness.soundness_problem`` passes
 on the weights, against the last sound ones, so a diverging run never
 leaves a snapshot that resuming would diverge from again; a save that fails
 (disk full, permission) ends the run with one line, the last snapshot
@@ -14,19 +14,44 @@ import shutil
 import numpy as np
 
 from deeplab_resnet import checkpoints, files
-from deeplab_resnet.runtime import tf
+from deeplab_resnet.constants import MODEL_CONFIG_FILE
+from deeplab_resnet.runtime import first_error_line, tf
+from deeplab_resnet.training import soundness
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "model.ckpt"
 
 
-def check_snapshot_config(snapshot_dir, num_classes, config):
-    """Refuse to resume checkpoints of another network.
+def make_saver(keep_checkpoints):
+    """The Saver of the snapshots: the newest ``keep_checkpoints`` kept, 0 for all.
 
     Raises:
-      ValueError: ``snapshot_dir`` records another architecture.
+      ValueError: a negative count, which would delete every snapshot, so
+        that a rerun silently starts again from step 0.
     """
+    if keep_checkpoints < 0:
+        raise ValueError("--keep-checkpoints %d would delete every snapshot; give 0 "
+                         "to keep all, or how many to keep." % keep_checkpoints)
+    return tf.train.Saver(tf.global_variables(), max_to_keep=keep_checkpoints or None,
+                          save_relative_paths=True)
+
+
+def check_snapshot_config(snapshot_dir, num_classes, config, resume=None):
+    """Refuse to resume checkpoints of another network.
+
+    Without ``model_config.json`` (deleted, or a directory copied without
+    it) the network is read from the shapes of ``resume``'s variables: the
+    run resumes if they fit the flags (the file is then written again), and
+    otherwise says what the shapes show.
+
+    Raises:
+      ValueError: ``snapshot_dir`` records (or its checkpoint shows) another
+        architecture.
+    """
+    if resume and not os.path.isfile(os.path.join(snapshot_dir, MODEL_CONFIG_FILE)):
+        _check_shapes(snapshot_dir, resume, num_classes, config)
+        return
     saved_classes, saved_config = checkpoints.load_model_config(snapshot_dir)
     if saved_config != config or saved_classes not in (None, num_classes):
         raise ValueError(
@@ -35,6 +60,30 @@ def check_snapshot_config(snapshot_dir, num_classes, config):
             "trained with to resume, or pick another --snapshot-dir."
             % (snapshot_dir, saved_classes, saved_config.to_dict(), num_classes,
                config.to_dict()))
+
+
+def _check_shapes(snapshot_dir, resume, num_classes, config):
+    found = checkpoints.architecture_from_shapes(resume)
+    wanted = {"blocks": list(config.blocks), "base_depth": config.base_depth,
+              "aspp_branches": len(config.aspp_rates), "num_classes": num_classes}
+    if found == wanted:
+        log.warning("%s has no %s; %s's variable shapes fit the flags' network, so "
+                    "the run resumes and writes the file again (ASPP rates %s as "
+                    "the flags say: the shapes cannot show them).", snapshot_dir,
+                    MODEL_CONFIG_FILE, resume, list(config.aspp_rates))
+        return
+    raise ValueError(
+        "%s has no %s, and the variable shapes of %s show another network than the "
+        "flags ask for: %s, against %s. Rerun with --num-classes, --blocks and "
+        "--base-depth (and the --aspp-rates it was trained with) matching the "
+        "checkpoint to resume, or pick another --snapshot-dir."
+        % (snapshot_dir, MODEL_CONFIG_FILE, resume, _describe(found), _describe(wanted)))
+
+
+def _describe(architecture):
+    return ("blocks %s, base depth %s, %s ASPP branches, %s classes"
+            % (",".join(map(str, architecture["blocks"])), architecture["base_depth"],
+               architecture["aspp_branches"], architecture["num_classes"]))
 
 
 class SnapshotLock(object):
@@ -92,7 +141,7 @@ class Snapshots(object):
     """Snapshots of sound weights only, and the one message for a failed save.
 
     Before every save the weights are checked with
-    ``checkpoints.soundness_problem`` against the last sound ones: those of
+    ``soundness.soundness_problem`` against the last sound ones: those of
     the last snapshot, or of the run's start. So a diverging run never
     leaves a snapshot that resuming would diverge from again.
 
@@ -105,10 +154,12 @@ class Snapshots(object):
       last_step: its step.
     """
 
-    def __init__(self, saver, config, last=None, last_step=0, write=True):
+    def __init__(self, saver, config, *, network, ignore_label, last=None, last_step=0,
+                 write=True):
         self.saver = saver
         self.write = write
         self.config = config
+        self.network, self.ignore_label = network, ignore_label
         self.prefix = os.path.join(config.snapshot_dir, CHECKPOINT_NAME)
         self.last = last
         self.last_step = last_step
@@ -117,7 +168,7 @@ class Snapshots(object):
     def start(self, sess, trainer):
         """Take the weights the run starts from as the reference."""
         statistics = sess.run(trainer.weight_statistics)
-        if checkpoints.soundness_problem(*statistics) is None:
+        if soundness.soundness_problem(*statistics) is None:
             self.reference_norm = statistics[0]
 
     def check(self, sess, trainer, step, lr):
@@ -128,13 +179,14 @@ class Snapshots(object):
         """
         weights, momentum = sess.run([trainer.weight_statistics,
                                       trainer.momentum_statistics])
-        problem = (checkpoints.soundness_problem(*weights,
+        problem = (soundness.soundness_problem(*weights,
                                                  reference_norm=self.reference_norm)
                    or (None if momentum[2] and np.isfinite(momentum[0]) else
                        "momentum became non-finite"))
         if problem is not None:
-            raise ValueError(divergence_message(problem, step, lr, self.config,
-                                                self.last))
+            raise ValueError(divergence_message(problem, step, lr, self.last,
+                                                network=self.network,
+                                                ignore_label=self.ignore_label))
         return weights[0]
 
     def save(self, sess, trainer, step, lr):
@@ -158,12 +210,11 @@ class Snapshots(object):
             path = self.saver.save(sess, self.prefix, global_step=step,
                                    write_meta_graph=False)
         except (tf.errors.OpError, OSError) as err:
-            reason = getattr(err, "message", None) or str(err)
             raise IOError("Could not write the snapshot of step %d to %s (%s). %s "
                           "Free some space or fix the permissions, then rerun the "
                           "same command to resume." % (
                               step, self.config.snapshot_dir,
-                              reason.strip().splitlines()[0],
+                              first_error_line(err),
                               "%s is intact." % self.last if self.last else
                               "Nothing was saved from this run."))
         self.last, self.last_step, self.reference_norm = path, step, norm
@@ -171,19 +222,23 @@ class Snapshots(object):
         return path
 
 
-def divergence_message(what, step, lr, config, last_snapshot):
-    """What to check when training diverges: labels first, then the rate."""
+def divergence_message(what, step, lr, last_snapshot, *, network, ignore_label):
+    """What to check when training diverges: labels first, then the rate.
+
+    Args:
+      network: the run's ``config.NetworkConfig`` (classes, starting point).
+    """
     scratch = ""
-    if not config.restore_from:
+    if not network.restore_from:
         scratch = (" Training from random weights (no --restore-from) diverges "
                    "easily: start from converted weights (convert.py)%s."
-                   % ("" if config.is_training else
+                   % ("" if network.is_training else
                       " or add --is-training so that BatchNorm normalises"))
     return ("The %s at step %d (lr=%.3g). First check the labels: every label "
             "value must be a class id below --num-classes %d or --ignore-label "
             "%d (dataset/check_labels.py lists the files with other values). "
             "Then try a lower --learning-rate, e.g. a tenth.%s Nothing was "
             "saved from this run after %s"
-            % (what, step, lr, config.num_classes, config.ignore_label, scratch,
+            % (what, step, lr, network.num_classes, ignore_label, scratch,
                "%s. That is the last sound snapshot: rerunning resumes from it."
                % last_snapshot if last_snapshot else "its start."))

@@ -8,6 +8,7 @@ import numpy as np
 
 from deeplab_resnet import files, metrics
 from deeplab_resnet.constants import MODEL_CONFIG_FILE
+from deeplab_resnet.data.reader import ImageReader
 from deeplab_resnet.evaluation.evaluate import evaluate
 from deeplab_resnet.runtime import tf
 
@@ -33,10 +34,31 @@ class Validation(object):
     BEST_DIR = "best"
     BEST_FILE = "best.json"
 
-    def __init__(self, config):
-        self.config = config
-        self.best_dir = os.path.join(config.snapshot_dir, self.BEST_DIR)
+    def __init__(self, config, *, snapshot_dir, data, num_classes, runtime):
+        self.config, self.data, self.num_classes = config, data, num_classes
+        self.runtime, self.snapshot_dir = runtime, snapshot_dir
+        self.data_dir = config.val_data_dir or data.data_dir
+        self.best_dir = os.path.join(snapshot_dir, self.BEST_DIR)
         self.best_miou = self._recorded_best()
+
+    def check(self, sample_size):
+        """Read --val-list and scan its first pairs now, as the training list is
+        checked, so that a bad validation list fails before step 1, not at the
+        first validation --val-every steps later.
+
+        Raises:
+          IOError, ValueError: the problem, naming --val-list and --val-data-dir.
+        """
+        try:
+            with tf.Graph().as_default():
+                ImageReader(self.data_dir, self.config.val_list, shuffle=False,
+                            num_classes=self.num_classes,
+                            ignore_label=self.data.ignore_label,
+                            label_map=self.data.label_map).check(sample_size)
+        except (IOError, ValueError) as err:
+            message = ("--val-list: %s" % err).replace("--data-list", "--val-list")
+            message = message.replace("--data-dir", "--val-data-dir")
+            raise type(err)(message) from err
 
     def _recorded_best(self):
         path = os.path.join(self.best_dir, self.BEST_FILE)
@@ -50,11 +72,11 @@ class Validation(object):
         config = self.config
         with tf.Graph().as_default():
             confusion = evaluate(
-                config.val_data_dir or config.data_dir, config.val_list, snapshot,
-                num_classes=config.num_classes, ignore_label=config.ignore_label,
-                label_map=config.label_map, num_images=config.val_images,
-                intra_op_threads=config.intra_op_threads,
-                inter_op_threads=config.inter_op_threads, log_every=10 ** 9)
+                self.data_dir, config.val_list, snapshot, num_classes=self.num_classes,
+                ignore_label=self.data.ignore_label, label_map=self.data.label_map,
+                num_images=config.val_images,
+                intra_op_threads=self.runtime.intra_op_threads,
+                inter_op_threads=self.runtime.inter_op_threads, log_every=10 ** 9)
         scores = metrics.segmentation_scores(confusion)
         values = {"val/miou": scores["miou"],
                   "val/pixel_accuracy": scores["pixel_accuracy"]}
@@ -75,7 +97,7 @@ class Validation(object):
 
     def keep_best(self, snapshot, step, scores):
         """Copy ``snapshot`` into best/ (atomically) with its scores."""
-        parent = self.config.snapshot_dir
+        parent = self.snapshot_dir
         staging = files.new_hidden_dir(parent, self.BEST_DIR, "tmp")
         try:
             name = os.path.basename(snapshot)

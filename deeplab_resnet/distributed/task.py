@@ -1,0 +1,107 @@
+"""This process's place among the workers: TF_CONFIG read once, and its gRPC server.
+
+Every machine runs the same command; the standard ``TF_CONFIG`` environment
+variable says who is who::
+
+    TF_CONFIG='{"cluster": {"worker": ["host0:2222", "host1:2222"]},
+                "task": {"type": "worker", "index": 0}}'
+
+Worker 0 is the chief. The server listens on all interfaces (TensorFlow
+hard-codes "0.0.0.0:port") without authentication: run it on a private
+network or behind a firewall.
+"""
+import dataclasses
+import json
+import logging
+import os
+from typing import Tuple
+
+from deeplab_resnet import process
+from deeplab_resnet.distributed.watchdog import exit_process
+from deeplab_resnet.runtime import tf
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerTask:
+    """This process's place in the cluster: every worker's address, its index."""
+    workers: Tuple[str, ...]
+    index: int
+
+    @property
+    def num_workers(self):
+        return len(self.workers)
+
+    @property
+    def is_chief(self):
+        return self.index == 0
+
+    def name(self, task):
+        return "worker %d (%s)" % (task, self.workers[task])
+
+
+def task_from_env(env=None):
+    """The ``WorkerTask`` TF_CONFIG describes; None without one or with one worker.
+
+    Raises:
+      ValueError: TF_CONFIG is not JSON, has other jobs than 'worker' (worker
+        0 is the chief; there is no 'chief' or 'ps' job), or a bad index.
+    """
+    env = os.environ if env is None else env
+    raw = env.get("TF_CONFIG", "").strip()
+    if not raw:
+        return None
+    try:
+        spec = json.loads(raw)
+    except ValueError as err:
+        raise ValueError("TF_CONFIG is not valid JSON (%s): %r" % (err, raw[:200]))
+    cluster, task = spec.get("cluster") or {}, spec.get("task") or {}
+    if sorted(cluster) != ["worker"]:
+        raise ValueError("TF_CONFIG: only a 'worker' job is supported (worker 0 is the "
+                         "chief); got jobs %s." % sorted(cluster))
+    workers = tuple(cluster["worker"])
+    if task.get("type") != "worker":
+        raise ValueError("TF_CONFIG: task type must be 'worker', got %r."
+                         % task.get("type"))
+    index = task.get("index")
+    if not isinstance(index, int) or not 0 <= index < len(workers):
+        raise ValueError("TF_CONFIG: task index %r is not in 0..%d."
+                         % (index, len(workers) - 1))
+    if len(set(workers)) != len(workers):
+        raise ValueError("TF_CONFIG: duplicate worker addresses %s." % list(workers))
+    if len(workers) == 1:
+        log.info("TF_CONFIG lists one worker: single-process run.")
+        return None
+    return WorkerTask(workers, index)
+
+
+def start_server(task, config):
+    """This worker's started ``tf.distribute.Server`` and the session config it owns.
+
+    Once a server runs, the process leaves through ``exit_process``
+    (``process.set_exit``): a gRPC server has no clean shutdown.
+
+    Args:
+      config: the session ConfigProto (threads, and ``device_count`` for CPU
+        towers); the server is created with it, since the server, not the
+        session, owns the devices and the collective group leader.
+    Returns:
+      (server, ConfigProto): sessions on ``server.target`` use that config.
+    """
+    own = tf.ConfigProto()
+    own.CopyFrom(config)
+    # Only in the server's config does the leader reach the collective
+    # param resolver; in the session's alone the first collective hangs.
+    own.experimental.collective_group_leader = "/job:worker/replica:0/task:0"
+    # Own devices only: no discovery of (maybe absent) peers, and
+    # '/cpu:1' still means this worker's.
+    del own.device_filters[:]
+    own.device_filters.append("/job:worker/task:%d" % task.index)
+    server = tf.distribute.Server(
+        tf.train.ClusterSpec({"worker": list(task.workers)}), job_name="worker",
+        task_index=task.index, config=own, start=True)
+    process.set_exit(exit_process)
+    log.info("worker %d of %d%s: server on %s", task.index, task.num_workers,
+             " (chief)" if task.is_chief else "", task.workers[task.index])
+    return server, own

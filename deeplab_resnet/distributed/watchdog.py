@@ -1,0 +1,212 @@
+"""Lost workers: a watchdog thread that probes every peer, and the exit that skips teardown.
+
+TensorFlow alone does not bound failures: when one of three workers dies,
+one survivor gets an error at once while another waits for a peer that
+already aborted; and a worker waiting for an absent chief retries the
+leader's step-id RPC forever, whatever the op and run timeouts say. So a
+``Watchdog`` thread probes every peer with a tiny op (after the first
+collective, when all are up; a probe of a peer that was never up blocks in
+device discovery) and ends the process with ``EXIT_LOST_WORKER`` when a
+peer's port is closed (killed, crashed) or it has answered nothing for
+``peer_timeout`` (hung, unreachable). Before the first collective a startup
+deadline does the same. Exits go through ``os._exit`` (``exit_process``): a
+daemon thread inside a TF call aborts normal interpreter teardown, and a
+gRPC server has no clean shutdown.
+"""
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+
+from deeplab_resnet.runtime import first_error_line, tf
+
+log = logging.getLogger(__name__)
+
+# Exit status of a worker that lost a peer (EX_TEMPFAIL: restart them all).
+EXIT_LOST_WORKER = 75
+RESTART_ADVICE = ("Restart all workers (the same command on each) to resume from "
+                  "the chief's last snapshot.")
+
+
+def lost_message(task, lost, detail=None):
+    """'worker 1: lost worker 0 (host:port): why; stopping. Restart all ...'"""
+    return "worker %d: lost %s; stopping%s. %s" % (
+        task.index, "; ".join("%s: %s" % (task.name(t), why)
+                              for t, why in sorted(lost.items())),
+        " (%s)" % detail if detail else "", RESTART_ADVICE)
+
+
+def port_open(address, timeout=1.0):
+    """True if something accepts TCP connections at ``host:port``."""
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class Watchdog(object):
+    """Watches the peers and ends this process when one is lost.
+
+    Monitoring only: one thread per peer runs a tiny op placed on that peer
+    every ``interval`` seconds (own graph and session, ``timeout_in_ms``).
+    A peer is lost after ``failures`` failed probes in a row while its port
+    refuses connections (process gone), or when no probe has succeeded for
+    ``peer_timeout`` seconds (hung or cut off). Probe timeouts alone do not
+    count fast: probes run on the peer's inter-op pool, which long ops of a
+    healthy peer can fill. The verdict is logged, then the process exits
+    with ``EXIT_LOST_WORKER``: the main thread may be blocked in a
+    ``Session.run`` that nothing else can interrupt.
+    """
+
+    def __init__(self, cluster, *, peer_timeout=45.0, interval=2.0, probe_timeout=10.0,
+                 failures=2):
+        self.cluster, self.task = cluster, cluster.task
+        self.peer_timeout, self.interval = peer_timeout, interval
+        self.probe_timeout, self.failures = probe_timeout, failures
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._started = self._fired = False
+        self._peers = [t for t in range(self.task.num_workers) if t != self.task.index]
+        self._last_ok = {t: time.time() for t in self._peers}
+        self._fail_count = {t: 0 for t in self._peers}
+        self._last_err = {t: None for t in self._peers}
+        self._port_closed = {t: False for t in self._peers}
+        self._verdict = {}
+        _WATCHDOGS.append(self)
+
+    def startup_deadline(self, seconds):
+        """Exit unless ``started()`` is called within ``seconds``.
+
+        The peers' ports are polled meanwhile, so that the verdict names the
+        workers that never listened, not a survivor that gave up first.
+        """
+        def poll():
+            ever_up, deadline = set(), time.time() + seconds
+            while not (self._started or self._stop.is_set()) and time.time() < deadline:
+                ever_up.update(t for t in self._peers if t not in ever_up
+                               and port_open(self.task.workers[t], 0.5))
+                time.sleep(1.0)
+            if self._started or self._stop.is_set():
+                return
+            never = [t for t in self._peers if t not in ever_up]
+            gone = [t for t in self._peers
+                    if t in ever_up and not port_open(self.task.workers[t])]
+            why = "; ".join(["never listened: %s" % ", ".join(map(self.task.name, never))]
+                            * bool(never) + ["listened, then left: %s" % ", ".join(
+                                map(self.task.name, gone))] * bool(gone))
+            self._fire({t: "did not join" for t in never or gone},
+                       "worker %d: the workers did not all join within %.0fs "
+                       "(--startup-timeout; %s). %s" % (
+                           self.task.index, seconds,
+                           why or "all listen, but the group did not form",
+                           RESTART_ADVICE))
+        threading.Thread(target=poll, daemon=True, name="startup-deadline").start()
+
+    def started(self):
+        """Every peer is up (a collective completed): start probing them."""
+        self._started = True
+        for t in self._peers:
+            self._last_ok[t] = time.time()
+            threading.Thread(target=self._probe_loop, args=(t,), daemon=True,
+                             name="probe-worker-%d" % t).start()
+        threading.Thread(target=self._monitor, daemon=True, name="watchdog").start()
+        return self
+
+    def stop(self):
+        """Stop judging the peers (they are about to exit too)."""
+        self._stop.set()
+
+    def _probe_loop(self, task):
+        graph = tf.Graph()
+        with graph.as_default(), \
+                tf.device("/job:worker/replica:0/task:%d/device:CPU:0" % task):
+            probe = tf.constant(task, name="probe") + 1
+        config = tf.ConfigProto()
+        config.device_filters.extend(["/job:worker/task:%d" % self.task.index,
+                                      "/job:worker/task:%d" % task])
+        options = tf.RunOptions(timeout_in_ms=int(self.probe_timeout * 1000))
+        with tf.Session(self.cluster.server.target, graph=graph, config=config) as sess:
+            while not self._stop.is_set():
+                self._probe(task, sess, probe, options)
+                self._stop.wait(self.interval)
+
+    def _probe(self, task, sess, probe, options):
+        try:
+            sess.run(probe, options=options)
+        except Exception as err:  # noqa: BLE001 - any failure counts
+            why = ("no answer within %gs" % self.probe_timeout
+                   if isinstance(err, tf.errors.DeadlineExceededError)
+                   else "%s: %s" % (type(err).__name__, first_error_line(err)))
+            closed = not port_open(self.task.workers[task])
+            with self._lock:
+                self._fail_count[task] += 1
+                self._last_err[task], self._port_closed[task] = why, closed
+                if self._fail_count[task] == 1 and not self._stop.is_set():
+                    log.warning("probe of %s failed (%s%s)", self.task.name(task), why,
+                                ", port closed" if closed else "")
+            return
+        with self._lock:
+            if self._fail_count[task]:
+                log.info("%s answers again", self.task.name(task))
+            self._last_ok[task], self._fail_count[task] = time.time(), 0
+
+    def _lost(self):
+        now, lost = time.time(), {}
+        with self._lock:
+            for t in self._peers:
+                if self._fail_count[t] >= self.failures and self._port_closed[t]:
+                    lost[t] = "process gone (port closed; %s)" % self._last_err[t]
+                elif now - self._last_ok[t] > self.peer_timeout:
+                    lost[t] = "no answer for %.0fs (--peer-timeout)" % (
+                        now - self._last_ok[t])
+        return lost
+
+    def _monitor(self):
+        while not self._stop.wait(0.5):
+            lost = self._lost()
+            if lost:
+                self._fire(lost, lost_message(self.task, lost))
+                return
+
+    def _fire(self, lost, message):
+        with self._lock:
+            if self._fired or self._stop.is_set():
+                return
+            self._fired, self._verdict = True, lost
+        log.error(message)
+        exit_process(EXIT_LOST_WORKER)
+
+    def wait_for_verdict(self, seconds):
+        """After a failed collective: the peers found lost within ``seconds``."""
+        if not self._started:
+            return {t: "not listening" for t in self._peers
+                    if not port_open(self.task.workers[t])}
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            lost = self._lost()
+            if lost:
+                return lost
+            time.sleep(0.25)
+        return {}
+
+
+_WATCHDOGS = []
+
+
+def exit_process(status):
+    """Leave now with ``status``, logs flushed, skipping interpreter teardown.
+
+    A watchdog thread inside a TF call makes normal teardown abort
+    ("terminate called ... FATAL: exception not rethrown", SIGABRT), and a
+    gRPC server has no clean shutdown, so a worker leaves with os._exit.
+    """
+    for watchdog in _WATCHDOGS:
+        watchdog.stop()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
