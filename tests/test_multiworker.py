@@ -45,7 +45,8 @@ def free_ports(count):
 class Workers(object):
     """``count`` processes of ``script``, worker i with TF_CONFIG index i."""
 
-    def __init__(self, script, args, count, log_dir, timeout=TIMEOUT):
+    def __init__(self, script, args, count, log_dir, timeout=TIMEOUT, argv_of=None):
+        """``argv_of(i)``: worker i's arguments, when they differ from ``args``."""
         os.makedirs(log_dir, exist_ok=True)
         self.addresses = ["127.0.0.1:%d" % port for port in free_ports(count)]
         self.deadline = time.time() + timeout
@@ -57,7 +58,8 @@ class Workers(object):
                  "task": {"type": "worker", "index": i}}))
             with open(self.logs[i], "w") as log:
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, os.path.join(REPO_ROOT, script)] + list(args),
+                    [sys.executable, os.path.join(REPO_ROOT, script)]
+                    + list(argv_of(i) if argv_of else args),
                     stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
                     start_new_session=True))
 

@@ -185,6 +185,22 @@ class Cluster(object):
         with self.session(graph) as sess:
             return sess.run(total, {local: array})
 
+    def stop_after_step(self, asked, agreed):
+        """Whether to stop after a step: only when the step's reduced flag says
+        some worker asked (``agreed``). A request that came during the step
+        (``asked``) travels in the next step's flag, so that every worker
+        stops after the same step: one that stopped alone would leave the
+        others waiting in the next all-reduce."""
+        return bool(agreed)
+
+    def agreement(self, vector):
+        """[2, n]: the largest of ``vector`` over the workers, and minus the
+        smallest. As the first collective it forms the group, so it waits up
+        to ``startup_timeout``."""
+        with tf.name_scope("agreement"):
+            both = tf.stack([vector, -vector])
+            return self.all_reduce(both, merge_op="Max", timeout=self.startup_timeout)
+
     def watch_peers(self):
         """Every peer is up (a collective completed): the watchdog starts probing."""
         self.watchdog.started()
@@ -245,6 +261,14 @@ class Local(object):
 
     def broadcast(self, variables):
         return tf.no_op(name="broadcast_from_chief")
+
+    def stop_after_step(self, asked, agreed):
+        """Alone, a request stops the run right after the step it came in."""
+        return bool(asked or agreed)
+
+    def agreement(self, vector):
+        """One process agrees with itself: its values are the largest and the smallest."""
+        return tf.stack([vector, -vector])
 
     def barrier(self, name="barrier"):
         return tf.no_op(name=name)

@@ -20,7 +20,7 @@ from deeplab_resnet.progress import Progress
 from deeplab_resnet.data.reader import ImageReader
 from deeplab_resnet.images import decode_labels, inv_preprocess
 from deeplab_resnet.runtime import session_config, tf
-from deeplab_resnet.training import gradients
+from deeplab_resnet.training import agreement, gradients
 from deeplab_resnet.training.config import TrainConfig
 from deeplab_resnet.training.duties import duties_for
 from deeplab_resnet.training.snapshots import (SnapshotLock, Snapshots,  # noqa: F401
@@ -72,7 +72,8 @@ class InterruptRequest(object):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("%s: saving a snapshot after this step, then stopping "
+        log.warning("%s: saving a snapshot after this step (with several workers: "
+                    "after the next step, which all of them finish), then stopping "
                     "(again to stop without one).", signal.Signals(signum).name)
 
     def __enter__(self):
@@ -132,6 +133,9 @@ def train_with(config, collectives, devices=None):
         # The snapshot directory is the chief's alone (shared storage).
         with duties.lock():
             resume = duties.find_resume()
+            # First of the collectives, so its instance key is the same on
+            # every worker whatever graph the others' flags build.
+            agree = _agreement(config, collectives)
             trainer = _trainer(config, reader, devices, collectives)
             images_op = duties.summary_images(_image_summary(trainer, config))
             saver = make_saver(config.snapshots.keep_checkpoints)
@@ -143,7 +147,7 @@ def train_with(config, collectives, devices=None):
             with collectives.session() as sess:
                 sess.run(init_op)
                 duties.restore(sess, saver, trainer, resume)
-                start_step = _join(sess, sync_op, collectives, trainer)
+                start_step = _join(sess, agree, sync_op, collectives, trainer)
                 if start_step is None:
                     return distributed.EXIT_LOST_WORKER
                 duties.save_model_config()
@@ -206,13 +210,25 @@ def _image_summary(trainer, config):
                          trainer.tower.logits, config.snapshots.save_num_images)
 
 
-def _join(sess, sync_op, collectives, trainer):
-    """Wait for every worker and take the chief's variables: the start step.
+def _agreement(config, collectives):
+    """(this worker's settings, their agreement op): see ``agreement``."""
+    pairs = agreement.settings(config)
+    return pairs, collectives.agreement(tf.constant(agreement.encode(pairs)))
 
-    The broadcast is the first collective, so it also waits for the others
+
+def _join(sess, agree, sync_op, collectives, trainer):
+    """Wait for every worker, check they share the settings, and take the
+    chief's variables: the start step.
+
+    The agreement is the first collective, so it also waits for the others
     (up to --startup-timeout). None if a worker was lost.
+
+    Raises:
+      ValueError: the workers were started with different settings.
     """
+    pairs, agree_op = agree
     try:
+        agreement.check(pairs, sess.run(agree_op))
         sess.run(sync_op)
     except tf.errors.OpError as err:
         log.error(collectives.describe_failure(err))
@@ -279,19 +295,21 @@ class Run(object):
             if result is None:
                 return distributed.EXIT_LOST_WORKER
             self.lr = result["lr"]
-            # Some worker was asked to stop: all stop after this step.
-            interrupt.requested = interrupt.requested or result["interrupted"]
+            # Every worker stops after the same step: the one whose reduced
+            # flag says some worker asked (see collectives.stop_after_step).
+            stop = self.collectives.stop_after_step(interrupt.requested,
+                                                    result["interrupted"])
             self._check(result, done)
             self._summarise(result, done, with_images)
-            self._log(result, done, interrupt.requested)
+            self._log(result, done, stop)
             validate = self.validation is not None and (
                 done % config.validation.val_every == 0 or done == config.solver.num_steps)
             if validate or done % config.snapshots.save_pred_every == 0 or \
-                    done == config.solver.num_steps or interrupt.requested:
+                    done == config.solver.num_steps or stop:
                 self.snapshots.save(self.sess, self.trainer, done, self.lr)
-            if validate and not interrupt.requested:
+            if validate and not stop:
                 self.validation.run(self.snapshots.last, done, self.writer)
-            if interrupt.requested:
+            if stop:
                 log.info("interrupted at step %d; rerun the same command to resume.",
                          done)
                 return INTERRUPTED_STATUS
