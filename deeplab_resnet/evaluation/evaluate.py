@@ -106,12 +106,13 @@ def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_L
     """
     predict = predict or PredictConfig()
     path, config = checkpoints.resolve_model(weights, num_classes)
+    collectives = _connect(task, session_config(intra_op_threads, inter_op_threads),
+                           timeout)
     reader = ImageReader(data_dir, data_list, ignore_label=ignore_label, shuffle=False,
                          num_classes=num_classes, label_map=label_map,
-                         shard=(task.index, task.num_workers) if task else None)
-    listed = _listed_steps(num_images, reader.num_listed)
-    workers = _Workers(task, session_config(intra_op_threads, inter_op_threads), timeout)
-    num_steps = workers.share(listed)
+                         shard=collectives.shard)
+    index, count = collectives.shard
+    num_steps = len(range(index, _listed_steps(num_images, reader.num_listed), count))
     if save_dir:
         check_save_dir(reader, save_dir)
         os.makedirs(save_dir, exist_ok=True)
@@ -129,7 +130,7 @@ def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_L
     finally:
         if crf_pool is not None:
             crf_pool.close()
-    return workers.total(confusion, num_steps)
+    return _total(collectives, confusion, num_steps)
 
 
 def _listed_steps(num_images, num_listed):
@@ -156,45 +157,31 @@ def _fetches(reader, prediction, with_crf):
     return fetches
 
 
-class _Workers(object):
-    """This process's share of the evaluation, and the other workers' (``task``).
-
-    Without a task, the whole list and nothing to add up.
-    """
-
-    def __init__(self, task, config, timeout):
-        self.task = task
-        self.cluster = None
-        if task is not None:
-            self.cluster = distributed.start(
-                task, config=config, step_timeout=timeout, startup_timeout=timeout)
-            _collective(self.cluster, self.cluster.join)
-            self.cluster.watchdog.started()
-
-    def share(self, num_steps):
-        """This worker's rows i::N of the first ``num_steps``."""
-        if self.task is None:
-            return num_steps
-        return len(range(self.task.index, num_steps, self.task.num_workers))
-
-    def total(self, confusion, num_steps):
-        """The confusion matrix summed over the workers."""
-        cluster = self.cluster
-        if cluster is None:
-            return confusion
-        log.info("worker %d of %d: scored %d images; adding up the confusion matrices",
-                 self.task.index, self.task.num_workers, num_steps)
-        total = _collective(cluster, lambda: cluster.sum_array(confusion))
-        cluster.watchdog.stop()
-        return total
+def _connect(task, config, timeout):
+    """The collectives of this evaluation (``distributed.connect``), every
+    worker joined: each scores rows i::N of the list."""
+    collectives = distributed.connect(task, config=config, step_timeout=timeout,
+                                      startup_timeout=timeout)
+    _collective(collectives, collectives.join)
+    collectives.watch_peers()
+    return collectives
 
 
-def _collective(cluster, run):
+def _total(collectives, confusion, num_steps):
+    """The confusion matrix summed over the workers (of one process: its own)."""
+    log.info("worker %d of %d: scored %d images", collectives.index,
+             collectives.num_workers, num_steps)
+    total = _collective(collectives, lambda: collectives.sum_array(confusion))
+    collectives.stop_watching()
+    return total
+
+
+def _collective(collectives, run):
     """``run()``; a failed collective becomes an IOError naming the lost worker."""
     try:
         return run()
     except tf.errors.OpError as err:
-        raise IOError(cluster.describe_failure(err))
+        raise IOError(collectives.describe_failure(err))
 
 
 class _Scorer(object):
