@@ -31,7 +31,8 @@ LOG_EVERY = 100
 
 
 def check_save_dir(reader, save_dir):
-    """Refuse predictions that would overwrite a listed file or each other."""
+    """Refuse predictions that would overwrite a listed file or each other;
+    then make the directory."""
     listed = {os.path.realpath(p) for p in reader.image_list + reader.label_list}
     targets = {}
     for image_path in reader.image_list:
@@ -44,6 +45,7 @@ def check_save_dir(reader, save_dir):
                              "without --save-dir, or rename one."
                              % (targets[target], image_path, target))
         targets[target] = image_path
+    os.makedirs(save_dir, exist_ok=True)
 
 
 def _predictions(sess, fetches, num_steps, reader, crf_pool=None):
@@ -115,7 +117,6 @@ def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_L
     num_steps = len(range(index, _listed_steps(num_images, reader.num_listed), count))
     if save_dir:
         check_save_dir(reader, save_dir)
-        os.makedirs(save_dir, exist_ok=True)
     scorer = _Scorer(num_classes, ignore_label, save_dir, on_image, log_every)
     # Before the graph: CRF workers start while it is built.
     crf_pool = (CrfPool(crf, crf_workers, backend=crf_backend) if crf is not None
