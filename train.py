@@ -40,15 +40,6 @@ DEFAULTS = argparse.Namespace(**{f.name: getattr(part, f.name)
                                  for f in dataclasses.fields(part)})
 
 
-def non_negative_int(text):
-    """A count of 0 or more (argparse type): --keep-checkpoints -1 would delete
-    every snapshot."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 (keep all) or more, got %d" % value)
-    return value
-
-
 def get_arguments(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,15 +68,15 @@ def get_arguments(argv=None):
                         default="%d,%d" % DEFAULTS.input_size,
                         help="HEIGHT,WIDTH of the random training crops "
                              "(default: %(default)s).")
-    parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate,
+    parser.add_argument("--learning-rate", type=cli.positive_float, default=DEFAULTS.learning_rate,
                         help="Base learning rate of the poly schedule "
                              "(default: %(default)s).")
-    parser.add_argument("--momentum", type=float, default=DEFAULTS.momentum,
+    parser.add_argument("--momentum", type=cli.non_negative_float, default=DEFAULTS.momentum,
                         help="SGD momentum (default: %(default)s).")
     parser.add_argument("--num-steps", type=cli.positive_int, default=DEFAULTS.num_steps,
                         help="Updates to train for, counted across resumes "
                              "(default: %(default)s).")
-    parser.add_argument("--power", type=float, default=DEFAULTS.power,
+    parser.add_argument("--power", type=cli.non_negative_float, default=DEFAULTS.power,
                         help="Exponent of the poly learning-rate decay "
                              "(default: %(default)s).")
     parser.add_argument("--random-mirror", action="store_true",
@@ -135,7 +126,7 @@ def get_arguments(argv=None):
                         help="Normalise with batch statistics and update "
                              "BatchNorm's moving averages; off, BatchNorm is "
                              "frozen as in DeepLab (default: off).")
-    parser.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay,
+    parser.add_argument("--weight-decay", type=cli.non_negative_float, default=DEFAULTS.weight_decay,
                         help="L2 regularisation of convolution weights "
                              "(default: %(default)s).")
     parser.add_argument("--snapshot-dir", default=DEFAULTS.snapshot_dir,
@@ -146,10 +137,10 @@ def get_arguments(argv=None):
                         default=DEFAULTS.save_pred_every,
                         help="Snapshot and image summaries every this many steps "
                              "(default: %(default)s).")
-    parser.add_argument("--save-num-images", type=int, default=DEFAULTS.save_num_images,
+    parser.add_argument("--save-num-images", type=cli.non_negative_int, default=DEFAULTS.save_num_images,
                         help="Image/label/prediction triplets per TensorBoard "
                              "image summary, 0 for none (default: %(default)s).")
-    parser.add_argument("--keep-checkpoints", type=non_negative_int,
+    parser.add_argument("--keep-checkpoints", type=cli.non_negative_int,
                         default=DEFAULTS.keep_checkpoints,
                         help="Snapshots kept, oldest deleted first; 0 keeps all, "
                              "a negative count is refused (default: %(default)s).")
@@ -181,16 +172,16 @@ def get_arguments(argv=None):
     parser.add_argument("--aspp-rates", type=cli.int_list,
                         default=",".join(map(str, DEFAULTS.model.aspp_rates)),
                         help="Dilation of each ASPP branch (default: %(default)s).")
-    parser.add_argument("--step-timeout", type=float, default=DEFAULTS.step_timeout,
+    parser.add_argument("--step-timeout", type=cli.positive_float, default=DEFAULTS.step_timeout,
                         help="Several workers: seconds a worker waits for the "
                              "others within a step; more than the chief's "
                              "snapshot and validation take (default: "
                              "%(default)s).")
-    parser.add_argument("--startup-timeout", type=float,
+    parser.add_argument("--startup-timeout", type=cli.positive_float,
                         default=DEFAULTS.startup_timeout,
                         help="Several workers: seconds for all of them to "
                              "start and join (default: %(default)s).")
-    parser.add_argument("--peer-timeout", type=float, default=DEFAULTS.peer_timeout,
+    parser.add_argument("--peer-timeout", type=cli.positive_float, default=DEFAULTS.peer_timeout,
                         help="Several workers: a worker that answers no probe "
                              "for this long is lost and the others stop; more "
                              "than the longest op (default: %(default)s).")

@@ -27,6 +27,18 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    """argparse type: a count of 0 or more (--keep-checkpoints -1 once deleted
+    every snapshot)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a whole number, got %r" % text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more, got %d" % value)
+    return value
+
+
 def _finite_float(text):
     try:
         value = float(text)

@@ -105,7 +105,7 @@ def test_a_negative_keep_checkpoints_cannot_delete_every_snapshot(capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_script.get_arguments(["--keep-checkpoints", "-1"])
     assert exit_info.value.code == 2
-    assert "--keep-checkpoints: must be 0 (keep all) or more" in capsys.readouterr().err
+    assert "--keep-checkpoints: must be 0 or more, got -1" in capsys.readouterr().err
     assert train_script.get_arguments(["--keep-checkpoints", "0"]).keep_checkpoints == 0
     with tf.Graph().as_default():
         tf.Variable(1.0)
@@ -400,3 +400,23 @@ def test_a_bad_val_list_fails_before_step_1(tmp_path, caplog, breakage):
         assert "--val-data-dir" in error and "img1.jpg" in error
     assert "step 1/" not in caplog.text
     assert tf.train.latest_checkpoint(snapshot_dir) is None
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--learning-rate", "nan", "must be a finite number, got 'nan'"),
+    ("--learning-rate", "inf", "must be a finite number, got 'inf'"),
+    ("--learning-rate", "-1", "must be more than 0"),
+    ("--momentum", "nan", "must be a finite number, got 'nan'"),
+    ("--power", "-1", "must be 0 or more"),
+    ("--weight-decay", "-0.0005", "must be 0 or more"),
+    ("--save-num-images", "-2", "must be 0 or more, got -2"),
+    ("--step-timeout", "0", "must be more than 0"),
+])
+def test_solver_flags_that_make_no_sense_are_refused_at_parse_time(capsys, flag, value,
+                                                                    message):
+    train_script = load_script("train")
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.get_arguments([flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument %s: %s" % (flag, message) in err, err
