@@ -40,6 +40,11 @@ def session_config(intra_op_threads=0, inter_op_threads=0):
     return config
 
 
+# What the operating system says when a write fails, as TensorFlow passes it on.
+OS_CAUSES = ("No space left on device", "Permission denied", "Read-only file system",
+             "Disk quota exceeded")
+
+
 def first_error_line(err):
     """The line of an error worth one log line, without TensorFlow's op context.
 
@@ -49,6 +54,10 @@ def first_error_line(err):
     """
     text = getattr(err, "message", None) or str(err) or type(err).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        # The operating system's reason (a full disk) beats TensorFlow's frame.
+        if any(cause in line for cause in OS_CAUSES):
+            return line[:300]
     for line in lines:
         if "error" in line.lower() and "Graph execution error" not in line:
             return line[:300]

@@ -85,16 +85,31 @@ class Watchdog(object):
         workers that never listened, not a survivor that gave up first.
         """
         def poll():
-            ever_up, deadline = set(), time.time() + seconds
+            ever_up, closed, deadline = set(), {}, time.time() + seconds
             while not (self._started or self._stop.is_set()) and time.time() < deadline:
-                ever_up.update(t for t in self._peers if t not in ever_up
-                               and port_open(self.task.workers[t], 0.5))
+                for t in self._peers:
+                    up = port_open(self.task.workers[t], 0.5)
+                    closed[t] = 0 if up else closed.get(t, 0) + 1
+                    if up:
+                        ever_up.add(t)
+                # A peer that listened and then closed its port (twice in a
+                # row) has left, as one that stops on a bad file before the
+                # first step does: waiting out the deadline would not help.
+                if any(t in ever_up and closed[t] >= 2 for t in self._peers):
+                    break
                 time.sleep(1.0)
             if self._started or self._stop.is_set():
                 return
             never = [t for t in self._peers if t not in ever_up]
             gone = [t for t in self._peers
                     if t in ever_up and not port_open(self.task.workers[t])]
+            if gone:
+                self._fire({t: "left" for t in gone},
+                           "worker %d: %s listened, then left before every worker "
+                           "joined; its own log says why. %s" % (
+                               self.task.index, ", ".join(map(self.task.name, gone)),
+                               RESTART_ADVICE))
+                return
             why = "; ".join(["never listened: %s" % ", ".join(map(self.task.name, never))]
                             * bool(never) + ["listened, then left: %s" % ", ".join(
                                 map(self.task.name, gone))] * bool(gone))

@@ -327,8 +327,10 @@ class Run(object):
             if lost:
                 log.error(lost)
                 return None
-            if reader.failure is not None and done - 1 > snapshots.last_step:
-                # The steps before the bad file are kept.
+            if reader.failure is not None and done - 1 > snapshots.last_step and \
+                    snapshots.write:
+                # The steps before the bad file are kept, where this process
+                # writes the snapshots; another worker names the chief's last.
                 snapshots.save(self.sess, self.trainer, done - 1, self.lr
                                if self.lr is not None else
                                self.sess.run(self.trainer.learning_rate))
