@@ -17,7 +17,7 @@ Several machines: run the same command on each, with TF_CONFIG saying who is
 who ({"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type":
 "worker", "index": 0}}). Training is synchronous; --batch-size is then the
 batch of all workers together (each takes --batch-size / workers, rows i::N of
-the list); worker 0 writes --snapshot-dir (shared storage). See the README.
+the list); worker 0 writes --snapshot-dir (shared storage). See docs/distributed.md.
 Progress lines and TensorBoard logs (in the same directory) show the
 segmentation loss and the weight-decay term (l2) apart, with accuracy,
 learning rate and image/label/prediction triplets.

@@ -1,9 +1,9 @@
-"""Write the README's flag tables from the scripts' own argument parsers.
+"""Write docs/flags.md's flag tables from the scripts' own argument parsers.
 
 Each table sits between ``<!-- flags:SCRIPT -->`` and ``<!-- /flags:SCRIPT -->``
-markers in README.md. ``python misc/flag_tables.py`` rewrites them in place;
+markers in docs/flags.md. ``python misc/flag_tables.py`` rewrites them in place;
 tests/test_readme.py fails when one no longer matches its script, so the
-README cannot drift from ``--help``.
+docs/flags.md cannot drift from ``--help``.
 """
 import argparse
 import os
@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from deeplab_resnet.testing import load_script  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = os.path.join(ROOT, "README.md")
+FLAGS_PAGE = os.path.join(ROOT, "docs", "flags.md")
 # Script -> the function that builds its parser and parses the command line.
 SCRIPTS = (
     ("train.py", "get_arguments"),
@@ -77,7 +77,7 @@ def render(readme_text):
         start, end = "<!-- flags:%s -->" % script, "<!-- /flags:%s -->" % script
         pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
         if not pattern.search(readme_text):
-            raise ValueError("README.md has no %s ... %s block." % (start, end))
+            raise ValueError("docs/flags.md has no %s ... %s block." % (start, end))
         table = flag_table(script_parser(script, function))
         readme_text = pattern.sub(lambda _: "%s\n%s\n%s" % (start, table, end),
                                   readme_text)
@@ -85,16 +85,16 @@ def render(readme_text):
 
 
 def main():
-    with open(README) as f:
+    with open(FLAGS_PAGE) as f:
         text = f.read()
     updated = render(text)
     if updated != text:
-        with open(README + ".tmp", "w") as f:
+        with open(FLAGS_PAGE + ".tmp", "w") as f:
             f.write(updated)
-        os.replace(README + ".tmp", README)
-        print("README.md flag tables rewritten.")
+        os.replace(FLAGS_PAGE + ".tmp", FLAGS_PAGE)
+        print("docs/flags.md flag tables rewritten.")
     else:
-        print("README.md flag tables are up to date.")
+        print("docs/flags.md flag tables are up to date.")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The README says what the code does: flag tables and the quick-start commands."""
+"""The README and docs/ say what the code does: flag tables, links, the quick-start commands."""
 import os
+import re
 
 from conftest import REPO_ROOT
 from deeplab_resnet.testing import load_script
@@ -13,9 +14,28 @@ def read(path):
 
 
 def test_flag_tables_match_every_scripts_parser():
+    page = read(os.path.join("docs", "flags.md"))
+    assert flag_tables.render(page) == page, (
+        "A flag table in docs/flags.md is stale: run python misc/flag_tables.py")
+
+
+def test_the_front_page_is_short_and_every_link_resolves():
+    """README.md stays a front page; it and every docs/ page link only to
+    files that exist."""
     readme = read("README.md")
-    assert flag_tables.render(readme) == readme, (
-        "A README flag table is stale: run python misc/flag_tables.py")
+    assert len(readme.splitlines()) < 300
+    pages = ["README.md"] + [os.path.join("docs", name)
+                             for name in sorted(os.listdir(os.path.join(REPO_ROOT, "docs")))]
+    checked = 0
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", read(page)):
+            if "://" in target:
+                continue
+            path = os.path.normpath(os.path.join(REPO_ROOT, os.path.dirname(page), target))
+            assert os.path.exists(path), "%s links to %s, which does not exist" % (page,
+                                                                                     target)
+            checked += 1
+    assert checked >= 10
 
 
 def test_flag_tables_list_each_flag_of_a_parser():

@@ -92,7 +92,7 @@ def test_divergence_keeps_only_sound_snapshots_and_resume_steps_back(tmp_path, c
 
 
 def test_the_growth_limit_is_100x_the_last_sound_norm():
-    """README: 'their norm at most 100x that of the last sound weights'."""
+    """docs/training.md: 'their norm at most 100x that of the last sound weights'."""
     assert soundness.GROWTH_LIMIT == 100.0
     assert soundness.soundness_problem(99.9, 1.0, True, reference_norm=1.0) is None
     problem = soundness.soundness_problem(100.1, 1.0, True, reference_norm=1.0)
