@@ -45,18 +45,22 @@ def free_ports(count):
 class Workers(object):
     """``count`` processes of ``script``, worker i with TF_CONFIG index i."""
 
-    def __init__(self, script, args, count, log_dir, timeout=TIMEOUT, argv_of=None):
-        """``argv_of(i)``: worker i's arguments, when they differ from ``args``."""
+    def __init__(self, script, args, count, log_dir, timeout=TIMEOUT, argv_of=None,
+                 start=None):
+        """``argv_of(i)``: worker i's arguments, when they differ from ``args``;
+        ``start``: the indices of the workers to start (all by default), the
+        others of TF_CONFIG left absent (``procs`` and ``logs`` follow ``start``)."""
         os.makedirs(log_dir, exist_ok=True)
         self.addresses = ["127.0.0.1:%d" % port for port in free_ports(count)]
         self.deadline = time.time() + timeout
-        self.logs = [os.path.join(log_dir, "w%d.log" % i) for i in range(count)]
-        self.procs, self.ended = [], [None] * count
-        for i in range(count):
+        start = list(range(count)) if start is None else list(start)
+        self.logs = [os.path.join(log_dir, "w%d.log" % i) for i in start]
+        self.procs, self.ended = [], [None] * len(start)
+        for i in start:
             env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CONFIG=json.dumps(
                 {"cluster": {"worker": self.addresses},
                  "task": {"type": "worker", "index": i}}))
-            with open(self.logs[i], "w") as log:
+            with open(self.logs[len(self.procs)], "w") as log:
                 self.procs.append(subprocess.Popen(
                     [sys.executable, os.path.join(REPO_ROOT, script)]
                     + list(argv_of(i) if argv_of else args),

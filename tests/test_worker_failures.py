@@ -1,8 +1,10 @@
-"""Several workers on their unhappy paths: a signal to one worker, flags that differ.
+"""Several workers on their unhappy paths: a signal to one worker, flags that differ,
+a chief killed, a worker that never starts, a run that diverges.
 
 Worker processes on 127.0.0.1 (``test_multiworker.Workers``: reserved ports,
 a deadline, killed in ``finally``), tiny network, the demo-sized data.
 """
+import os
 import re
 import signal
 import time
@@ -11,7 +13,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 from test_multiworker import TIMEOUT, Workers, dataset, run_workers
-from test_train import train_argv
+from test_train import run_train, train_argv
 
 pytestmark = pytest.mark.timeout(2 * TIMEOUT + 300)
 
@@ -78,3 +80,96 @@ def test_workers_refuse_flags_that_differ_naming_the_flag_and_both_values(
         assert "%s differs between the workers %s" % (flag, shown) in log, log
         assert "step 1/" not in log
     assert tf.train.latest_checkpoint(str(tmp_path / "multi")) is None
+
+
+def test_a_killed_chief_stops_the_other_worker_naming_it(tmp_path):
+    """kill -9 of worker 0 mid-run: worker 1, which may be waiting on the
+    chief in a collective, exits 75 within a minute naming worker 0 and
+    saying to restart all workers."""
+    data, list_path, flags = dataset(tmp_path)
+    argv = train_argv(data, list_path, str(tmp_path / "multi"), "--batch-size", "4",
+                      "--num-steps", "1000", *flags)
+    workers = Workers("train.py", argv, 2, str(tmp_path / "logs"))
+    try:
+        workers.wait_for_line(0, r"step 2/1000 ")
+        workers.kill(0)
+        killed = time.time()
+        codes = workers.wait()
+    finally:
+        workers.kill()
+    log = workers.log(1)
+    assert codes[1] == 75, log
+    assert workers.ended[1] - killed < 60, log
+    assert "worker 1: lost worker 0 (%s)" % workers.addresses[0] in log, log
+    assert "Restart all workers" in log
+    assert "Traceback" not in log
+
+
+def test_a_worker_that_never_starts_ends_the_wait_at_the_startup_timeout(tmp_path):
+    """Worker 1 of TF_CONFIG is never started: worker 0 waits --startup-timeout
+    (15 s) for it, no longer, then exits 75 naming it and the flag."""
+    data, list_path, flags = dataset(tmp_path)
+    flags[flags.index("--startup-timeout") + 1] = "15"
+    argv = train_argv(data, list_path, str(tmp_path / "multi"), "--batch-size", "4",
+                      "--num-steps", "3", *flags)
+    started = time.time()
+    workers = Workers("train.py", argv, 2, str(tmp_path / "logs"), start=[0])
+    try:
+        codes = workers.wait()
+    finally:
+        workers.kill()
+    log = workers.log(0)
+    assert codes == [75], log
+    # The deadline starts once the server is up (some seconds after the
+    # process); 60 s of margin on a loaded 2-core machine.
+    assert 15 <= workers.ended[0] - started < 15 + 60, (workers.ended[0] - started, log)
+    assert re.search(r"worker 0: the workers did not all join within 15s "
+                     r"\(--startup-timeout; never listened: worker 1 \(%s\)\)\. "
+                     r"Restart all workers" % re.escape(workers.addresses[1]), log), log
+    assert "step 1/" not in log
+    assert tf.train.latest_checkpoint(str(tmp_path / "multi")) is None
+
+
+def snapshot_files(snapshot_dir):
+    """{name: (size, mtime)} of the snapshot files."""
+    return {n: (os.path.getsize(os.path.join(snapshot_dir, n)),
+                os.path.getmtime(os.path.join(snapshot_dir, n)))
+            for n in os.listdir(snapshot_dir) if n.startswith("model.ckpt")}
+
+
+def test_divergence_stops_every_worker_at_the_same_step_keeping_the_last_snapshot(
+        tmp_path):
+    """A rate that blows the weights up at the first step of a resumed run:
+    both workers stop with exit 2 at that step with the divergence message,
+    and the snapshot directory keeps exactly the sound snapshot it had."""
+    data, list_path, flags = dataset(tmp_path)
+    snapshots = str(tmp_path / "multi")
+    base = ["--batch-size", "4", "--save-pred-every", "1"] + flags
+    # Two sound steps first, in this process (a full restart of the workers
+    # resumes a one-process snapshot: test_multiworker).
+    assert run_train(train_argv(data, list_path, snapshots, *base)) == 0
+    good = os.path.join(snapshots, "model.ckpt-2")
+    assert tf.train.latest_checkpoint(snapshots) == good
+    before = snapshot_files(snapshots)
+    diverging = list(base)
+    diverging[diverging.index("--learning-rate") + 1] = "1e30"
+    workers = Workers("train.py", train_argv(data, list_path, snapshots, *diverging,
+                                             "--num-steps", "20"),
+                      2, str(tmp_path / "logs"))
+    try:
+        codes = workers.wait()
+    finally:
+        workers.kill()
+    logs = [workers.log(i) for i in range(2)]
+    assert codes == [2, 2], "\n".join(logs)
+    steps = []
+    for log in logs:
+        found = re.findall(r"error: The (?:weights|loss|momentum)\b.* at step (\d+) "
+                           r"\(lr=\S+e\+29\)\. First check the labels", log)
+        assert len(found) == 1, log
+        steps.append(int(found[0]))
+    assert steps == [3, 3], steps
+    assert "Nothing was saved from this run after %s. That is the last sound " \
+           "snapshot" % good in logs[0]
+    assert tf.train.latest_checkpoint(snapshots) == good
+    assert snapshot_files(snapshots) == before
