@@ -92,6 +92,17 @@ class Workers(object):
         self.kill()
         return [p.returncode for p in self.procs]
 
+    def kill_on_line(self, i, pattern, which):
+        """SIGKILL worker ``which`` once worker ``i`` logs ``pattern``, then
+        ``wait()`` for the others: (exit statuses, time of the kill)."""
+        try:
+            self.wait_for_line(i, pattern)
+            self.kill(which)
+            killed = time.time()
+            return self.wait(), killed
+        finally:
+            self.kill()
+
     def kill(self, which=None):
         for i, proc in enumerate(self.procs):
             if (which is None or i == which) and proc.poll() is None:
@@ -99,13 +110,15 @@ class Workers(object):
                 proc.wait(10)
 
 
-def run_workers(script, args, count, log_dir):
-    workers = Workers(script, args, count, log_dir)
+def run_workers(script, args, count, log_dir, status=0, **options):
+    """``Workers(...)`` waited for; each must exit with ``status``."""
+    workers = Workers(script, args, count, log_dir, **options)
     try:
         codes = workers.wait()
     finally:
         workers.kill()
-    assert codes == [0] * count, "\n".join(workers.log(i) for i in range(count))
+    assert codes == [status] * len(workers.procs), "\n".join(
+        workers.log(i) for i in range(len(workers.procs)))
     return workers
 
 
@@ -205,13 +218,7 @@ def test_a_killed_worker_stops_the_others_and_a_restart_resumes(tmp_path):
         return train_argv(data, list_path, snapshots, "--batch-size", "4",
                           "--num-steps", str(steps), "--save-pred-every", "2", *flags)
     workers = Workers("train.py", argv(1000), 2, str(tmp_path / "killed"))
-    try:
-        workers.wait_for_line(0, r"saved .*model\.ckpt-4")
-        workers.kill(1)
-        killed = time.time()
-        codes = workers.wait()
-    finally:
-        workers.kill()
+    codes, killed = workers.kill_on_line(0, r"saved .*model\.ckpt-4", 1)
     log = workers.log(0)
     assert codes[0] == 75, log
     assert workers.ended[0] - killed < 60

@@ -68,14 +68,9 @@ def test_workers_refuse_flags_that_differ_naming_the_flag_and_both_values(
         else:
             args += [flag, value]
         argvs.append(train_argv(data, list_path, str(tmp_path / "multi"), *args))
-    workers = Workers("train.py", argvs[0], 2, str(tmp_path / "logs"),
-                      argv_of=lambda i: argvs[i])
-    try:
-        codes = workers.wait()
-    finally:
-        workers.kill()
+    workers = run_workers("train.py", argvs[0], 2, str(tmp_path / "logs"), status=2,
+                          argv_of=lambda i: argvs[i])
     logs = [workers.log(i) for i in range(2)]
-    assert codes == [2, 2], "\n".join(logs)
     for log in logs:
         assert "%s differs between the workers %s" % (flag, shown) in log, log
         assert "step 1/" not in log
@@ -90,13 +85,7 @@ def test_a_killed_chief_stops_the_other_worker_naming_it(tmp_path):
     argv = train_argv(data, list_path, str(tmp_path / "multi"), "--batch-size", "4",
                       "--num-steps", "1000", *flags)
     workers = Workers("train.py", argv, 2, str(tmp_path / "logs"))
-    try:
-        workers.wait_for_line(0, r"step 2/1000 ")
-        workers.kill(0)
-        killed = time.time()
-        codes = workers.wait()
-    finally:
-        workers.kill()
+    codes, killed = workers.kill_on_line(0, r"step 2/1000 ", 0)
     log = workers.log(1)
     assert codes[1] == 75, log
     assert workers.ended[1] - killed < 60, log
@@ -113,13 +102,9 @@ def test_a_worker_that_never_starts_ends_the_wait_at_the_startup_timeout(tmp_pat
     argv = train_argv(data, list_path, str(tmp_path / "multi"), "--batch-size", "4",
                       "--num-steps", "3", *flags)
     started = time.time()
-    workers = Workers("train.py", argv, 2, str(tmp_path / "logs"), start=[0])
-    try:
-        codes = workers.wait()
-    finally:
-        workers.kill()
+    workers = run_workers("train.py", argv, 2, str(tmp_path / "logs"), status=75,
+                          start=[0])
     log = workers.log(0)
-    assert codes == [75], log
     # The deadline starts once the server is up (some seconds after the
     # process); 60 s of margin on a loaded 2-core machine.
     assert 15 <= workers.ended[0] - started < 15 + 60, (workers.ended[0] - started, log)
@@ -153,15 +138,10 @@ def test_divergence_stops_every_worker_at_the_same_step_keeping_the_last_snapsho
     before = snapshot_files(snapshots)
     diverging = list(base)
     diverging[diverging.index("--learning-rate") + 1] = "1e30"
-    workers = Workers("train.py", train_argv(data, list_path, snapshots, *diverging,
-                                             "--num-steps", "20"),
-                      2, str(tmp_path / "logs"))
-    try:
-        codes = workers.wait()
-    finally:
-        workers.kill()
+    workers = run_workers("train.py", train_argv(data, list_path, snapshots, *diverging,
+                                                 "--num-steps", "20"),
+                          2, str(tmp_path / "logs"), status=2)
     logs = [workers.log(i) for i in range(2)]
-    assert codes == [2, 2], "\n".join(logs)
     steps = []
     for log in logs:
         found = re.findall(r"error: The (?:weights|loss|momentum)\b.* at step (\d+) "
