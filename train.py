@@ -68,7 +68,7 @@ def get_arguments(argv=None):
                         default="%d,%d" % DEFAULTS.input_size,
                         help="HEIGHT,WIDTH of the random training crops "
                              "(default: %(default)s).")
-    parser.add_argument("--learning-rate", type=cli.positive_float, default=DEFAULTS.learning_rate,
+    parser.add_argument("--learning-rate", type=cli.non_negative_float, default=DEFAULTS.learning_rate,
                         help="Base learning rate of the poly schedule "
                              "(default: %(default)s).")
     parser.add_argument("--momentum", type=cli.non_negative_float, default=DEFAULTS.momentum,

@@ -405,7 +405,7 @@ def test_a_bad_val_list_fails_before_step_1(tmp_path, caplog, breakage):
 @pytest.mark.parametrize("flag, value, message", [
     ("--learning-rate", "nan", "must be a finite number, got 'nan'"),
     ("--learning-rate", "inf", "must be a finite number, got 'inf'"),
-    ("--learning-rate", "-1", "must be more than 0"),
+    ("--learning-rate", "-1", "must be 0 or more"),
     ("--momentum", "nan", "must be a finite number, got 'nan'"),
     ("--power", "-1", "must be 0 or more"),
     ("--weight-decay", "-0.0005", "must be 0 or more"),
