@@ -16,12 +16,16 @@ from deeplab_resnet.machine import available_cores
 
 
 # ------------------------------------------------------------------ types
-def positive_int(text):
-    """argparse type: an integer >= 1."""
+def _whole_number(text):
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError("expected a whole number, got %r" % text)
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1, got %d" % value)
     return value
@@ -30,10 +34,7 @@ def positive_int(text):
 def non_negative_int(text):
     """argparse type: a count of 0 or more (--keep-checkpoints -1 once deleted
     every snapshot)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a whole number, got %r" % text)
+    value = _whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more, got %d" % value)
     return value
