@@ -12,6 +12,19 @@ import os
 # TensorFlow's C++ start-up chatter (oneDNN notices, CPU feature lines) hides
 # the progress lines users care about; they can still opt back in.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow turns its oneDNN kernels on by default only on x86 CPUs with
+# AVX512_VNNI/BF16 or AMX; on AVX2-only CPUs it runs Eigen's, which are
+# slower at every convolution and differentiate dilated ones through
+# space-to-batch. The switch is read once, when TensorFlow is imported, so it
+# is set here, before the import; TF_ENABLE_ONEDNN_OPTS=0 in the environment
+# still turns it off. docs/speed.md has what it buys.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# By default TensorFlow sizes one intra-op pool for the whole process from
+# the first session it creates, whatever later sessions ask for; a tiny
+# one-thread session (the CPU gradient probe in training.gradients) then left
+# every training step on one core. With this, each session's devices own the
+# pool its ConfigProto asks for (session_config). docs/speed.md has the figures.
+os.environ.setdefault("TF_OVERRIDE_GLOBAL_THREADPOOL", "1")
 
 import tensorflow.compat.v1 as tf  # noqa: E402
 

@@ -58,6 +58,27 @@ def random_batch(rng, count, num_classes, size=33):
 
 
 # ------------------------------------------------------------------ solver
+def thread_count():
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_a_session_gets_the_intra_op_threads_it_asks_for_after_the_gradient_probe():
+    """Building a CPU training graph runs the gradient probe, a one-thread
+    session. By TensorFlow's default the process's one intra-op pool would
+    take its size from that first session and every training step would run
+    on one core; runtime makes each session own the pool it asks for."""
+    gradients._probe("float32", False)
+    before = thread_count()
+    with tf.Graph().as_default():
+        total = tf.reduce_sum(tf.ones([64, 64]))
+        with tf.Session(config=tf.ConfigProto(intra_op_parallelism_threads=5,
+                                              inter_op_parallelism_threads=1,
+                                              use_per_session_threads=True)) as sess:
+            assert sess.run(total) == 64 * 64
+            assert thread_count() - before >= 5
+
+
 def test_dilated_convolution_gradient_matches_zero_inserted_kernel():
     """The CPU-safe gradient equals that of the same convolution written with
     an undilated kernel that has zeros between its taps."""

@@ -11,16 +11,16 @@ session runs side by side (the sparse product is single-threaded), and the
 two kernels run side by side too. This costs ~15% more CPU (each group pays
 the per-entry overhead) for up to twice the throughput on idle cores.
 
-It runs in a graph and session of its own, so it works whether or not the
-caller's process runs TensorFlow eagerly.
+It runs in a graph and session of its own, and takes TensorFlow from
+``runtime`` like every graph builder.
 """
 import numpy as np
-import tensorflow.compat.v1 as tf
 
 from deeplab_resnet.crf.params import PROB_EPSILON, check_inputs
 from deeplab_resnet.crf.permutohedral import (PermutohedralLattice, LatticeOperators,
                                               symmetric_norm)
 from deeplab_resnet.machine import available_cores
+from deeplab_resnet.runtime import tf
 
 
 def _divide(x, divisor):

@@ -72,7 +72,8 @@ pydensecrf on a CPU therefore comes only from the second core; on a GPU the
 same graph runs unchanged.
 """
 import numpy as np
-import tensorflow.compat.v1 as tf
+
+from deeplab_resnet.runtime import tf
 
 # The reference's guard in 1 / sqrt(K(1) + eps), computed in double there.
 NORM_EPSILON = 1e-20

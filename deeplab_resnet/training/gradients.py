@@ -75,9 +75,12 @@ def _probe(dtype_name, fp32_compute):
         dw = tf.nn.conv2d_backprop_filter(x, [3, 3, 2, 2], g, [1, 1, 1, 1], "VALID",
                                           dilations=[1, 2, 2, 1])
         try:
+            # Threads of its own: the process's shared inter-op pool takes
+            # its size from the first session that uses it (runtime has
+            # the same for the intra-op pools).
             with tf.Session(config=tf.ConfigProto(
-                    intra_op_parallelism_threads=1,
-                    inter_op_parallelism_threads=1)) as sess:
+                    intra_op_parallelism_threads=1, inter_op_parallelism_threads=1,
+                    use_per_session_threads=True)) as sess:
                 sess.run([dx, dw])
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
                 tf.errors.NotFoundError):
