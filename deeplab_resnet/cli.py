@@ -362,14 +362,16 @@ def run_main(main):
     input (a missing file, a wrong label, a checkpoint for another network);
     their messages already say what to do, so no traceback is shown.
     """
+    reason = None
     try:
         status = main() or 0
     except (IOError, OSError, ValueError) as err:
-        logging.getLogger("__main__").error("error: %s", err)
+        reason = str(err)
+        logging.getLogger("__main__").error("error: %s", reason)
         status = 2
     except KeyboardInterrupt:
         logging.getLogger("__main__").error("interrupted")
         status = 130
-    # One of several workers leaves without interpreter teardown
-    # (``distributed.exit_process`` says why, and sets it up).
-    process.exit(status)
+    # One of several workers tells the others why it stops, and leaves
+    # without interpreter teardown (``distributed.exit_process`` says why).
+    process.exit(status, reason)

@@ -4,14 +4,19 @@ a chief killed, a worker that never starts, a run that diverges.
 Worker processes on 127.0.0.1 (``test_multiworker.Workers``: reserved ports,
 a deadline, killed in ``finally``), tiny network, the demo-sized data.
 """
+import json
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
 import tensorflow.compat.v1 as tf
 
+from conftest import REPO_ROOT, reserve_ports
 from test_multiworker import TIMEOUT, Workers, dataset, run_workers
 from test_train import run_train, train_argv
 
@@ -153,3 +158,69 @@ def test_divergence_stops_every_worker_at_the_same_step_keeping_the_last_snapsho
            "snapshot" % good in logs[0]
     assert tf.train.latest_checkpoint(snapshots) == good
     assert snapshot_files(snapshots) == before
+
+
+def break_file(path):
+    """Replace ``path`` by bytes no decoder reads, at once (readers see the
+    old file or the broken one, never half of either)."""
+    with open(path + ".tmp", "wb") as f:
+        f.write(b"this is not an image\n" * 8)
+    os.replace(path + ".tmp", path)
+
+
+@pytest.mark.parametrize("broken", [1, 0])
+def test_a_bad_file_on_one_worker_reaches_the_other_by_name(tmp_path, broken):
+    """An image of one worker's share becomes unreadable mid-run: that
+    worker stops with exit 2 naming the file, and the other, waiting on it in
+    an all-reduce, logs "worker N (address) stopped:" with the same file name
+    (not a lost worker) and exits 2 as well, within a minute."""
+    data, list_path, flags = dataset(tmp_path)
+    argv = train_argv(data, list_path, str(tmp_path / "multi"), "--batch-size", "4",
+                      "--num-steps", "1000", "--save-pred-every", "1000", *flags)
+    # --no-shuffle: worker i reads rows i::2 of the list, img<i> first.
+    image = os.path.join(data, "JPEGImages", "img%d.jpg" % broken)
+    workers = Workers("train.py", argv, 2, str(tmp_path / "logs"))
+    try:
+        workers.wait_for_line(0, r"step 2/1000 ")
+        break_file(image)
+        broken_at = time.time()
+        codes = workers.wait()
+    finally:
+        workers.kill()
+    logs = [workers.log(i) for i in range(2)]
+    survivor = 1 - broken
+    assert codes == [2, 2], "\n".join(logs)
+    assert "img%d.jpg" % broken in logs[broken].split("error: ", 1)[-1], logs[broken]
+    said = re.search(r"worker %d: worker %d \(%s\) stopped: (.*)" % (
+        survivor, broken, re.escape(workers.addresses[broken])), logs[survivor])
+    assert said and "img%d.jpg" % broken in said.group(1), logs[survivor]
+    assert "Restart all workers" not in said.group(1) and "restart all workers" in said.group(1)
+    assert "lost worker" not in logs[survivor], logs[survivor]
+    assert max(workers.ended) - broken_at < 60, "\n".join(logs)
+    for log in logs:
+        assert "Traceback" not in log
+
+
+def test_a_port_in_use_is_refused_in_one_line_naming_the_address(tmp_path):
+    """Worker 0's port in TF_CONFIG is held by a listening socket: worker 0
+    exits 2 at once with one line naming its address and TF_CONFIG, no
+    traceback."""
+    data, list_path, flags = dataset(tmp_path)
+    argv = train_argv(data, list_path, str(tmp_path / "multi"), "--batch-size", "4",
+                      "--num-steps", "3", *flags)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        address = "127.0.0.1:%d" % holder.getsockname()[1]
+        other = "127.0.0.1:%d" % reserve_ports(1)[0]
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": {"worker": [address, other]}, "task": {"type": "worker", "index": 0}}))
+        done = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train.py")] + argv,
+                              env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert re.search(r"error: worker 0 cannot listen on %s, its address in TF_CONFIG "
+                     r"\(.+\)\. .*free the port or change TF_CONFIG" % re.escape(address),
+                     output), output
+    assert "Traceback" not in output

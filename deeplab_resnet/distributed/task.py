@@ -17,8 +17,8 @@ import os
 from typing import Tuple
 
 from deeplab_resnet import process
-from deeplab_resnet.distributed.watchdog import exit_process
-from deeplab_resnet.runtime import tf
+from deeplab_resnet.distributed.watchdog import exit_process, set_status
+from deeplab_resnet.runtime import first_error_line, tf
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ def start_server(task, config):
         session, owns the devices and the collective group leader.
     Returns:
       (server, ConfigProto): sessions on ``server.target`` use that config.
+    Raises:
+      OSError: the server cannot listen on this worker's address.
     """
     own = tf.ConfigProto()
     own.CopyFrom(config)
@@ -98,10 +100,18 @@ def start_server(task, config):
     # '/cpu:1' still means this worker's.
     del own.device_filters[:]
     own.device_filters.append("/job:worker/task:%d" % task.index)
-    server = tf.distribute.Server(
-        tf.train.ClusterSpec({"worker": list(task.workers)}), job_name="worker",
-        task_index=task.index, config=own, start=True)
+    try:
+        server = tf.distribute.Server(
+            tf.train.ClusterSpec({"worker": list(task.workers)}), job_name="worker",
+            task_index=task.index, config=own, start=True)
+    except (tf.errors.OpError, RuntimeError) as err:
+        raise OSError(
+            "worker %d cannot listen on %s, its address in TF_CONFIG (%s). Another "
+            "process may hold that port, or the host is not this machine: free the "
+            "port or change TF_CONFIG on every worker." % (
+                task.index, task.workers[task.index], first_error_line(err))) from None
     process.set_exit(exit_process)
+    set_status(server.target, task.index, "")  # what the peers' probes read
     log.info("worker %d of %d%s: server on %s", task.index, task.num_workers,
              " (chief)" if task.is_chief else "", task.workers[task.index])
     return server, own

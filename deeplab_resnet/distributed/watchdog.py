@@ -12,6 +12,13 @@ peer's port is closed (killed, crashed) or it has answered nothing for
 deadline does the same. Exits go through ``os._exit`` (``exit_process``): a
 daemon thread inside a TF call aborts normal interpreter teardown, and a
 gRPC server has no clean shutdown.
+
+A worker that stops on an error it can name (a file it cannot decode, a
+label out of range) says so first: it writes the error into a string
+variable on its own device, which is what the peers' probes read, and
+keeps its server up until they have left (``Watchdog.tell_peers``). Each
+survivor then logs "worker 1 (host:port) stopped: <the error>" and exits
+with that worker's status, instead of finding a lost worker.
 """
 import logging
 import os
@@ -28,6 +35,27 @@ log = logging.getLogger(__name__)
 EXIT_LOST_WORKER = 75
 RESTART_ADVICE = ("Restart all workers (the same command on each) to resume from "
                   "the chief's last snapshot.")
+# Every worker's string resource variable that its peers' probes read:
+# empty while it runs, "<exit status>\t<error>" once it stops on an error.
+STATUS_VARIABLE = "deeplab_worker_status"
+
+
+def _status_handle(task):
+    with tf.device("/job:worker/replica:0/task:%d/device:CPU:0" % task):
+        return tf.raw_ops.VarHandleOp(dtype=tf.string, shape=[],
+                                      shared_name=STATUS_VARIABLE)
+
+
+def set_status(target, task, text):
+    """Write ``text`` into worker ``task``'s status variable, through this
+    process's server at ``target`` (its own device only: no peer needed)."""
+    with tf.Graph().as_default() as graph:
+        write = tf.raw_ops.AssignVariableOp(resource=_status_handle(task),
+                                            value=tf.constant(text))
+    config = tf.ConfigProto()
+    config.device_filters.append("/job:worker/task:%d" % task)
+    with tf.Session(target, graph=graph, config=config) as sess:
+        sess.run(write)
 
 
 def lost_message(task, lost, detail=None):
@@ -75,6 +103,7 @@ class Watchdog(object):
         self._fail_count = {t: 0 for t in self._peers}
         self._last_err = {t: None for t in self._peers}
         self._port_closed = {t: False for t in self._peers}
+        self._said = {}
         self._verdict = {}
         _WATCHDOGS.append(self)
 
@@ -136,10 +165,9 @@ class Watchdog(object):
         self._stop.set()
 
     def _probe_loop(self, task):
-        graph = tf.Graph()
-        with graph.as_default(), \
-                tf.device("/job:worker/replica:0/task:%d/device:CPU:0" % task):
-            probe = tf.constant(task, name="probe") + 1
+        with tf.Graph().as_default() as graph:
+            probe = tf.raw_ops.ReadVariableOp(resource=_status_handle(task),
+                                              dtype=tf.string)
         config = tf.ConfigProto()
         config.device_filters.extend(["/job:worker/task:%d" % self.task.index,
                                       "/job:worker/task:%d" % task])
@@ -151,7 +179,7 @@ class Watchdog(object):
 
     def _probe(self, task, sess, probe, options):
         try:
-            sess.run(probe, options=options)
+            said = sess.run(probe, options=options)
         except Exception as err:  # noqa: BLE001 - any failure counts
             why = ("no answer within %gs" % self.probe_timeout
                    if isinstance(err, tf.errors.DeadlineExceededError)
@@ -168,6 +196,22 @@ class Watchdog(object):
             if self._fail_count[task]:
                 log.info("%s answers again", self.task.name(task))
             self._last_ok[task], self._fail_count[task] = time.time(), 0
+            if said:
+                status, _, error = said.decode("utf-8", "replace").partition("\t")
+                self._said[task] = (int(status), error)
+
+    def _stopped_peer(self):
+        """(lost, message, status) for the first peer that said why it
+        stopped, else None."""
+        with self._lock:
+            if not self._said:
+                return None
+            task, (status, error) = min(self._said.items())
+        error = error if error.endswith(".") else error + "."
+        return ({task: "stopped: %s" % error},
+                "worker %d: %s stopped: %s Stopping too; once that is fixed, %s" % (
+                    self.task.index, self.task.name(task), error,
+                    RESTART_ADVICE[0].lower() + RESTART_ADVICE[1:]), status)
 
     def _lost(self):
         now, lost = time.time(), {}
@@ -182,18 +226,36 @@ class Watchdog(object):
 
     def _monitor(self):
         while not self._stop.wait(0.5):
-            lost = self._lost()
+            stopped, lost = self._stopped_peer(), self._lost()
+            if stopped:
+                self._fire(*stopped)
             if lost:
                 self._fire(lost, lost_message(self.task, lost))
                 return
 
-    def _fire(self, lost, message):
+    def _fire(self, lost, message, status=EXIT_LOST_WORKER):
         with self._lock:
             if self._fired or self._stop.is_set():
                 return
             self._fired, self._verdict = True, lost
         log.error(message)
-        exit_process(EXIT_LOST_WORKER)
+        exit_process(status)
+
+    def tell_peers(self, status, error, linger=20.0):
+        """Leave ``status`` and ``error`` where the peers' probes read them,
+        then wait (up to ``linger`` seconds) until every peer has left.
+
+        Only once every peer is up: before that, probes do not run, and the
+        peers' startup poll sees this worker listen and leave.
+        """
+        if not self._started or self._fired:
+            return
+        set_status(self.cluster.server.target, self.task.index,
+                   "%d\t%s" % (status, " ".join(error.split())))
+        deadline = time.time() + linger
+        while time.time() < deadline and any(
+                port_open(self.task.workers[t], 0.5) for t in self._peers):
+            time.sleep(0.5)
 
     def wait_for_verdict(self, seconds):
         """After a failed collective: the peers found lost within ``seconds``."""
@@ -202,7 +264,9 @@ class Watchdog(object):
                     if not port_open(self.task.workers[t])}
         deadline = time.time() + seconds
         while time.time() < deadline:
-            lost = self._lost()
+            stopped, lost = self._stopped_peer(), self._lost()
+            if stopped:
+                self._fire(*stopped)
             if lost:
                 return lost
             time.sleep(0.25)
@@ -212,15 +276,20 @@ class Watchdog(object):
 _WATCHDOGS = []
 
 
-def exit_process(status):
+def exit_process(status, reason=None):
     """Leave now with ``status``, logs flushed, skipping interpreter teardown.
 
     A watchdog thread inside a TF call makes normal teardown abort
     ("terminate called ... FATAL: exception not rethrown", SIGABRT), and a
     gRPC server has no clean shutdown, so a worker leaves with os._exit.
+    With a ``reason`` (the error it stops on) the peers are told first
+    (``Watchdog.tell_peers``).
     """
     for watchdog in _WATCHDOGS:
         watchdog.stop()
+    if reason and status:
+        for watchdog in _WATCHDOGS:
+            watchdog.tell_peers(status, reason)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
