@@ -49,23 +49,30 @@ class Workers(object):
                  start=None):
         """``argv_of(i)``: worker i's arguments, when they differ from ``args``;
         ``start``: the indices of the workers to start (all by default), the
-        others of TF_CONFIG left absent (``procs`` and ``logs`` follow ``start``)."""
+        others of TF_CONFIG left absent until ``launch`` (``procs`` and
+        ``logs`` are in the order of starting)."""
         os.makedirs(log_dir, exist_ok=True)
         self.addresses = ["127.0.0.1:%d" % port for port in free_ports(count)]
         self.deadline = time.time() + timeout
-        start = list(range(count)) if start is None else list(start)
-        self.logs = [os.path.join(log_dir, "w%d.log" % i) for i in start]
-        self.procs, self.ended = [], [None] * len(start)
-        for i in start:
-            env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CONFIG=json.dumps(
-                {"cluster": {"worker": self.addresses},
-                 "task": {"type": "worker", "index": i}}))
-            with open(self.logs[len(self.procs)], "w") as log:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, os.path.join(REPO_ROOT, script)]
-                    + list(argv_of(i) if argv_of else args),
-                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
-                    start_new_session=True))
+        self._script, self._log_dir = script, log_dir
+        self._argv_of = argv_of or (lambda i: args)
+        self.logs, self.procs, self.ended = [], [], []
+        for i in range(count) if start is None else start:
+            self.launch(i)
+
+    def launch(self, i):
+        """Start worker ``i`` of TF_CONFIG (now, if ``start`` left it out)."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CONFIG=json.dumps(
+            {"cluster": {"worker": self.addresses},
+             "task": {"type": "worker", "index": i}}))
+        self.logs.append(os.path.join(self._log_dir, "w%d.log" % i))
+        self.ended.append(None)
+        with open(self.logs[-1], "w") as log:
+            self.procs.append(subprocess.Popen(
+                [sys.executable, os.path.join(REPO_ROOT, self._script)]
+                + list(self._argv_of(i)),
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                start_new_session=True))
 
     def log(self, i):
         with open(self.logs[i]) as f:

@@ -1,5 +1,6 @@
 """Several workers on their unhappy paths: a signal to one worker, flags that differ,
-a chief killed, a worker that never starts, a run that diverges.
+a chief killed, a worker that never starts, a run that diverges, a bad file on one
+worker (mid-run, or before it joined), a port in use.
 
 Worker processes on 127.0.0.1 (``test_multiworker.Workers``: reserved ports,
 a deadline, killed in ``finally``), tiny network, the demo-sized data.
@@ -13,8 +14,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
+from PIL import Image
 
 from conftest import REPO_ROOT, reserve_ports
 from test_multiworker import TIMEOUT, Workers, dataset, run_workers
@@ -224,3 +227,29 @@ def test_a_port_in_use_is_refused_in_one_line_naming_the_address(tmp_path):
                      r"\(.+\)\. .*free the port or change TF_CONFIG" % re.escape(address),
                      output), output
     assert "Traceback" not in output
+
+
+def test_a_worker_that_leaves_before_joining_ends_the_others_wait_within_seconds(tmp_path):
+    """Worker 1's check before step 1 finds a label out of range: it exits 2
+    naming the file, and worker 0, waiting for it to join, exits 75 naming it
+    within a minute, not at --startup-timeout (120 s)."""
+    data, list_path, flags = dataset(tmp_path)
+    # --no-shuffle: worker 1 reads rows 1::2 of the list, img1 among them.
+    label = os.path.join(data, "SegmentationClassAug", "img1.png")
+    Image.fromarray(np.full((33, 33), 200, np.uint8), "L").save(label)
+    argv = train_argv(data, list_path, str(tmp_path / "multi"), "--batch-size", "4",
+                      "--num-steps", "3", *flags)
+    workers = Workers("train.py", argv, 2, str(tmp_path / "logs"), start=[0])
+    try:
+        workers.wait_for_line(0, r"worker 0 of 2 \(chief\): server on")
+        workers.launch(1)
+        codes = workers.wait()
+    finally:
+        workers.kill()
+    logs = [workers.log(i) for i in range(2)]
+    assert codes == [75, 2], "\n".join(logs)
+    assert "img1.png" in logs[1].split("error: ", 1)[-1], logs[1]
+    assert "worker 0: worker 1 (%s) listened, then left before every worker joined; " \
+           "its own log says why." % workers.addresses[1] in logs[0], logs[0]
+    assert workers.ended[0] - workers.ended[1] < 60, "\n".join(logs)
+    assert "step 1/" not in logs[0]

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 EXIT_LOST_WORKER = 75
 RESTART_ADVICE = ("Restart all workers (the same command on each) to resume from "
                   "the chief's last snapshot.")
+# Seconds a worker that stops before the group formed keeps its port open,
+# so that the peers' startup poll (once a second) sees it listen, then leave.
+STARTUP_LINGER = 3.0
 # Every worker's string resource variable that its peers' probes read:
 # empty while it runs, "<exit status>\t<error>" once it stops on an error.
 STATUS_VARIABLE = "deeplab_worker_status"
@@ -245,10 +248,15 @@ class Watchdog(object):
         """Leave ``status`` and ``error`` where the peers' probes read them,
         then wait (up to ``linger`` seconds) until every peer has left.
 
-        Only once every peer is up: before that, probes do not run, and the
-        peers' startup poll sees this worker listen and leave.
+        Before every peer is up, probes do not run: the peers' startup poll
+        (once a second) notices this worker listen and leave instead, so it
+        stays up ``STARTUP_LINGER`` seconds for every listening peer to see it.
         """
-        if not self._started or self._fired:
+        if self._fired:
+            return
+        if not self._started:
+            if any(port_open(self.task.workers[t], 0.5) for t in self._peers):
+                time.sleep(STARTUP_LINGER)
             return
         set_status(self.cluster.server.target, self.task.index,
                    "%d\t%s" % (status, " ".join(error.split())))
