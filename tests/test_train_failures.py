@@ -34,6 +34,7 @@ def leftovers(snapshot_dir):
             if ".tempstate" in n or files.is_temporary(n)]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_then_the_same_command_resumes_the_newest_snapshot(
         train_paths):
     data_dir, list_path, snapshot_dir = train_paths

@@ -23,7 +23,9 @@ from conftest import REPO_ROOT, reserve_ports
 from test_multiworker import TIMEOUT, Workers, dataset, run_workers
 from test_train import run_train, train_argv
 
-pytestmark = pytest.mark.timeout(2 * TIMEOUT + 300)
+# Slow: two worker processes per test, 15-45 s each on 2 idle cores (CI's
+# second stage runs them).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * TIMEOUT + 300)]
 
 
 def test_sigterm_to_one_worker_stops_all_after_the_same_step_with_a_snapshot(tmp_path):
