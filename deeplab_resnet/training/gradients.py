@@ -7,8 +7,8 @@ gradient (TF 2.21; which CPU case applies is probed at run time):
 * GPU: cuDNN differentiates every configuration (explicit padding,
   dilations) natively and fast: the native gradient is returned, so GPU
   towers run exactly TensorFlow's own gradient.
-* CPU, oneDNN on (TF's default on x86 CPUs with AVX512_VNNI/BF16/AMX; off by
-  default on AVX2-only CPUs): oneDNN takes Conv2DBackpropInput/Filter only
+* CPU, oneDNN on (TF's default on x86 CPUs with AVX512_VNNI/BF16/AMX;
+  ``runtime`` turns it on for AVX2-only CPUs too): oneDNN takes Conv2DBackpropInput/Filter only
   for VALID and SAME padding. EXPLICIT padding (even all zeros, as every 1x1
   of the network has) keeps Eigen's kernels, and Eigen errors on any
   dilation ("Current CPU implementations do not yet support dilation rates
