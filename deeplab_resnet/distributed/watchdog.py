@@ -227,11 +227,16 @@ class Watchdog(object):
                         now - self._last_ok[t])
         return lost
 
+    def _judge(self):
+        """The lost peers, after leaving (``_fire``) if a peer said why it stopped."""
+        stopped = self._stopped_peer()
+        if stopped:
+            self._fire(*stopped)
+        return self._lost()
+
     def _monitor(self):
         while not self._stop.wait(0.5):
-            stopped, lost = self._stopped_peer(), self._lost()
-            if stopped:
-                self._fire(*stopped)
+            lost = self._judge()
             if lost:
                 self._fire(lost, lost_message(self.task, lost))
                 return
@@ -255,15 +260,17 @@ class Watchdog(object):
         if self._fired:
             return
         if not self._started:
-            if any(port_open(self.task.workers[t], 0.5) for t in self._peers):
+            if self._a_peer_listens():
                 time.sleep(STARTUP_LINGER)
             return
         set_status(self.cluster.server.target, self.task.index,
                    "%d\t%s" % (status, " ".join(error.split())))
         deadline = time.time() + linger
-        while time.time() < deadline and any(
-                port_open(self.task.workers[t], 0.5) for t in self._peers):
+        while time.time() < deadline and self._a_peer_listens():
             time.sleep(0.5)
+
+    def _a_peer_listens(self):
+        return any(port_open(self.task.workers[t], 0.5) for t in self._peers)
 
     def wait_for_verdict(self, seconds):
         """After a failed collective: the peers found lost within ``seconds``."""
@@ -272,9 +279,7 @@ class Watchdog(object):
                     if not port_open(self.task.workers[t])}
         deadline = time.time() + seconds
         while time.time() < deadline:
-            stopped, lost = self._stopped_peer(), self._lost()
-            if stopped:
-                self._fire(*stopped)
+            lost = self._judge()
             if lost:
                 return lost
             time.sleep(0.25)

@@ -8,9 +8,10 @@ gradient (TF 2.21; which CPU case applies is probed at run time):
   dilations) natively and fast: the native gradient is returned, so GPU
   towers run exactly TensorFlow's own gradient.
 * CPU, oneDNN on (TF's default on x86 CPUs with AVX512_VNNI/BF16/AMX;
-  ``runtime`` turns it on for AVX2-only CPUs too): oneDNN takes Conv2DBackpropInput/Filter only
-  for VALID and SAME padding. EXPLICIT padding (even all zeros, as every 1x1
-  of the network has) keeps Eigen's kernels, and Eigen errors on any
+  ``runtime`` turns it on for AVX2-only CPUs too): oneDNN takes
+  Conv2DBackpropInput/Filter only for VALID and SAME padding. EXPLICIT
+  padding (even all zeros, as every 1x1 of the network has) keeps Eigen's
+  kernels, and Eigen errors on any
   dilation ("Current CPU implementations do not yet support dilation rates
   larger than 1"). oneDNN itself handles dilations, so the convolution is
   padded first and its VALID form differentiated natively, dilations kept.
