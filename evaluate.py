@@ -22,8 +22,11 @@ import argparse
 # TensorFlow's modules are imported in main(), not here: CRF worker
 # processes re-import this script (Python's rule for forkserver children)
 # and need numpy only.
-from deeplab_resnet import cli, metrics
+from deeplab_resnet import cli, kernels, metrics
 from deeplab_resnet.data import label_maps
+
+# The kernel family TensorFlow will run, fixed at its import in main().
+kernels.choose("inference")
 
 
 def get_arguments(argv=None):

@@ -28,7 +28,12 @@ Example:
 import argparse
 import logging
 
-from deeplab_resnet import cli, serving
+from deeplab_resnet import kernels
+
+# Before TensorFlow's import, which fixes the kernel family for the process.
+kernels.choose("inference")
+
+from deeplab_resnet import cli, serving  # noqa: E402
 
 log = logging.getLogger("export")
 

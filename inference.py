@@ -41,8 +41,11 @@ import os
 # TensorFlow is imported where it is used, not here: CRF worker processes
 # re-import this script (Python's rule for forkserver children) and need
 # numpy only.
-from deeplab_resnet import cli
+from deeplab_resnet import cli, kernels
 from deeplab_resnet.images import IMAGE_EXTENSIONS
+
+# The kernel family TensorFlow will run, fixed at its import in main().
+kernels.choose("inference")
 
 log = logging.getLogger(__name__)
 

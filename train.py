@@ -29,9 +29,14 @@ Example (fine-tune the ImageNet init model converted by convert.py):
 import argparse
 import dataclasses
 
-from deeplab_resnet import cli, distributed, training
-from deeplab_resnet.model import ModelConfig
-from deeplab_resnet.training.towers import check_batch_split
+from deeplab_resnet import kernels
+
+# Before TensorFlow's import, which fixes the kernel family for the process.
+kernels.choose("train")
+
+from deeplab_resnet import cli, distributed, training  # noqa: E402
+from deeplab_resnet.model import ModelConfig  # noqa: E402
+from deeplab_resnet.training.towers import check_batch_split  # noqa: E402
 
 # DeepLab-v2's recipe, as training.TrainConfig's parts hold it.
 _RECIPE = training.TrainConfig()

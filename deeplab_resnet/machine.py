@@ -1,4 +1,4 @@
-"""What the machine offers this process: how many cores it may run on.
+"""What the machine offers this process: how many cores it may run on, and its CPU flags.
 
 Standard library only: the dataset tools, the CRF workers and the
 TensorFlow session set-up all ask, and none of them should pay for an import
@@ -13,3 +13,61 @@ def available_cores():
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def cpu_flags(text=None):
+    """The CPU's feature flags (``avx2``, ``avx512f``, ``amx_bf16``, ...) from
+    /proc/cpuinfo, or from ``text`` in its format; empty where there is none."""
+    if text is None:
+        try:
+            with open("/proc/cpuinfo") as cpuinfo:
+                text = cpuinfo.read()
+        except OSError:
+            return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+# /proc/cpuinfo flags of native bfloat16 arithmetic, and how reports name them.
+BF16_FLAGS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512_BF16"))
+# AMD's CPU family/model numbers, by the name of their core, where the model
+# name alone ("AMD EPYC") does not tell them apart.
+AMD_CORES = {(23, 1): "Zen 1", (23, 49): "Zen 2", (25, 1): "Zen 3", (25, 17): "Zen 4",
+             (26, 2): "Zen 5"}
+
+
+def cpu_info(text=None):
+    """The CPU from /proc/cpuinfo (or ``text`` in its format): model name,
+    family and model numbers (which name e.g. Zen 4 where the model name is
+    just "AMD EPYC"), and its bfloat16 support: 'AMX', 'AVX512_BF16', both
+    ('AMX + AVX512_BF16') or 'none' (TensorFlow then emulates bfloat16)."""
+    if text is None:
+        try:
+            with open("/proc/cpuinfo") as cpuinfo:
+                text = cpuinfo.read()
+        except OSError:
+            text = ""
+    info = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    flags = set(info.get("flags", "").split())
+    native = [name for flag, name in BF16_FLAGS if flag in flags]
+    return {"model_name": info.get("model name", "unknown CPU"),
+            "family": info.get("cpu family"), "model": info.get("model"),
+            "bf16": " + ".join(native) or "none"}
+
+
+def cpu_name(cpu):
+    """'AMD EPYC 9B14 (family 25, model 17)' from ``cpu_info()``; AMD's
+    core name too where it is known: 'AMD EPYC (Zen 5, family 26, model 2)'."""
+    if cpu["family"] is None or cpu["model"] is None:
+        return cpu["model_name"]
+    core = None
+    if cpu["model_name"].startswith("AMD"):
+        core = AMD_CORES.get((int(cpu["family"]), int(cpu["model"])))
+    return "%s (%sfamily %s, model %s)" % (cpu["model_name"], core + ", " if core else "",
+                                            cpu["family"], cpu["model"])

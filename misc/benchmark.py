@@ -26,8 +26,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # No TensorFlow at module level: CRF worker processes re-import this script.
-from deeplab_resnet import cli, files  # noqa: E402
+from deeplab_resnet import cli, files, kernels  # noqa: E402
 from misc.benchmarks import options, parts  # noqa: E402
+
+# The network forward runs here with inference's kernels; the training steps
+# run in processes of their own with training's (misc/benchmarks/train.py).
+kernels.choose("inference")
 
 
 def get_arguments(argv=None):
@@ -87,6 +91,12 @@ def get_arguments(argv=None):
     parser.add_argument("--save-json", default=None,
                         help="Also write the JSON report to this file "
                              "(default: not written).")
+    parser.add_argument("--record", nargs="?", const="results", default=None, metavar="DIR",
+                        help="Also write a record of the run into DIR (default DIR: "
+                             "results): the report with the machine, the software, "
+                             "the git commit, the date, the load and the command "
+                             "(misc/benchmarks/records.py; README and docs/ tables "
+                             "are generated from records) (default: no record).")
     cli.add_runtime_flags(parser)
     args = parser.parse_args(argv)
     if args.eval_images < 2 and "evaluate" in args.parts:
@@ -105,13 +115,20 @@ def main(argv=None):
     args = get_arguments(argv)
     if args.trace_dir:
         os.makedirs(args.trace_dir, exist_ok=True)
-    from misc.benchmarks import report, runner
+    from misc.benchmarks import records, report, runner
+    load_before, command = records.load_average(), records.command_line()
     result = runner.measure(options.Settings.from_args(args))
     # numpy scalars (np.float64, np.bool_) as their Python values.
     text = json.dumps(result, indent=2, default=lambda value: value.item())
     if args.save_json:
         files.write_bytes(args.save_json, text + "\n", mode="w")
     print(text if args.json else report.format_table(result))
+    if args.record:
+        peer = (result.get("peer") or {}).get("torch")
+        path = records.write(records.make("benchmark", json.loads(text), command, load_before,
+                                          software={"torch": peer} if peer else None),
+                             args.record)
+        print("record: %s" % path)
     return 0
 
 

@@ -23,13 +23,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Loading the script puts the repository on sys.path, so misc.benchmarks imports.
 benchmark = testing.load_script(os.path.join(REPO_ROOT, "misc", "benchmark.py"))
 from misc.benchmarks import (common, crf as crf_part, evaluate as evaluate_part,  # noqa: E402
-                             flops, inputs, options, parts, report, runner,
-                             train as train_part)
+                             flops, inference as inference_part, inputs, options, parts,
+                             peer as peer_part, report, runner, train as train_part)
 
 
 def test_parts_table_names_a_module_for_each_part(capsys):
     assert parts.NAMES == ("peak", "flops", "inference", "opencv", "onnx", "evaluate",
-                           "train", "crf")
+                           "train", "peer", "crf")
     for part in parts.PARTS:
         module = parts.module(part.name)
         assert module.__file__ == os.path.join(REPO_ROOT, "misc", "benchmarks",
@@ -46,7 +46,7 @@ def test_parts_table_names_a_module_for_each_part(capsys):
 def test_unknown_part_is_refused_with_the_list_of_parts(capsys):
     with pytest.raises(argparse.ArgumentTypeError,
                        match="unknown parts nope; choose from "
-                             "peak,flops,inference,opencv,onnx,evaluate,train,crf"):
+                             "peak,flops,inference,opencv,onnx,evaluate,train,peer,crf"):
         parts.parse_parts("train,nope")
     with pytest.raises(SystemExit):
         benchmark.get_arguments(["--parts", "train,nope"])
@@ -130,7 +130,7 @@ def test_train_table_and_json_keys():
             "flags\t: avx512_bf16\n")}}
     result["targets"] = report.check_targets(result)
     table = report.format_table(result)
-    for text in ("CPU: AMD EPYC 9B14 (family 25, model 17); native bfloat16: AVX512_BF16",
+    for text in ("CPU: AMD EPYC 9B14 (Zen 4, family 25, model 17); native bfloat16: AVX512_BF16",
                  "training bf16 speed-up over fp32: 1.60x (batch 2)",
                  "GFLOP/step: TensorFlow's per-op FLOP registry",
                  "[met]    batch-2 321x321 training step fits in 24 GiB"):
@@ -264,3 +264,39 @@ def test_crf_flags():
                 ["--crf-eval-images", "1"]):
         with pytest.raises(SystemExit):
             benchmark.get_arguments(["--parts", "crf"] + bad)
+
+
+@pytest.mark.parametrize("bf16, mark", [("AVX512_BF16", "[met]"), ("none", "[n/a]")])
+def test_the_bf16_speed_up_is_a_target_only_where_the_cpu_has_bfloat16(monkeypatch, bf16, mark):
+    """Where TensorFlow emulates bfloat16 the ratio only says how slow fp32
+    is: the line says so instead of calling it met or missed."""
+    monkeypatch.setattr(inference_part.machine, "cpu_info", lambda: {"bf16": bf16})
+    result = {"machine": "test", "inference_s": {"fp32": {"513x513": 2.0},
+                                                 "bf16": {"513x513": 1.0}}}
+    result["targets"] = report.check_targets(result)
+    line = [line for line in report.format_table(result).splitlines()
+            if "bf16 >= 1.7x faster than fp32" in line]
+    assert len(line) == 1 and line[0].startswith(mark)
+    assert ("emulated" in line[0]) == (bf16 == "none")
+
+
+def test_the_peer_part_says_why_it_measured_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("PEERS_PY", str(tmp_path / "no-python"))
+    settings = options.Settings(parts=["peer"])
+    found = peer_part.measure(types.SimpleNamespace(settings=settings))
+    assert "no peer" in found["peer"]["error"] and "setup.sh" in found["peer"]["error"]
+    assert "PyTorch peer: no peer" in "\n".join(peer_part.lines(found))
+
+
+def test_the_peer_figures_are_read_from_its_output(monkeypatch):
+    outputs = iter([
+        "torch 2.13.0 infer fp32 513x513 batch 1: median 3.130 s (min 3.1, max 3.2, 5 reps) [x]\n"
+        "torch 2.13.0 infer fp32 513x513 batch 1: peak RSS 1.20 GiB\n"])
+    monkeypatch.setattr(peer_part.subprocess, "run", lambda *a, **k: types.SimpleNamespace(
+        returncode=0, stdout=next(outputs), stderr=""))
+    assert peer_part.run_peer("python", [], 2) == {"seconds": 3.13, "torch": "2.13.0",
+                                                   "peak_gib": 1.2}
+    report_ = {"inference_s": {"fp32": {"513x513": 2.5}},
+               "peer": {"infer_size": "513x513", "infer": {"fp32": {"seconds": 3.13}}}}
+    assert peer_part.targets(report_) == [("513x513 fp32 inference at most PyTorch's time",
+                                           "0.80x", True)]

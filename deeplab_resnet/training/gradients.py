@@ -31,7 +31,7 @@ pins every case's gradient against the space-to-batch form.
 """
 import functools
 
-from deeplab_resnet.runtime import tf
+from deeplab_resnet.runtime import session_config, tf
 
 CONV2D_GRADIENT = "DeepLabConv2DGrad"
 # Dilated convolutions with fewer outputs go through space-to-batch on CPU
@@ -76,12 +76,8 @@ def _probe(dtype_name, fp32_compute):
         dw = tf.nn.conv2d_backprop_filter(x, [3, 3, 2, 2], g, [1, 1, 1, 1], "VALID",
                                           dilations=[1, 2, 2, 1])
         try:
-            # Threads of its own: the process's shared inter-op pool takes
-            # its size from the first session that uses it (runtime has
-            # the same for the intra-op pools).
-            with tf.Session(config=tf.ConfigProto(
-                    intra_op_parallelism_threads=1, inter_op_parallelism_threads=1,
-                    use_per_session_threads=True)) as sess:
+            # One thread of its own: its pools are not the later sessions'.
+            with tf.Session(config=session_config(1, 1)) as sess:
                 sess.run([dx, dw])
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
                 tf.errors.NotFoundError):

@@ -8,7 +8,8 @@ import resource
 import statistics
 import time
 
-from deeplab_resnet import cli, files, testing
+from deeplab_resnet import cli, files, kernels, testing
+from deeplab_resnet.machine import cpu_info, cpu_name  # noqa: F401 (the parts' CPU)
 from deeplab_resnet.caffe import convert, prototxt
 from deeplab_resnet.runtime import session_config, tf
 
@@ -20,8 +21,6 @@ DTYPES = collections.OrderedDict([("fp32", tf.float32), ("bf16", tf.bfloat16)])
 GIB = 2.0 ** 30
 # VOC photos are mostly 500x375.
 EVAL_SIZE = (375, 500)
-# /proc/cpuinfo flags of native bfloat16 arithmetic, and how the report names them.
-BF16_FLAGS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512_BF16"))
 
 
 def size_name(size):
@@ -71,13 +70,20 @@ def process_failure(exitcode, stderr=None):
         "died" if stderr is None else "failed", exitcode, why)}
 
 
-def in_fresh_process(target, *args):
+def in_fresh_process(target, *args, job=kernels.DEFAULT_JOB):
     """``target(*args, results)`` in a spawned process (no memory shared with
-    this one): the dict it puts on ``results``, or {'error': ...} if it died."""
+    this one) that runs ``job``'s kernels (kernels.family): the dict it puts
+    on ``results``, or {'error': ...} if it died."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     worker = context.Process(target=target, args=args + (results,))
-    worker.start()
+    saved = dict(os.environ)
+    os.environ.update(kernels.environment(job))
+    try:
+        worker.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     result = None
     while result is None:
         try:
@@ -115,40 +121,14 @@ def traced_run(sess, fetches, feed_dict=None, path=None, top=5):
     return op_time_shares(metadata, top)
 
 
-def cpu_info(text=None):
-    """The CPU from /proc/cpuinfo (or ``text`` in its format): model name,
-    family and model numbers (which name e.g. Zen 4 where the model name is
-    just "AMD EPYC"), and its bfloat16 support: 'AMX', 'AVX512_BF16', both
-    ('AMX + AVX512_BF16') or 'none' (TensorFlow then emulates bfloat16)."""
-    if text is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                text = f.read()
-        except OSError:
-            text = ""
-    info = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    flags = set(info.get("flags", "").split())
-    native = [name for flag, name in BF16_FLAGS if flag in flags]
-    return {"model_name": info.get("model name", "unknown CPU"),
-            "family": info.get("cpu family"), "model": info.get("model"),
-            "bf16": " + ".join(native) or "none"}
-
-
-def cpu_name(cpu):
-    """'AMD EPYC 9B14 (family 25, model 17)' from ``cpu_info()``."""
-    if cpu["family"] is None or cpu["model"] is None:
-        return cpu["model_name"]
-    return "%s (family %s, model %s)" % (cpu["model_name"], cpu["family"], cpu["model"])
-
-
 def machine_description(cv_version=None):
-    """CPU, cores, and library versions."""
+    """CPU, cores, library versions, and the kernels each job runs."""
     text = "%s, %d cores, TensorFlow %s" % (cpu_name(cpu_info()), cli.available_cores(),
                                             tf.__version__)
-    return text + (", OpenCV %s" % cv_version if cv_version else "")
+    text += ", OpenCV %s" % cv_version if cv_version else ""
+    return text + "; kernels: " + ", ".join(
+        "%s %s" % (job, kernels.describe(kernels.environment(job).get(kernels.ENV)))
+        for job in kernels.JOBS)
 
 
 def write_weights(directory, num_classes, with_caffe):

@@ -26,6 +26,8 @@ PARTS = (
     Part("train", "train", "a training step per --train-variants: s/step, s/image, "
                            "GFLOP/s, peak memory, the bf16 speed-up and the CPU's "
                            "bf16 support"),
+    Part("peer", "peer", "DeepLab-v2 in PyTorch (../shared/peers) timed in the same run: "
+                         "inference at 513x513 and the training step at --train-batch"),
     Part("crf", "crf", "the dense CRF's two backends side by side, their memory in a "
                        "fresh process, and evaluate.py --crf with each"),
 )

@@ -8,7 +8,8 @@ from misc.benchmarks import parts
 
 def check_targets(report):
     """[(description, measured text, met)] of every part's targets the report
-    has figures for."""
+    has figures for; ``met`` is None where a target does not apply on this
+    machine (the measured text says why)."""
     return [target for part in parts.PARTS
             for target in parts.module(part).targets(report)]
 
@@ -20,6 +21,7 @@ def format_table(report):
         lines += parts.module(part).lines(report)
     if report.get("targets"):
         lines += ["", "speed and memory targets"]
-        lines += ["%-8s %-62s %s" % ("[met]" if met else "[MISSED]", description, measured)
+        lines += ["%-8s %-62s %s" % ({True: "[met]", None: "[n/a]"}.get(met, "[MISSED]"),
+                                     description, measured)
                   for description, measured, met in report["targets"]]
     return "\n".join(lines)

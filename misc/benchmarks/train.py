@@ -3,7 +3,7 @@
 Each of --train-variants (fp32, bf16 mixed precision, MSC, classifier only)
 runs train.py's graph (ResNet-101, frozen BatchNorm) at --train-batch on
 random crops of --train-size, in a process of its own (spawned, so that its
-peak memory, VmHWM, is its own); fp32 also split by --grad-update-every.
+peak memory, VmHWM, is its own, with train.py's kernels: deeplab_resnet.kernels); fp32 also split by --grad-update-every.
 Reported per run: median s/step, s/image, the step's GFLOPs and GFLOP/s,
 the forward pass's share (backward/forward), peak memory; then the bf16
 speed-up over fp32 at each batch both ran, and the CPU with its native
@@ -99,7 +99,7 @@ def train_step(run, variant, batch, grad_update_every):
     result = in_fresh_process(
         train_worker, variant, batch, grad_update_every, size, settings.num_classes,
         settings.train_steps, run.threads,
-        run.trace_path("train_%s_batch%d" % (variant, batch)))
+        run.trace_path("train_%s_batch%d" % (variant, batch)), job="train")
     result.update(variant=variant, batch=batch, grad_update_every=grad_update_every)
     if "error" not in result:
         images = batch * grad_update_every
