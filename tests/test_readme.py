@@ -55,3 +55,33 @@ def test_ci_runs_the_readme_test_command():
     quick_start = read("README.md").split("## Quick start", 1)[1].split("\n## ", 1)[0]
     assert "bash scripts/test.sh" in quick_start
     assert "bash scripts/demo.sh" in quick_start
+
+
+def test_the_docs_give_the_number_of_labels_training_checks():
+    """docs/data.md once said 100 where the code checked 1,000."""
+    from deeplab_resnet.training import loop
+    assert loop.CHECKED_LABELS == 1000
+    count = "{:,}".format(loop.CHECKED_LABELS)
+    assert "same check on up to %s labels before its first step" % count in read(
+        os.path.join("docs", "data.md"))
+    assert "up to %s pairs" % count in read(os.path.join("docs", "training.md"))
+
+
+def requirement_lines(path):
+    return sorted(line.split("#")[0].strip() for line in read(path).splitlines()
+                  if line.split("#")[0].strip() and not line.startswith("-r"))
+
+
+def test_the_package_declares_what_the_requirements_files_pin():
+    """`pip install .` installs the runtime requirements.txt pins (tensorboard
+    and the CRF's default backend included), its extras the optional files'
+    pins, and it claims no Python on which numpy 2.4 and scipy 1.17 cannot
+    install."""
+    import tomllib
+    project = tomllib.loads(read("pyproject.toml"))["project"]
+    assert sorted(project["dependencies"]) == requirement_lines("requirements.txt")
+    extras = project["optional-dependencies"]
+    assert sorted(extras["download"]) == requirement_lines("requirements-download.txt")
+    assert sorted(extras["onnx"]) == requirement_lines("requirements-onnx.txt")
+    assert project["requires-python"] == ">=3.11"
+    assert "bash .ci/run" in read(".travis.yml")
