@@ -44,6 +44,9 @@ def get_arguments(argv=None):
     parser.add_argument("--sizes", type=options.parse_sizes, default="321,513",
                         help="Inference sizes: N for NxN or HxW, comma-separated "
                              "(default: %(default)s).")
+    parser.add_argument("--dtypes", type=parse_dtypes, default="fp32,bf16",
+                        help="Dtypes of the matmul peak and the bare network's "
+                             "inference, comma-separated (default: %(default)s).")
     cli.add_num_classes_flag(parser)
     parser.add_argument("--repeats", type=cli.positive_int, default=5,
                         help="Timed runs per inference/CRF figure; the median is "
@@ -105,6 +108,10 @@ def get_arguments(argv=None):
         parser.error("--crf-eval-images must be 0 (skip) or at least 2 (the loop is "
                      "timed from the first result to the last).")
     return args
+
+
+def parse_dtypes(text):
+    return parts.parse_choices(text, ("fp32", "bf16"), "dtypes")
 
 
 def parse_variants(text):

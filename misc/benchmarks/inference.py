@@ -81,7 +81,8 @@ class BareNetwork(object):
 def measure(run):
     """s/image and op time shares per dtype and size (and the peaks, see above)."""
     settings, report = run.settings, {"inference_s": {}, "op_time_shares": {}}
-    for name, dtype in DTYPES.items():
+    for name in settings.dtypes:
+        dtype = DTYPES[name]
         if "peak" in settings.parts:
             log.info("%s matmul peak", name)
             report.setdefault("peak_gflops", {})[name] = matmul_peak(dtype, run.config)
@@ -111,9 +112,9 @@ def lines(report):
     gflops = report.get("model_gflop", {})
     out = ["", "inference, bare network (batch 1, BatchNorm folded, median)",
            ROW % ("size", "engine", "GFLOP", "s/image", "GFLOP/s", "of peak", "vs OpenCV")]
-    for size in inference["fp32"]:
+    for size in next(iter(inference.values())):
         gflop = gflops.get(size)
-        for name in DTYPES:
+        for name in inference:
             seconds = inference[name][size]
             rate = gflop / seconds if gflop else None
             out.append(ROW % (
@@ -125,6 +126,8 @@ def lines(report):
             out.append(ROW % (
                 size, "OpenCV", "", "%.3f" % opencv[size],
                 "%.0f" % (gflop / opencv[size]) if gflop else "-", "", ""))
+        if len(inference) < 2:
+            continue
         out.append("%-9s bf16 speed-up over fp32: %.2fx%s" % (
             "", inference["fp32"][size] / inference["bf16"][size],
             "" if machine.cpu_info()["bf16"] != "none" else
@@ -145,7 +148,7 @@ def targets(report):
     peak = report.get("peak_gflops")
     gflop = report.get("model_gflop", {}).get(size)
     found = []
-    if peak and gflop and fp32:
+    if peak and "fp32" in peak and gflop and fp32:
         fraction = gflop / fp32 / peak["fp32"]
         found.append(("%s fp32 inference >= %.0f%% of the fp32 matmul peak"
                       % (size, 100 * PEAK_FRACTION_TARGET),

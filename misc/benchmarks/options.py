@@ -23,6 +23,7 @@ class Settings:
     """What to measure and how; misc/benchmark.py's flags of the same names."""
     parts: typing.Sequence[str]
     sizes: typing.Sequence[tuple] = ((321, 321), (513, 513))
+    dtypes: typing.Sequence[str] = ("fp32", "bf16")
     num_classes: int = 21
     repeats: int = 5
     eval_images: int = 10

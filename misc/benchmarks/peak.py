@@ -31,7 +31,8 @@ def measure(run):
     if "inference" in run.settings.parts:
         return {}
     peaks = {}
-    for name, dtype in DTYPES.items():
+    for name in run.settings.dtypes:
+        dtype = DTYPES[name]
         log.info("%s matmul peak", name)
         peaks[name] = matmul_peak(dtype, run.config)
     return {"peak_gflops": peaks}
@@ -41,8 +42,8 @@ def lines(report):
     peak = report.get("peak_gflops")
     if not peak:
         return []
-    return ["matmul peak (4096x4096): fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s"
-            % (peak["fp32"], peak["bf16"])]
+    return ["matmul peak (4096x4096): " + ", ".join(
+        "%s %.0f GFLOP/s" % item for item in peak.items())]
 
 
 def targets(report):
