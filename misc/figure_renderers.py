@@ -111,8 +111,9 @@ def inference(records):
 def kernel_families(records):
     """Every benchmark record's 513x513 fp32 inference and training step, by
     CPU, oneDNN's ISA cap and the kernel family each ran."""
-    lines = ["| CPU | oneDNN ISA cap | inference kernels | 513x513 fp32 inference | "
-             "training kernels | fp32 training step |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| CPU | oneDNN ISA cap | chosen by | inference kernels | 513x513 fp32 inference | "
+             "training kernels | fp32 training step |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     names = []
     for name, record in records.items():
         f, k = record["figures"], record["kernels"]
@@ -123,8 +124,10 @@ def kernel_families(records):
         if record["kind"] != "benchmark" or not (infer or steps):
             continue
         names.append(name)
-        lines.append("| %s | %s | %s | %s | %s | %s |" % (
-            record["machine"]["cpu"], k.get("onednn_max_cpu_isa") or "none",
+        chosen = ("`TF_ENABLE_ONEDNN_OPTS=%s`" % k["user_setting"]
+                  if k.get("user_setting") is not None else "the project")
+        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+            record["machine"]["cpu"], k.get("onednn_max_cpu_isa") or "none", chosen,
             k["inference"], infer or "-", k["train"], ", ".join(steps) or "-"))
     return "\n".join(lines), names
 
