@@ -31,8 +31,8 @@ KINDS = ("benchmark", "demo", "tests")
 # The CPU flags that decide kernels and bfloat16 support (kernels, machine).
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
          "amx_bf16", "amx_tile")
-# Paths whose changes leave the measured code as committed.
-NOT_CODE = ("results/",)
+# Paths whose changes leave the measured code as committed: records and prose.
+NOT_CODE = ("results/", "docs/", "README.md")
 
 
 def machine_facts():
@@ -78,7 +78,7 @@ def software_facts(extra=None):
 
 def git_facts(root=ROOT):
     """The commit measured and whether the code differed from it (changes
-    under ``results/`` do not count: records are not code)."""
+    to records and prose, ``NOT_CODE``, do not count)."""
     def git(*args):
         return subprocess.run(("git",) + args, cwd=root, capture_output=True,
                                text=True, check=True).stdout
