@@ -14,9 +14,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab_resnet import constants, testing
-from deeplab_resnet.runtime import tf
-from deeplab_resnet.testing import TINY_CONFIG, save_tiny_model  # noqa: F401
+from deeplab_resnet import kernels
+
+# One process runs the tests of training and of inference alike: it takes
+# training's kernels (oneDNN on AVX2-only CPUs too), as the suite always has;
+# each script's own choice is tested in a fresh process (tests/test_kernels.py).
+kernels.choose("train")
+
+from deeplab_resnet import constants, testing  # noqa: E402
+from deeplab_resnet.runtime import tf  # noqa: E402
+from deeplab_resnet.testing import TINY_CONFIG, save_tiny_model  # noqa: F401,E402
 
 pytest_plugins = ["pytester"]
 
