@@ -120,7 +120,7 @@ def get_arguments(argv=None):
                         metavar="WEIGHTS", default=None,
                         help="Weights to load: %s (required unless the last "
                              "INPUT is the weights)." % WEIGHTS_FORMS)
-    parser.add_argument("--save-dir", default="./output",
+    parser.add_argument("--save-dir", type=cli.output_directory, default="./output",
                         help="Where the outputs go; created if missing "
                              "(default: %(default)s).")
     parser.add_argument("--save-raw", action="store_true",

@@ -66,6 +66,25 @@ def positive_float(text):
     return value
 
 
+def output_directory(text):
+    """argparse type: a directory to write into, or one that can be made.
+
+    A file at the path, or above it, would end the run later with a bare
+    '[Errno 17] File exists' (inference.py only after loading the model).
+    """
+    path = os.path.abspath(text)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError("%s is a file, not a directory; give a "
+                                         "directory path" % text)
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError("%s cannot be created: %s is a file; give "
+                                         "another directory path" % (text, parent))
+    return text
+
+
 def int_list(text):
     """argparse type: '3,4,23,3' -> (3, 4, 23, 3)."""
     try:
