@@ -22,6 +22,7 @@ import os
 import re
 import tarfile
 import time
+import urllib.parse
 
 from deeplab_resnet.data import voc_aug
 from deeplab_resnet.files import write_text
@@ -258,15 +259,34 @@ def fetch_archive(archive, download_dir, mirror=None, **downloader_kwargs):
             % (archive.name, url, err))
 
 
+def check_mirror(mirror):
+    """Refuse a --mirror that is not an http(s) URL with a host.
+
+    Without a scheme ('127.0.0.1:8000') or with another one ('file://'), every
+    attempt failed as if the connection were lost, and the message promised a
+    resume from a .part file that was never written.
+    """
+    parsed = urllib.parse.urlsplit(mirror)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("--mirror %r is not an http:// or https:// URL with a host (e.g. "
+                         "http://10.0.0.5:8000/voc). For files on this machine use "
+                         "--archives DIR." % mirror)
+
+
+def _local_path(archive, archives_dir):
+    path = os.path.join(archives_dir, archive.name)
+    if not os.path.isfile(path):
+        raise IOError("--archives %r has no %s. Download it from %s (MD5 %s) into that "
+                      "directory." % (archives_dir, archive.name, archive.url, archive.md5))
+    return path
+
+
 def check_local_archive(archive, archives_dir):
     """The path of ``archive`` in ``archives_dir`` once its MD5 matched.
 
     A user's own file is never deleted: a mismatch only says what to fetch.
     """
-    path = os.path.join(archives_dir, archive.name)
-    if not os.path.isfile(path):
-        raise IOError("--archives %r has no %s. Download it from %s (MD5 %s) into that "
-                      "directory." % (archives_dir, archive.name, archive.url, archive.md5))
+    path = _local_path(archive, archives_dir)
     log.info("checking the MD5 of %s", path)
     actual = pooch.file_hash(path, alg="md5")
     if actual != archive.md5:
@@ -288,13 +308,57 @@ def _logged_members(tar, name, interval):
     log.info("unpacked %s: %d files, %s", name, count, _mib(size))
 
 
+class EscapingMemberError(tarfile.FilterError):
+    """A member whose name or link target could lead outside the root."""
+
+    def __init__(self, tarinfo, why):
+        super(EscapingMemberError, self).__init__()
+        self.tarinfo, self._why = tarinfo, why
+
+    def __str__(self):
+        return "member %r %s" % (self.tarinfo.name, self._why)
+
+
+def _members_within():
+    """A tarfile filter: the ``data`` filter, then our own check of each name.
+
+    The ``data`` filter of Python before 3.9.23/3.10.18/3.11.13/3.12.11/
+    3.13.4 can be bypassed through symlinks whose resolved path exceeds
+    PATH_MAX (CVE-2025-4517), where ``os.path.realpath`` stops resolving.
+    So, on the names alone, without resolving anything: a name or link
+    target may not be absolute or hold '..', and no member may lie under a
+    symlink member. Neither published archive has a symlink.
+    """
+    symlinks = set()
+
+    def check(member, dest_path):
+        member = tarfile.data_filter(member, dest_path)
+        name = member.name.replace("\\", "/").strip("/")
+        parts = name.split("/")
+        if member.name.startswith("/") or os.pardir in parts:
+            raise EscapingMemberError(member, "is absolute or holds '..'")
+        if any("/".join(parts[:i]) in symlinks for i in range(1, len(parts))):
+            raise EscapingMemberError(member, "lies under a symlink member")
+        if member.issym() or member.islnk():
+            target = member.linkname.replace("\\", "/")
+            if target.startswith("/") or os.pardir in target.split("/"):
+                raise EscapingMemberError(member, "links to %r, absolute or with '..'"
+                                          % member.linkname)
+            if member.issym():
+                symlinks.add(name)
+        return member
+    return check
+
+
 def unpack(archive, path, root, progress_interval=10.0):
     """Unpack ``path`` into ``root``, then mark ``archive`` as unpacked.
 
     tarfile's ``data`` filter refuses members that would land outside
     ``root`` (absolute paths, ``..``, links out) and drops special files and
-    set-uid bits. The marker is written last, so an interrupted unpack is
-    redone on the next run rather than taken for complete.
+    set-uid bits; ``_members_within`` checks each name again without
+    resolving paths, as a filter with CVE-2025-4517 could be bypassed. The
+    marker is written last, so an interrupted unpack is redone on the next
+    run rather than taken for complete.
     """
     if not hasattr(tarfile, "data_filter"):
         raise RuntimeError("This Python's tarfile has no extraction filters (added in "
@@ -304,7 +368,7 @@ def unpack(archive, path, root, progress_interval=10.0):
         with tarfile.open(path) as tar:
             tar.extractall(root, members=_logged_members(tar, archive.name,
                                                          progress_interval),
-                           filter="data")
+                           filter=_members_within())
     except tarfile.TarError as err:
         raise ValueError("%s cannot be unpacked safely (%s). Nothing outside %s was "
                          "written; fetch the archive again from %s."
@@ -342,7 +406,14 @@ def prepare_voc(root, mirror=None, archives_dir=None, delete_archives=False,
         raise ValueError("Pass --mirror or --archives, not both.")
     if retries < 0:
         raise ValueError("--retries must be 0 or more, got %d." % retries)
+    if mirror:
+        check_mirror(mirror)
     voc, sbd = ARCHIVES if archives is None else archives
+    if archives_dir:
+        # Both are there before the first is hashed and unpacked (minutes).
+        for archive in (voc, sbd):
+            if not is_unpacked(root, archive):
+                _local_path(archive, archives_dir)
     download_dir = os.path.join(root, DOWNLOAD_DIR)
     downloaded, skipped = [], []
     for archive in (voc, sbd):
