@@ -40,6 +40,15 @@ def non_negative_int(text):
     return value
 
 
+def label_value(text):
+    """argparse type: a value an 8-bit label pixel can hold, 0..255."""
+    value = _whole_number(text)
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError("must be 0..255 (label files hold 8-bit "
+                                         "values), got %d" % value)
+    return value
+
+
 def _finite_float(text):
     try:
         value = float(text)
@@ -175,9 +184,9 @@ def add_data_flags(parser, data_dir=".", data_list="dataset/val.txt"):
                         help="List file: one '/JPEGImages/x.jpg "
                              "/SegmentationClassAug/x.png' pair per line "
                              "(default: %(default)s).")
-    parser.add_argument("--ignore-label", type=int, default=IGNORE_LABEL,
-                        help="Label value left out of the loss and the metric "
-                             "(default: %(default)s).")
+    parser.add_argument("--ignore-label", type=label_value, default=IGNORE_LABEL,
+                        help="Label value (0..255) left out of the loss and the "
+                             "metric (default: %(default)s).")
     parser.add_argument("--label-map", default=None, metavar="FILE",
                         help="Table from the values stored in the label files to "
                              "training ids, applied as labels are read, so the "

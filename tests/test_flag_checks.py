@@ -52,3 +52,17 @@ def test_an_output_directory_that_is_a_file_is_refused_naming_the_flag(
         assert "argument %s: %s %s" % (flag, path, message) in error, error
     assert getattr(parse(required + [flag, str(tmp_path / "new" / "dir")]),
                    flag.lstrip("-").replace("-", "_")) == str(tmp_path / "new" / "dir")
+
+
+@pytest.mark.parametrize("script, function, required", [
+    ("train", "get_arguments", []), ("evaluate", "get_arguments", REQUIRED["evaluate"]),
+    ("dataset/check_labels", "parse_args", [])])
+def test_an_ignore_label_an_8_bit_label_cannot_hold_is_refused(capsys, script, function,
+                                                               required):
+    parse = getattr(load_script(script), function)
+    for value in ("300", "-1"):
+        with pytest.raises(SystemExit):
+            parse(required + ["--ignore-label", value])
+        assert ("argument --ignore-label: must be 0..255 (label files hold 8-bit values), "
+                "got %s" % value) in capsys.readouterr().err
+    assert parse(required + ["--ignore-label", "0"]).ignore_label == 0
