@@ -25,6 +25,7 @@ import time
 import urllib.parse
 
 from deeplab_resnet.data import voc_aug
+from deeplab_resnet.data.safe_tar import members_within
 from deeplab_resnet.files import write_text
 
 try:
@@ -308,54 +309,12 @@ def _logged_members(tar, name, interval):
     log.info("unpacked %s: %d files, %s", name, count, _mib(size))
 
 
-class EscapingMemberError(tarfile.FilterError):
-    """A member whose name or link target could lead outside the root."""
-
-    def __init__(self, tarinfo, why):
-        super(EscapingMemberError, self).__init__()
-        self.tarinfo, self._why = tarinfo, why
-
-    def __str__(self):
-        return "member %r %s" % (self.tarinfo.name, self._why)
-
-
-def _members_within():
-    """A tarfile filter: the ``data`` filter, then our own check of each name.
-
-    The ``data`` filter of Python before 3.9.23/3.10.18/3.11.13/3.12.11/
-    3.13.4 can be bypassed through symlinks whose resolved path exceeds
-    PATH_MAX (CVE-2025-4517), where ``os.path.realpath`` stops resolving.
-    So, on the names alone, without resolving anything: a name or link
-    target may not be absolute or hold '..', and no member may lie under a
-    symlink member. Neither published archive has a symlink.
-    """
-    symlinks = set()
-
-    def check(member, dest_path):
-        member = tarfile.data_filter(member, dest_path)
-        name = member.name.replace("\\", "/").strip("/")
-        parts = name.split("/")
-        if member.name.startswith("/") or os.pardir in parts:
-            raise EscapingMemberError(member, "is absolute or holds '..'")
-        if any("/".join(parts[:i]) in symlinks for i in range(1, len(parts))):
-            raise EscapingMemberError(member, "lies under a symlink member")
-        if member.issym() or member.islnk():
-            target = member.linkname.replace("\\", "/")
-            if target.startswith("/") or os.pardir in target.split("/"):
-                raise EscapingMemberError(member, "links to %r, absolute or with '..'"
-                                          % member.linkname)
-            if member.issym():
-                symlinks.add(name)
-        return member
-    return check
-
-
 def unpack(archive, path, root, progress_interval=10.0):
     """Unpack ``path`` into ``root``, then mark ``archive`` as unpacked.
 
     tarfile's ``data`` filter refuses members that would land outside
     ``root`` (absolute paths, ``..``, links out) and drops special files and
-    set-uid bits; ``_members_within`` checks each name again without
+    set-uid bits; ``safe_tar.members_within`` checks each name again without
     resolving paths, as a filter with CVE-2025-4517 could be bypassed. The
     marker is written last, so an interrupted unpack is redone on the next
     run rather than taken for complete.
@@ -368,12 +327,25 @@ def unpack(archive, path, root, progress_interval=10.0):
         with tarfile.open(path) as tar:
             tar.extractall(root, members=_logged_members(tar, archive.name,
                                                          progress_interval),
-                           filter=_members_within())
+                           filter=members_within())
     except tarfile.TarError as err:
         raise ValueError("%s cannot be unpacked safely (%s). Nothing outside %s was "
                          "written; fetch the archive again from %s."
                          % (path, err, root, archive.url))
     write_text(_marker_path(root, archive), archive.md5 + "\n", force=True)
+
+
+def _check_sources(root, archives, mirror, archives_dir):
+    """Refuse, before any download or hash, a source that cannot give both archives."""
+    if mirror and archives_dir:
+        raise ValueError("Pass --mirror or --archives, not both.")
+    if mirror:
+        check_mirror(mirror)
+    if archives_dir:
+        # Both are there before the first is hashed and unpacked (minutes).
+        for archive in archives:
+            if not is_unpacked(root, archive):
+                _local_path(archive, archives_dir)
 
 
 def prepare_voc(root, mirror=None, archives_dir=None, delete_archives=False,
@@ -402,18 +374,10 @@ def prepare_voc(root, mirror=None, archives_dir=None, delete_archives=False,
       (name, reason) for each skipped, and ``build_voc_aug``'s counts.
     """
     require_dependencies()
-    if mirror and archives_dir:
-        raise ValueError("Pass --mirror or --archives, not both.")
     if retries < 0:
         raise ValueError("--retries must be 0 or more, got %d." % retries)
-    if mirror:
-        check_mirror(mirror)
     voc, sbd = ARCHIVES if archives is None else archives
-    if archives_dir:
-        # Both are there before the first is hashed and unpacked (minutes).
-        for archive in (voc, sbd):
-            if not is_unpacked(root, archive):
-                _local_path(archive, archives_dir)
+    _check_sources(root, (voc, sbd), mirror, archives_dir)
     download_dir = os.path.join(root, DOWNLOAD_DIR)
     downloaded, skipped = [], []
     for archive in (voc, sbd):
