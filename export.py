@@ -42,12 +42,13 @@ def get_arguments(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_model_flags(parser)
-    parser.add_argument("--output-dir", default="exported_model",
+    parser.add_argument("--output-dir", type=cli.output_directory, default="exported_model",
                         help="Directory to write; must not exist or be empty "
                              "unless --overwrite (default: %(default)s).")
     parser.add_argument("--overwrite", action="store_true",
-                        help="Replace an existing --output-dir once the new "
-                             "export is complete (default: refuse).")
+                        help="Replace an earlier export in --output-dir once the "
+                             "new one is complete; a directory holding anything "
+                             "else is refused (default: refuse).")
     cli.add_prediction_flags(parser)
     cli.add_crf_flags(parser, runtime=False)
     parser.add_argument("--onnx", action="store_true",

@@ -274,6 +274,7 @@ def test_a_member_escaping_the_root_is_refused(tmp_path):
     local = tmp_path / "archives"
     local.mkdir()
     (local / VOC_NAME).write_bytes(data)
+    (local / SBD_NAME).write_bytes(b"")  # both must be there before the first is unpacked
     archive = dataclasses.replace(download.VOC_ARCHIVE, md5=hashlib.md5(data).hexdigest())
     root = tmp_path / "root"
     with pytest.raises(ValueError, match="outside"):

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 # Exit status of a worker that lost a peer (EX_TEMPFAIL: restart them all).
 EXIT_LOST_WORKER = 75
-RESTART_ADVICE = ("Restart all workers (the same command on each) to resume from "
-                  "the chief's last snapshot.")
+RESTART_ADVICE = ("Restart all workers (the same command on each): training resumes "
+                  "from the chief's last snapshot, an evaluation starts again.")
 # Seconds a worker that stops before the group formed keeps its port open,
 # so that the peers' startup poll (once a second) sees it listen, then leave.
 STARTUP_LINGER = 3.0
