@@ -9,7 +9,7 @@ NUMPY_ONLY = (
     "deeplab_resnet", "deeplab_resnet.constants", "deeplab_resnet.images",
     "deeplab_resnet.cli", "deeplab_resnet.files", "deeplab_resnet.metrics",
     "deeplab_resnet.progress", "deeplab_resnet.machine", "deeplab_resnet.messages",
-    "deeplab_resnet.process",
+    "deeplab_resnet.process", "deeplab_resnet.kernels", "deeplab_resnet.data.safe_tar",
     "deeplab_resnet.crf", "deeplab_resnet.crf.pool", "deeplab_resnet.crf.params",
     "deeplab_resnet.crf.backend_pydensecrf", "deeplab_resnet.caffe.wire",
     "deeplab_resnet.caffe.prototxt", "deeplab_resnet.data.lists",
