@@ -58,6 +58,14 @@ def non_negative_float(text):
     return value
 
 
+def probability(text):
+    """argparse type: a finite number in [0, 1]."""
+    value = _finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1, got %r" % text)
+    return value
+
+
 def positive_float(text):
     """argparse type: a finite number > 0 (a width, a standard deviation)."""
     value = _finite_float(text)
@@ -241,6 +249,13 @@ def add_crf_flags(parser, runtime=True):
     group.add_argument("--crf-bi-rgb-std", type=positive_float, default=defaults.bi_rgb_std,
                        help="Width in intensity levels (0..255) of the bilateral "
                             "kernel (default: %(default)s).")
+    group.add_argument("--crf-prune-threshold", type=probability,
+                       default=defaults.prune_threshold,
+                       help="Run the CRF on the classes whose largest probability "
+                            "in the image reaches this, at least two; the others "
+                            "keep their share of each pixel but no pairwise terms, "
+                            "and end at 0. 0 runs DeepLab's CRF on every class "
+                            "exactly (default: %(default)s).")
     if not runtime:
         return
     group.add_argument("--crf-backend", choices=crf.BACKENDS, default="pydensecrf",
@@ -270,7 +285,8 @@ def crf_config(args):
         return None
     from deeplab_resnet import crf
     params = crf.CrfConfig(args.crf_iters, args.crf_pos_w, args.crf_pos_xy_std,
-                           args.crf_bi_w, args.crf_bi_xy_std, args.crf_bi_rgb_std)
+                           args.crf_bi_w, args.crf_bi_xy_std, args.crf_bi_rgb_std,
+                           args.crf_prune_threshold)
     if getattr(args, "crf_backend", "tensorflow") == "pydensecrf":
         try:
             crf.require_pydensecrf()
