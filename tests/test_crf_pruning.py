@@ -136,3 +136,63 @@ def test_voc_photo_pruned_labels_agree_with_the_unpruned_crf(temperature):
     pruned = crf.dense_crf(image, probs, crf.DEFAULTS).argmax(-1)
     # Measured: 99.998% at temperature 0.25, 100% at 0.1.
     assert np.mean(pruned == full) >= 0.9995
+
+
+# ---------------------------------------------------- the TensorFlow backend
+@pytest.fixture(scope="module")
+def tf_crfs():
+    """The TensorFlow CRF, pruned (the default threshold) and unpruned, 21 classes."""
+    from deeplab_resnet.crf import backend_tf
+    with backend_tf.TensorFlowCrf(crf.DEFAULTS, 21) as pruned, \
+            backend_tf.TensorFlowCrf(UNPRUNED, 21) as full:
+        yield pruned, full
+
+
+def test_graph_rule_equals_the_numpy_rule():
+    from deeplab_resnet.crf import backend_tf
+    from deeplab_resnet.runtime import tf
+    cases = [([0.6, 0.04, 0.05, 0.3, 0.01], 0.05), ([0.6, 0.04, 0.05, 0.3, 0.01], 0.5),
+             ([0.1, 0.7, 0.1, 0.1], 0.9), ([0.2, 0.2, 0.2, 0.2], 0.3)]
+    with tf.Graph().as_default(), tf.Session() as session:
+        flat = tf.placeholder(tf.float32, [None, None])
+        for peaks, threshold in cases:
+            probs = peaks_probs(peaks)
+            got = session.run(backend_tf.kept_classes_graph(flat, threshold),
+                              {flat: probs.reshape(-1, len(peaks))})
+            assert got.tolist() == pruning.kept_classes(probs, threshold).tolist()
+
+
+def test_tensorflow_threshold_zero_is_the_unpruned_graph(tf_crfs):
+    # The unpruned graph (held to pydensecrf by tests/test_crf_lattice.py)
+    # has no pruning ops; the pruned one scatters the kept classes back.
+    pruned, full = tf_crfs
+    types = [{op.type for op in crf_._graphs[21][0].graph.get_operations()}
+             for crf_ in (pruned, full)]
+    assert "TensorScatterUpdate" in types[0] and "TensorScatterUpdate" not in types[1]
+    image, _, probs = scene(seed=3)
+    np.testing.assert_allclose(full.marginals(image, probs), reference_crf(image, probs, UNPRUNED),
+                               atol=1e-5)
+
+
+def test_tensorflow_pruned_equals_pydensecrf_pruned(tf_crfs):
+    pruned, full = tf_crfs
+    for seed, temperature in ((4, 0.25), (5, 0.1)):
+        image, _, probs = scene(seed=seed, temperature=temperature)
+        got = pruned.marginals(image, probs)
+        expected = crf.dense_crf(image, probs, crf.DEFAULTS)
+        assert got.shape == probs.shape
+        assert not got[..., [c for c in range(21) if c not in (0, 5, 9)]].any()
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert np.mean(got.argmax(-1) == full.marginals(image, probs).argmax(-1)) >= 0.999
+
+
+def test_tensorflow_pruning_keeps_at_least_two_classes(tf_crfs):
+    pruned, _ = tf_crfs
+    image, _, probs = scene(seed=6)
+    # One class everywhere (its peak the only one above the threshold).
+    probs = np.full_like(probs, 0.01 / 20)
+    probs[..., 7] = 0.99
+    probs[3, 4, 12] += 0.002  # class 12 has the second largest peak
+    got = pruned.marginals(image, probs)
+    assert set(np.flatnonzero(got.reshape(-1, 21).max(0))) == {7, 12}
+    np.testing.assert_allclose(got, crf.dense_crf(image, probs, crf.DEFAULTS), atol=1e-5)
