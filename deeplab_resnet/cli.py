@@ -263,14 +263,15 @@ def add_crf_flags(parser, runtime=True):
                             "Koltun's C++ on --crf-workers processes) or "
                             "'tensorflow' (the same model as TensorFlow ops, in "
                             "this process beside the network; GPUs run it too; "
-                            "labels agree with pydensecrf, at the same speed on "
-                            "2 CPU cores) (default: %(default)s).")
+                            "labels agree with pydensecrf) (default: %(default)s).")
     group.add_argument("--crf-workers", type=int, default=None,
-                       help="Processes running the CRF while the network goes "
+                       help="Processes (pydensecrf) or threads of this process "
+                            "(tensorflow) running the CRF while the network goes "
                             "on with the next images; results keep the input "
                             "order and are the same for any count. 0 runs it "
                             "in the main process between images (default: one "
-                            "per available core).")
+                            "per available core for pydensecrf, 1 for "
+                            "tensorflow).")
 
 
 def crf_config(args):
@@ -330,17 +331,16 @@ def check_writable_file(path, flag):
 
 
 def crf_workers(args):
-    """--crf-workers, one per core by default.
+    """--crf-workers: by default one process per core for pydensecrf, one
+    thread for the TensorFlow CRF (its session's threads use the cores).
 
     Raises:
       ValueError: a negative count.
     """
     workers = args.crf_workers
-    if getattr(args, "crf_backend", "pydensecrf") == "tensorflow":
-        # TensorFlow's own threads run it, in this process.
-        return 0
     if workers is None:
-        workers = available_cores()
+        tensorflow = getattr(args, "crf_backend", "pydensecrf") == "tensorflow"
+        workers = 1 if tensorflow else available_cores()
     if workers < 0:
         raise ValueError("--crf-workers must be 0 (CRF in the main process) or "
                          "more, got %d." % workers)
