@@ -26,8 +26,10 @@ PARTS = (
     Part("train", "train", "a training step per --train-variants: s/step, s/image, "
                            "GFLOP/s, peak memory, the bf16 speed-up and the CPU's "
                            "bf16 support"),
-    Part("crf", "crf", "the dense CRF's two backends side by side, their memory in a "
-                       "fresh process, and evaluate.py --crf with each"),
+    Part("crf", "crf", "the dense CRF's two backends, pruned and unpruned, side by side "
+                       "and beside the network; their memory in a fresh process; what "
+                       "pruning does to labels and mIoU; evaluate.py with and without "
+                       "the CRF"),
 )
 NAMES = tuple(part.name for part in PARTS)
 
