@@ -106,13 +106,18 @@ def kept_classes_graph(flat_probs, threshold):
 
 def _pruned_logits(flat, threshold):
     """(kept, neg_unary [N, K], other [N, 1]): the kept classes, their
-    log-probabilities, and the log of the pruned classes' summed (clipped)
-    probabilities, the folded channel (``pruning``); -inf when none is pruned."""
-    clipped = tf.clip_by_value(flat, PROB_EPSILON, 1.0)
+    log-probabilities, and the log of the folded channel (``pruning.folded_probs``),
+    -inf when no class is pruned. Nothing of [N, C] is made but the input."""
+    classes = tf.shape(flat)[1]
     kept = kept_classes_graph(flat, threshold)
-    is_kept = tf.reduce_any(tf.equal(tf.range(tf.shape(flat)[1])[:, None], kept[None]), 1)
-    other = tf.reduce_sum(clipped * tf.cast(~is_kept, tf.float32), 1, keepdims=True)
-    return kept, tf.log(tf.gather(clipped, kept, axis=1)), tf.log(other)
+    is_pruned = tf.cast(tf.reduce_all(tf.not_equal(tf.range(classes)[:, None], kept[None]), 1),
+                        tf.float32)
+    # A product with the pruned classes' indicator sums them without an
+    # [N, C] temporary; each counts at least PROB_EPSILON, as clipped.
+    other = tf.maximum(tf.matmul(flat, is_pruned[:, None]),
+                       PROB_EPSILON * tf.reduce_sum(is_pruned))
+    kept_probs = tf.clip_by_value(tf.gather(flat, kept, axis=1), PROB_EPSILON, 1.0)
+    return kept, tf.log(kept_probs), tf.log(other)
 
 
 def _restore_classes(q, kept, classes):
@@ -172,9 +177,13 @@ def dense_crf_graph(image, probs, params, channel_groups=2):
             neg_unary = tf.log(tf.clip_by_value(flat, PROB_EPSILON, 1.0))
 
         def normalise(logits):
+            """Softmax, the folded channel (if any) in the sum. By hand: on a
+            few columns it is cheaper than the softmax op of a concat."""
             if other is None:
                 return tf.nn.softmax(logits)
-            return tf.nn.softmax(tf.concat([logits, other], 1))[:, :-1]
+            top = tf.maximum(tf.reduce_max(logits, 1, keepdims=True), other)
+            exp = tf.exp(logits - top)
+            return exp / (tf.reduce_sum(exp, 1, keepdims=True) + tf.exp(other - top))
         q = normalise(neg_unary)
         messages = (_messages(image, height, width, params, channel_groups)
                     if params.iterations > 0 else [])

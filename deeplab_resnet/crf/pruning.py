@@ -33,8 +33,9 @@ in ``Z_i``. Three ways to treat that term:
   least the full CRF's ``sum_p p_i(p) exp(m_i(p))``. An upper bound, and it
   costs one more filtered channel.
 * *fold it, without messages* (what this module does): one extra channel
-  with unary ``-log r_i`` (``r_i`` the sum of the pruned classes' clipped
-  probabilities) that sends and receives nothing. Its term ``r_i`` is the
+  with unary ``-log r_i`` (``r_i`` the sum of the pruned classes'
+  probabilities, at least 1e-8 for each, as the clipping gives the full
+  CRF) that sends and receives nothing. Its term ``r_i`` is the
   full CRF's with every ``exp(m_i(p))`` set to 1, a lower bound that is
   tight: ``m_i(p) <= (pos_w + bi_w) max_j Q_j(p)`` (the normalised kernels
   average to at most 1), and a pruned class's marginal starts below the
@@ -44,12 +45,13 @@ in ``Z_i``. Three ways to treat that term:
   CRF's marginals exactly. It is the model in which the pruned classes'
   pairwise terms are switched off and nothing else.
 
-The last is closest for the same speed: the extra channel is never filtered
-in the TensorFlow backend, and in pydensecrf it rides along in the filter
-(one channel, a few percent) with a zero diagonal compatibility. Measured
-with both folds against drop on network-like probabilities
-(``misc/benchmark.py --parts crf`` records the figures): folding keeps more
-labels equal to the full CRF's, at the same speed.
+The last is closest for (about) the same speed: the extra channel is never
+filtered in the TensorFlow backend; in pydensecrf it rides along in the
+filter, one channel more, with a zero diagonal compatibility. ``misc/benchmark.py
+--parts crf`` records it against dropping, on network-like probabilities of
+the demo's validation images and the VOC sample photo: folding keeps more
+labels equal to the full CRF's. (Folding with messages,
+the upper bound, costs a filtered channel more and was not measured.)
 
 The folded channel's marginal (the pruned classes' share) is not returned:
 kept marginals are the model's, so a pixel's sum 1 minus that share, which
@@ -83,20 +85,23 @@ def kept_classes(probs, threshold):
 
 def folded_probs(probs, kept):
     """Clipped probabilities of the kept classes and, when some are pruned,
-    one more channel with the sum of the pruned ones' (see the module doc).
+    one more channel with the pruned ones' sum (see the module doc), at
+    least ``PROB_EPSILON`` for each of them as if clipped one by one.
 
     Args:
       probs: float array [H, W, C]; kept: ``kept_classes``.
     Returns:
       float32 [H, W, K] or [H, W, K + 1], in (0, 1]; not renormalised.
     """
-    clipped = np.clip(np.asarray(probs, dtype=np.float32), PROB_EPSILON, 1.0)
-    if len(kept) == probs.shape[-1]:
-        return clipped
-    pruned = np.ones(probs.shape[-1], bool)
-    pruned[kept] = False
-    other = clipped[..., pruned].sum(axis=-1, keepdims=True)
-    return np.concatenate([clipped[..., kept], other], axis=-1)
+    probs = np.asarray(probs, dtype=np.float32)
+    kept_probs = np.clip(probs[..., kept], PROB_EPSILON, 1.0)
+    pruned = probs.shape[-1] - len(kept)
+    if not pruned:
+        return kept_probs
+    is_pruned = np.ones(probs.shape[-1], np.float32)
+    is_pruned[kept] = 0
+    other = np.maximum(probs @ is_pruned, np.float32(PROB_EPSILON * pruned))
+    return np.concatenate([kept_probs, other[..., None]], axis=-1)
 
 
 def full_marginals(marginals, kept, classes):
