@@ -227,7 +227,7 @@ class TensorFlowCrf(object):
 
     Args:
       params: object with iterations, pos_w, pos_xy_std, bi_w, bi_xy_std,
-        bi_rgb_std (the project's CrfConfig).
+        bi_rgb_std, prune_threshold (the project's CrfConfig).
       num_classes: optional class count to build the graph for now.
       session_config: tf.ConfigProto; default one thread per core.
       channel_groups: see ``dense_crf_graph``; default the core count.
