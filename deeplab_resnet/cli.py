@@ -67,6 +67,14 @@ def non_negative_float(text):
     return value
 
 
+def probability(text):
+    """argparse type: a finite number in [0, 1]."""
+    value = _finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1, got %r" % text)
+    return value
+
+
 def positive_float(text):
     """argparse type: a finite number > 0 (a width, a standard deviation)."""
     value = _finite_float(text)
@@ -269,6 +277,13 @@ def add_crf_flags(parser, runtime=True):
     group.add_argument("--crf-bi-rgb-std", type=positive_float, default=defaults.bi_rgb_std,
                        help="Width in intensity levels (0..255) of the bilateral "
                             "kernel (default: %(default)s).")
+    group.add_argument("--crf-prune-threshold", type=probability,
+                       default=defaults.prune_threshold,
+                       help="Run the CRF on the classes whose largest probability "
+                            "in the image reaches this, at least two; the others "
+                            "keep their share of each pixel but no pairwise terms, "
+                            "and end at 0. 0 runs DeepLab's CRF on every class "
+                            "exactly (default: %(default)s).")
     if not runtime:
         return
     group.add_argument("--crf-backend", choices=crf.BACKENDS, default="pydensecrf",
@@ -276,14 +291,15 @@ def add_crf_flags(parser, runtime=True):
                             "Koltun's C++ on --crf-workers processes) or "
                             "'tensorflow' (the same model as TensorFlow ops, in "
                             "this process beside the network; GPUs run it too; "
-                            "labels agree with pydensecrf, at the same speed on "
-                            "2 CPU cores) (default: %(default)s).")
+                            "labels agree with pydensecrf) (default: %(default)s).")
     group.add_argument("--crf-workers", type=int, default=None,
-                       help="Processes running the CRF while the network goes "
+                       help="Processes (pydensecrf) or threads of this process "
+                            "(tensorflow) running the CRF while the network goes "
                             "on with the next images; results keep the input "
                             "order and are the same for any count. 0 runs it "
                             "in the main process between images (default: one "
-                            "per available core).")
+                            "per available core for pydensecrf, 1 for "
+                            "tensorflow).")
 
 
 def crf_config(args):
@@ -298,7 +314,8 @@ def crf_config(args):
         return None
     from deeplab_resnet import crf
     params = crf.CrfConfig(args.crf_iters, args.crf_pos_w, args.crf_pos_xy_std,
-                           args.crf_bi_w, args.crf_bi_xy_std, args.crf_bi_rgb_std)
+                           args.crf_bi_w, args.crf_bi_xy_std, args.crf_bi_rgb_std,
+                           args.crf_prune_threshold)
     if getattr(args, "crf_backend", "tensorflow") == "pydensecrf":
         try:
             crf.require_pydensecrf()
@@ -342,17 +359,16 @@ def check_writable_file(path, flag):
 
 
 def crf_workers(args):
-    """--crf-workers, one per core by default.
+    """--crf-workers: by default one process per core for pydensecrf, one
+    thread for the TensorFlow CRF (its session's threads use the cores).
 
     Raises:
       ValueError: a negative count.
     """
     workers = args.crf_workers
-    if getattr(args, "crf_backend", "pydensecrf") == "tensorflow":
-        # TensorFlow's own threads run it, in this process.
-        return 0
     if workers is None:
-        workers = available_cores()
+        tensorflow = getattr(args, "crf_backend", "pydensecrf") == "tensorflow"
+        workers = 1 if tensorflow else available_cores()
     if workers < 0:
         raise ValueError("--crf-workers must be 0 (CRF in the main process) or "
                          "more, got %d." % workers)

@@ -74,16 +74,19 @@ def get_arguments(argv=None):
                              "peak memory and time are measured besides 500x375's "
                              "(the default is a 2000x1500 photo, where pydensecrf "
                              "takes ~30-60 s); 0 to skip (default: %(default)s).")
-    parser.add_argument("--crf-eval-images", type=int, default=3,
-                        help="Generated 500x375 images evaluate.py --crf runs on "
-                             "for each CRF backend and dtype; its s/image is timed "
-                             "from the first result to the last (with CRF workers "
-                             "low by at most one network step / (images - 1): more "
-                             "come closer); 0 to skip (default: %(default)s).")
+    parser.add_argument("--crf-eval-images", type=int, default=10,
+                        help="Generated 500x375 images evaluate.py runs on, "
+                             "without the CRF and with each backend's, for each "
+                             "dtype; its s/image is timed from the first result to "
+                             "the last (with CRF workers low by at most one network "
+                             "step / (images - 1): more come closer); 0 to skip "
+                             "(default: %(default)s).")
     parser.add_argument("--voc-sample", default=None, metavar="DIR",
                         help="A directory with a photo NAME.jpg and its label "
                              "NAME.png (the first such pair is used), for the CRF "
-                             "part (default: a generated photo-like image).")
+                             "part: its timings, and beside the demo's images in "
+                             "what pruning does to mIoU (default: a generated "
+                             "photo-like image, and the demo's images alone).")
     parser.add_argument("--trace-dir", default=None,
                         help="Write Chrome traces of one inference run per size "
                              "and dtype, and of one training step per "

@@ -262,6 +262,73 @@ def headline(records):
             list(collections.OrderedDict.fromkeys(names)))
 
 
+# ---------------------------------------------------------------- the CRF
+def _per_cpu(records, has, table):
+    """``table(figures)`` under a line naming the CPU, for each CPU's newest
+    benchmark record whose figures satisfy ``has``."""
+    columns = newest_per_cpu(records, "benchmark", has)
+    parts = ["%s:\n\n%s" % (cpu, table(record["figures"]))
+             for cpu, (_, record) in columns.items()]
+    return "\n\n".join(parts), used(columns)
+
+
+def _crf_variants(f):
+    crf = f["crf"]
+    sizes = list(crf.get("fresh_process", {}))
+    lines = ["%s, %d classes, %d iterations, on %s (pruning threshold %g):" % (
+        crf["size"], crf["classes"], crf["iterations"], crf["input"], crf["prune_threshold"]),
+        "", "| CRF | s/image | classes kept | labels = DeepLab's CRF | %s |" % " | ".join(
+            "peak memory, %s" % size for size in sizes),
+        "| --- | --- | --- | --- |" + " --- |" * len(sizes)]
+    for name, v in crf["variants"].items():
+        memory = [crf["fresh_process"][size].get(name, {}) for size in sizes]
+        lines.append("| %s | %.3f s | %d | %.3f%% | %s |" % (
+            name.replace("_", ", "), v["seconds"], v["classes_kept"],
+            100 * v["label_agreement"], " | ".join(
+                gib(m["peak_bytes"] / 2.0 ** 30) if "peak_bytes" in m else m.get("error", "-")
+                for m in memory)))
+    lines += ["", "The bare network at the same size: %s." % ", ".join(
+        "%s %.3f s" % item for item in crf.get("network_s", {}).items())]
+    return "\n".join(lines)
+
+
+def crf_table(records):
+    return _per_cpu(records, lambda f: "variants" in (f.get("crf") or {}), _crf_variants)
+
+
+def _crf_evaluate(f):
+    runs = f["crf"]["evaluate"]
+    lines = ["evaluate.py on %d generated %s pairs, s/image from the first result to the "
+             "last:" % (runs["images"], runs["size"]), "",
+             "| dtype | CRF | workers | threshold | s/image |", "| --- | --- | --- | --- | --- |"]
+    for run in runs["runs"]:
+        lines.append("| %s | %s | %s | %s | %.3f s |" % (
+            run["dtype"], run["backend"] or "none", run["workers"] if run["backend"] else "-",
+            "-" if run["prune_threshold"] is None else "%g" % run["prune_threshold"],
+            run["seconds"]))
+    return "\n".join(lines)
+
+
+def crf_evaluate(records):
+    return _per_cpu(records, lambda f: "evaluate" in (f.get("crf") or {}), _crf_evaluate)
+
+
+def _crf_pruning(f):
+    pruning = f["crf"]["pruning"]
+    lines = ["| data (images) | threshold | classes kept | labels = DeepLab's CRF | worst image "
+             "| mIoU change |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, data in pruning["datasets"].items():
+        for form, v in data["pruned"].items():
+            lines.append("| %s (%d) | %s | %.2f | %.4f%% | %.4f%% | %+.3f pp |" % (
+                name, data["images"], form, v["classes_kept_mean"], 100 * v["label_agreement"],
+                100 * v["worst_image_agreement"], v["miou_change_pp"]))
+    return "\n".join(lines)
+
+
+def crf_pruning(records):
+    return _per_cpu(records, lambda f: "pruning" in (f.get("crf") or {}), _crf_pruning)
+
+
 # ---------------------------------------------------------------- targets
 def targets(records):
     """Each target's outcome per CPU, from that CPU's newest record that
@@ -284,6 +351,9 @@ def targets(records):
 
 
 TABLES = {
+    "crf": crf_table,
+    "crf-evaluate": crf_evaluate,
+    "crf-pruning": crf_pruning,
     "targets": targets,
     "inference": inference,
     "kernels": kernel_families,

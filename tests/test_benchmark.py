@@ -22,9 +22,12 @@ from deeplab_resnet.runtime import tf
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Loading the script puts the repository on sys.path, so misc.benchmarks imports.
 benchmark = testing.load_script(os.path.join(REPO_ROOT, "misc", "benchmark.py"))
-from misc.benchmarks import (common, crf as crf_part, evaluate as evaluate_part,  # noqa: E402
-                             flops, inference as inference_part, inputs, options, parts,
-                             peer as peer_part, report, runner, train as train_part)
+from misc.benchmarks import (common, crf as crf_part, crf_eval, crf_pruning,  # noqa: E402
+                             evaluate as evaluate_part, flops, inference as inference_part,
+                             inputs, options, parts, peer as peer_part, report, runner,
+                             train as train_part)
+from deeplab_resnet import crf  # noqa: E402
+from deeplab_resnet.crf import pruning  # noqa: E402
 
 
 def test_parts_table_names_a_module_for_each_part(capsys):
@@ -174,18 +177,26 @@ def test_crf_inputs_from_a_voc_sample_directory(tmp_path):
         inputs.crf_inputs((30, 40), 21, str(tmp_path))
 
 
-def test_crf_inputs_and_backends_on_a_small_photo():
+def test_crf_inputs_and_variants_on_a_small_photo():
     pytest.importorskip("pydensecrf.densecrf")
     image, probs, source = inputs.crf_inputs((30, 40), 21)
     assert image.shape == (30, 40, 3) and image.dtype == np.uint8
     assert probs.shape == (30, 40, 21)
     assert source == "a generated photo-like scene (no --voc-sample)"
-    seconds, marginals = crf_part.crf_backend_seconds(image, probs, repeats=1)
-    assert set(seconds) == set(marginals) == {"pydensecrf", "tensorflow"}
+    chosen = crf_part.variants()
+    assert chosen["pydensecrf"] == ("pydensecrf", 0.0)
+    assert chosen["tensorflow_pruned"] == ("tensorflow", crf.DEFAULTS.prune_threshold)
+    seconds, marginals = crf_part.crf_variant_seconds(image, probs, repeats=1)
+    assert set(seconds) == set(marginals) == set(chosen)
     agreement = crf_part.crf_agreement(probs, marginals)
-    assert agreement["label_agreement"] >= 0.99
-    assert agreement["max_abs_difference"] < 1e-3
-    assert set(agreement["changed"]) == {"pydensecrf", "tensorflow"}
+    reference = agreement["pydensecrf"]
+    assert reference["label_agreement"] == 1.0 and reference["max_abs_difference"] == 0.0
+    assert reference["classes_kept"] == 21
+    kept = len(pruning.kept_classes(probs, crf.DEFAULTS.prune_threshold))
+    assert agreement["tensorflow_pruned"]["classes_kept"] == kept < 21
+    for figures in agreement.values():
+        assert figures["label_agreement"] >= 0.99
+    assert agreement["tensorflow"]["max_abs_difference"] < 1e-3
 
 
 def test_crf_processes_measure_their_own_peak(tmp_path):
@@ -193,65 +204,102 @@ def test_crf_processes_measure_their_own_peak(tmp_path):
     # A large array here must not show in the children's figures (Linux
     # carries a parent's peak over into its children's ru_maxrss).
     ballast = np.ones(2 ** 28 // 8 * 3, np.float64)  # 768 MiB
-    results = crf_part.crf_processes((24, 32), 21, str(tmp_path))
+    chosen = {"pydensecrf": ("pydensecrf", 0.0), "tensorflow_pruned": ("tensorflow", 0.05)}
+    results = crf_part.crf_processes((24, 32), 21, str(tmp_path), chosen=chosen)
     del ballast
-    assert set(results) == {"pydensecrf", "tensorflow"}
+    assert set(results) == set(chosen)
     for run in results.values():
         assert "error" not in run, run
         assert 0 < run["seconds"] and 10 * 2 ** 20 < run["peak_bytes"]
     # pydensecrf's process holds numpy alone; TensorFlow's holds TensorFlow.
     assert results["pydensecrf"]["peak_bytes"] < 300 * 2 ** 20
-    assert results["pydensecrf"]["peak_bytes"] < results["tensorflow"]["peak_bytes"]
+    assert results["pydensecrf"]["peak_bytes"] < results["tensorflow_pruned"]["peak_bytes"]
     assert os.listdir(str(tmp_path)) == []
 
 
-def crf_report(pydensecrf_s=2.5, tensorflow_s=2.0):
+def test_pruning_figures_on_a_few_demo_images():
+    pytest.importorskip("pydensecrf.densecrf")
+    found = crf_pruning.measure(voc_sample=None, demo_images=3)
+    assert found["threshold_default"] == crf.DEFAULTS.prune_threshold
+    assert set(found["datasets"]) == {"demo val, T=0.25", "demo val, T=0.1"}
+    dataset = found["datasets"]["demo val, T=0.1"]
+    assert dataset["images"] == 3 and 0 < dataset["unpruned_miou"] <= 1
+    assert set(dataset["pruned"]) == {"0.02", "0.05", "0.1", "0.05 dropped"}
+    for figures in dataset["pruned"].values():
+        assert 0.99 <= figures["label_agreement"] <= 1
+        assert figures["worst_image_agreement"] <= figures["label_agreement"]
+        assert 2 <= figures["classes_kept_mean"] <= 5
+        assert figures["miou_change_pp"] == pytest.approx(
+            100 * (figures["miou"] - dataset["unpruned_miou"]))
+    table = "\n".join(crf_pruning.lines(found))
+    assert "demo val, T=0.25 (3)" in table and "0.05 dropped" in table
+
+
+def variant_figures(seconds, kept, agreement):
+    return {"seconds": seconds, "classes_kept": kept, "label_agreement": agreement,
+            "max_abs_difference": 2e-5, "changed": 0.0326}
+
+
+def crf_report(pydensecrf_s=2.5, tensorflow_s=2.0, pruned_s=0.8):
+    memory = {name: {"seconds": 2.1, "peak_bytes": 236 * 2 ** 20}
+              for name in crf_part.variants()}
+    large = dict(memory, tensorflow_pruned={"seconds": 30.0, "peak_bytes": 2.0 * 2 ** 30},
+                 pydensecrf_pruned={"seconds": 20.0, "peak_bytes": 2.45 * 2 ** 30},
+                 tensorflow={"error": "the process failed (exit code -9), "
+                                      "killed: out of memory?"})
     return {
         "input": "VOC sample 2007_000129, turned and resized", "size": "375x500",
-        "classes": 21, "iterations": 10,
-        "seconds": {"pydensecrf": pydensecrf_s, "tensorflow": tensorflow_s},
-        "label_agreement": 0.9999, "max_abs_difference": 2e-5,
-        "changed": {"pydensecrf": 0.0326, "tensorflow": 0.0325},
-        "fresh_process": {
-            "375x500": {"pydensecrf": {"seconds": 2.1, "peak_bytes": 236 * 2 ** 20},
-                        "tensorflow": {"seconds": 3.4, "peak_bytes": 862 * 2 ** 20}},
-            "1500x2000": {"pydensecrf": {"seconds": 41.0, "peak_bytes": 2.45 * 2 ** 30},
-                          "tensorflow": {"error": "the process failed (exit code -9), "
-                                                  "killed: out of memory?"}}},
+        "classes": 21, "iterations": 10, "prune_threshold": 0.05,
+        "network_s": {"fp32": 0.61, "bf16": 0.33},
+        "variants": {"pydensecrf": variant_figures(pydensecrf_s, 21, 1.0),
+                     "pydensecrf_pruned": variant_figures(pruned_s, 3, 0.9999),
+                     "tensorflow": variant_figures(tensorflow_s, 21, 1.0),
+                     "tensorflow_pruned": variant_figures(pruned_s / 2, 3, 0.9985)},
+        "fresh_process": {"375x500": memory, "1500x2000": large},
     }
 
 
 def test_crf_table_and_targets():
     result = {"machine": "test", "crf": crf_report()}
-    default = crf_part.default_crf_workers("pydensecrf")
-    result["crf"]["evaluate"] = {"images": 3, "size": "375x500", "runs": [
-        {"dtype": "fp32", "backend": "pydensecrf", "workers": default, "seconds": 6.0},
-        {"dtype": "fp32", "backend": "tensorflow", "workers": 0, "seconds": 5.0},
-        {"dtype": "bf16", "backend": "pydensecrf", "workers": default, "seconds": 5.0},
-        {"dtype": "bf16", "backend": "tensorflow", "workers": 0, "seconds": 4.0},
-        {"dtype": "bf16", "backend": "pydensecrf", "workers": 1, "seconds": 8.4}]}
+    default = crf_eval.default_crf_workers("pydensecrf")
+    assert crf_eval.default_crf_workers("tensorflow") == 1
+    result["crf"]["evaluate"] = {"images": 10, "size": "375x500", "runs": [
+        {"dtype": "fp32", "backend": None, "workers": 0, "prune_threshold": None,
+         "seconds": 0.8},
+        {"dtype": "fp32", "backend": "pydensecrf", "workers": default,
+         "prune_threshold": 0.05, "seconds": 1.0},
+        {"dtype": "fp32", "backend": "tensorflow", "workers": 1, "prune_threshold": 0.05,
+         "seconds": 0.9},
+        {"dtype": "bf16", "backend": "tensorflow", "workers": 1, "prune_threshold": 0.05,
+         "seconds": 4.0},
+        {"dtype": "bf16", "backend": "pydensecrf", "workers": 1, "prune_threshold": 0.05,
+         "seconds": 8.4}]}
     result["targets"] = report.check_targets(result)
     assert [(met, measured) for _, measured, met in result["targets"]] == [
-        (False, "1.25x"), (True, "2.10x (4.00 vs 8.40 s/image)")]
-    assert "1 worker" in result["targets"][1][0]
+        (True, "3.12x"), (True, "99.9900%"), (True, "6.25x"), (False, "99.8500%"),
+        (True, "2.00 GiB vs 2.45 GiB"), (True, "1.11x (0.90 vs 1.00 s/image)"),
+        (True, "2.10x (4.00 vs 8.40 s/image)")]
     table = report.format_table(result)
-    for text in ("tensorflow CRF speed-up over pydensecrf: 1.25x",
-                 "labels agree on 99.990% of pixels; marginals differ by at most 2.0e-05",
-                 "236 MiB, 2.10 s", "2.45 GiB, 41.00 s", "out of memory",
-                 "evaluate.py bf16: tensorflow CRF speed-up over pydensecrf (default "
-                 "workers): 1.25x", "[MISSED]", "[met]"):
+    for text in ("tensorflow_pruned", "0.400", "bf16 0.330", "2.45 GiB, 20.00 s",
+                 "out of memory", "pydensecrf unpruned (DeepLab's CRF) over: "
+                 "pydensecrf_pruned 3.12x, tensorflow 1.25x, tensorflow_pruned 6.25x",
+                 "evaluate.py fp32: tensorflow CRF speed-up over pydensecrf (defaults): "
+                 "1.11x", "the default CRF's share of the time per image: pydensecrf 20%, "
+                 "tensorflow 11%", "[MISSED]", "[met]"):
         assert text in table, text
 
 
 def test_crf_targets_without_evaluate_runs():
-    result = {"machine": "test", "crf": crf_report(pydensecrf_s=6.0)}
-    (description, measured, met), = report.check_targets(result)
-    assert "3x" in description and measured == "3.00x" and met
+    result = {"machine": "test", "crf": crf_report(pruned_s=1.0)}
+    found = report.check_targets(result)
+    assert [measured for _, measured, _ in found][:3] == ["2.50x", "99.9900%", "5.00x"]
+    assert not found[0][2] and found[2][2]
+    assert not any("evaluate.py" in description for description, _, _ in found)
 
 
 def test_crf_flags():
     args = benchmark.get_arguments(["--parts", "crf"])
-    assert args.crf_large_size == (1500, 2000) and args.crf_eval_images == 3
+    assert args.crf_large_size == (1500, 2000) and args.crf_eval_images == 10
     args = benchmark.get_arguments(["--parts", "crf", "--crf-large-size", "0",
                                     "--crf-eval-images", "0"])
     assert args.crf_large_size is None and args.crf_eval_images == 0

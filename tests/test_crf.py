@@ -84,6 +84,9 @@ def test_flags_default_to_deeplab_values_and_build_params(capsys):
         ["--crf", "--crf-iters", "5", "--crf-bi-xy-std", "121",
          "--crf-bi-rgb-std", "5"]))
     assert (params.iterations, params.bi_xy_std, params.bi_rgb_std) == (5, 121, 5)
+    assert params.prune_threshold == crf.DEFAULTS.prune_threshold
+    params = cli.crf_config(parser.parse_args(["--crf", "--crf-prune-threshold", "0"]))
+    assert params.prune_threshold == 0.0
     with pytest.raises(SystemExit):
         parser.parse_args(["--crf", "--crf-bi-rgb-std", "0"])
     assert "--crf-bi-rgb-std" in capsys.readouterr().err

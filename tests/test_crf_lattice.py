@@ -22,8 +22,11 @@ VOC_SAMPLE = os.path.join(REPO_ROOT, os.pardir, "shared", "data", "voc_sample")
 
 # The attributes of the project's CrfConfig; a namedtuple of our own keeps
 # this test independent of where CrfConfig lives.
+# Pruning is off (threshold 0) here: these tests hold the unpruned CRF to
+# pydensecrf; tests/test_crf_pruning.py tests pruning.
 Params = collections.namedtuple(
-    "Params", "iterations pos_w pos_xy_std bi_w bi_xy_std bi_rgb_std")
+    "Params", "iterations pos_w pos_xy_std bi_w bi_xy_std bi_rgb_std prune_threshold",
+    defaults=(0.0,))
 DEEPLAB = Params(10, 3.0, 3.0, 4.0, 67.0, 3.0)
 
 
@@ -33,7 +36,7 @@ def run(build, *args):
     with graph.as_default():
         placeholders = [tf.placeholder(tf.as_dtype(a.dtype), a.shape) for a in args]
         out = build(*placeholders)
-        with tf.Session(graph=graph, config=backend_tf.default_session_config()) as session:
+        with tf.Session(graph=graph, config=backend_tf.crf_session_config()) as session:
             return session.run(out, dict(zip(placeholders, args)))
 
 

@@ -118,6 +118,26 @@ def test_crf_workers_flag():
     assert pool.workers == 0
     with pytest.raises(ValueError, match="--crf-workers must be 0"):
         cli.crf_workers(parser.parse_args(["--crf", "--crf-workers", "-1"]))
+    # The TensorFlow CRF: one thread by default, any count on request.
+    assert cli.crf_workers(parser.parse_args(["--crf", "--crf-backend", "tensorflow"])) == 1
+    assert cli.crf_workers(parser.parse_args(
+        ["--crf", "--crf-backend", "tensorflow", "--crf-workers", "0"])) == 0
+
+
+def test_tensorflow_crf_on_threads_matches_the_serial_crf_in_order():
+    jobs = scenes()[1:]
+    expected = [crf.crf_labels(image, probs, FEW_ITERATIONS, "tensorflow")
+                for image, probs in jobs]
+    results = []
+    with crf_pool.CrfPool(FEW_ITERATIONS, workers=2, max_pending=3,
+                          backend="tensorflow") as pool:
+        assert pool.start_method == "thread"
+        for i, (image, probs) in enumerate(jobs):
+            results += pool.submit(image, probs, "scene%d" % i, tag=i)
+        results += list(pool.drain())
+    assert [tag for tag, _ in results] == list(range(len(jobs)))
+    for (_, label), want in zip(results, expected):
+        np.testing.assert_array_equal(label, want)
 
 
 def test_evaluate_with_workers_equals_without(five_class_model, tmp_path, capsys):

@@ -305,7 +305,7 @@ def blocky_images(seed=3):
 def test_crf_export_matches_inference_with_the_tensorflow_crf_in_a_fresh_process(
         tiny_model, tmp_path):
     from deeplab_resnet import crf
-    from deeplab_resnet.crf import backend_tf
+    from deeplab_resnet.crf import backend_tf, pruning
     directory = tiny_model.directory
     out = str(tmp_path / "exported")
     # A strong bilateral kernel, so that the CRF visibly changes the labels.
@@ -317,12 +317,13 @@ def test_crf_export_matches_inference_with_the_tensorflow_crf_in_a_fresh_process
     with open(os.path.join(out, "export_info.json")) as f:
         info = json.load(f)
     assert info["crf"] == params.as_dict()
+    assert info["crf"]["prune_threshold"] == crf.DEFAULTS.prune_threshold > 0
     images = blocky_images()
     served = serve_in_a_fresh_process(out, images, tmp_path, timeout=300)
     save_dir = run_inference(directory, images, tmp_path, "--crf-backend", "tensorflow",
                              *flags)
     network = reference_prediction(directory, images)
-    changed = []
+    changed, pruned_classes = [], []
     with backend_tf.TensorFlowCrf(params) as tf_crf:
         for key, image in images.items():
             marginals = tf_crf.marginals(image, network[key][1])
@@ -336,5 +337,10 @@ def test_crf_export_matches_inference_with_the_tensorflow_crf_in_a_fresh_process
                 assert label.dtype == np.uint8 and label.shape == (1,) + image.shape[:2]
                 np.testing.assert_array_equal(label[0], expected_label)
                 np.testing.assert_allclose(probs[0], marginals, atol=1e-5, rtol=0)
+            # The graph prunes: the classes below the threshold are at zero.
+            kept = pruning.kept_classes(network[key][1], params.prune_threshold)
+            pruned_classes.append(21 - len(kept))
+            assert not np.delete(served["saved_probs_%s" % key][0], kept, axis=-1).any()
     # The CRF is really in the graph: it moved labels of the plain network.
     assert max(changed) > 0.02, changed
+    assert max(pruned_classes) > 0, pruned_classes

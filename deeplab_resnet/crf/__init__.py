@@ -43,6 +43,8 @@ inference.py keep the network busy on the next images meanwhile, and hands the
 results back in input order, equal to the in-process CRF's. This module and
 ``pool`` need numpy only, so the workers start without TensorFlow.
 """
+import threading
+
 import numpy as np
 
 from deeplab_resnet.crf import backend_pydensecrf
@@ -51,8 +53,10 @@ from deeplab_resnet.crf.backend_pydensecrf import (  # noqa: F401 (the public na
 from deeplab_resnet.crf.params import (  # noqa: F401
     BACKENDS, DEFAULTS, PROB_EPSILON, CrfConfig, check_inputs)
 
-# The TensorFlow CRF of each parameter set, built once per process.
+# The TensorFlow CRF of each parameter set, built once per process (the
+# lock: CrfPool's threads may ask for it at once).
 _TENSORFLOW_CRFS = {}
+_TENSORFLOW_CRFS_LOCK = threading.Lock()
 
 
 def dense_crf(image, probs, params=DEFAULTS, backend="pydensecrf"):
@@ -75,8 +79,9 @@ def dense_crf(image, probs, params=DEFAULTS, backend="pydensecrf"):
     image, probs = check_inputs(image, probs)
     if backend == "tensorflow":
         from deeplab_resnet.crf import backend_tf
-        if params not in _TENSORFLOW_CRFS:
-            _TENSORFLOW_CRFS[params] = backend_tf.TensorFlowCrf(params)
+        with _TENSORFLOW_CRFS_LOCK:
+            if params not in _TENSORFLOW_CRFS:
+                _TENSORFLOW_CRFS[params] = backend_tf.TensorFlowCrf(params)
         return _TENSORFLOW_CRFS[params].marginals(image, probs)
     if backend != "pydensecrf":
         raise ValueError("Unknown CRF backend %r; choose from %s."

@@ -16,10 +16,12 @@ It runs in a graph and session of its own, and takes TensorFlow from
 """
 import numpy as np
 
+from deeplab_resnet.crf import pruning
 from deeplab_resnet.crf.params import PROB_EPSILON, check_inputs
 from deeplab_resnet.crf.permutohedral import (PermutohedralLattice, LatticeOperators,
                                               symmetric_norm)
 from deeplab_resnet.machine import available_cores
+from deeplab_resnet import runtime
 from deeplab_resnet.runtime import tf
 
 
@@ -88,15 +90,74 @@ def _message_function(features, weight, groups):
     return message
 
 
+def kept_classes_graph(flat_probs, threshold):
+    """``pruning.kept_classes`` as graph ops: int32 [K] ascending, K >= 2.
+
+    Args:
+      flat_probs: float32 [N, C] (C may be dynamic, >= 2).
+      threshold: a Python float > 0.
+    """
+    peak = tf.reduce_max(flat_probs, axis=0)
+    kept = tf.cast(tf.where(peak >= threshold)[:, 0], tf.int32)
+    # top_k puts the lower index first on a tie, as the numpy rule does.
+    top = tf.sort(tf.math.top_k(peak, pruning.MIN_KEPT).indices)
+    return tf.cond(tf.size(kept) >= pruning.MIN_KEPT, lambda: kept, lambda: top)
+
+
+def _pruned_logits(flat, threshold):
+    """(kept, neg_unary [N, K], other [N, 1]): the kept classes, their
+    log-probabilities, and the log of the folded channel (``pruning.folded_probs``),
+    -inf when no class is pruned. Nothing of [N, C] is made but the input."""
+    classes = tf.shape(flat)[1]
+    kept = kept_classes_graph(flat, threshold)
+    is_pruned = tf.cast(tf.reduce_all(tf.not_equal(tf.range(classes)[:, None], kept[None]), 1),
+                        tf.float32)
+    # A product with the pruned classes' indicator sums them without an
+    # [N, C] temporary; each counts at least PROB_EPSILON, as clipped.
+    other = tf.maximum(tf.matmul(flat, is_pruned[:, None]),
+                       PROB_EPSILON * tf.reduce_sum(is_pruned))
+    kept_probs = tf.clip_by_value(tf.gather(flat, kept, axis=1), PROB_EPSILON, 1.0)
+    return kept, tf.log(kept_probs), tf.log(other)
+
+
+def _restore_classes(q, kept, classes):
+    """[N, K] marginals of the kept classes -> [N, classes], pruned at zero."""
+    padded = tf.concat([q, tf.zeros_like(q[:, :1])], 1)
+    where = tf.tensor_scatter_nd_update(tf.fill([classes], tf.size(kept)), kept[:, None],
+                                        tf.range(tf.size(kept)))
+    return tf.gather(padded, where, axis=1)
+
+
+def _messages(image, height, width, params, channel_groups):
+    """The message functions ``q -> w_k K_sym_k(q)`` of the kernels with a
+    non-zero weight (a zero weight would multiply its message by 0)."""
+    messages = []
+    if params.pos_w != 0:
+        with tf.name_scope("gaussian"):
+            messages.append(_message_function(
+                pixel_features(height, width, params.pos_xy_std), params.pos_w, 1))
+    if params.bi_w != 0:
+        with tf.name_scope("bilateral"):
+            messages.append(_message_function(
+                pixel_features(height, width, params.bi_xy_std, image, params.bi_rgb_std),
+                params.bi_w, channel_groups))
+    return messages
+
+
 def dense_crf_graph(image, probs, params, channel_groups=2):
     """Mean-field inference of the dense CRF, as graph ops on one image.
+
+    With ``params.prune_threshold`` > 0 the classes are pruned in the graph
+    (``pruning``: the rule, the folded channel), so the class count of the
+    mean-field loop is dynamic; 0 builds the unpruned graph.
 
     Args:
       image: [H, W, 3] RGB tensor, uint8 (as pydensecrf takes it) or float
         in 0..255.
       probs: float32 [H, W, C] softmax probabilities at the image's size.
-      params: object with iterations, pos_w, pos_xy_std, bi_w, bi_xy_std,
-        bi_rgb_std (the project's CrfConfig); read while building the graph.
+      params: object with CrfConfig's attributes (iterations, pos_w,
+        pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, prune_threshold); read
+        while building the graph.
       channel_groups: the bilateral kernel filters the classes in this many
         groups that run in parallel (its sparse products are single-threaded);
         1 for a single chain. It does not change the result.
@@ -109,37 +170,40 @@ def dense_crf_graph(image, probs, params, channel_groups=2):
         height, width, classes = shape[0], shape[1], shape[2]
         flat = tf.reshape(probs, [-1, classes])
         flat.set_shape([None, tf.compat.dimension_value(probs.shape[2])])
-        neg_unary = tf.log(tf.clip_by_value(flat, PROB_EPSILON, 1.0))
-        q = tf.nn.softmax(neg_unary)
-        messages = []
-        if params.iterations > 0:
-            # A zero weight multiplies its kernel's message by 0: skipped.
-            if params.pos_w != 0:
-                with tf.name_scope("gaussian"):
-                    messages.append(_message_function(
-                        pixel_features(height, width, params.pos_xy_std),
-                        params.pos_w, 1))
-            if params.bi_w != 0:
-                with tf.name_scope("bilateral"):
-                    messages.append(_message_function(
-                        pixel_features(height, width, params.bi_xy_std, image,
-                                       params.bi_rgb_std),
-                        params.bi_w, channel_groups))
+        if params.prune_threshold > 0:
+            kept, neg_unary, other = _pruned_logits(flat, params.prune_threshold)
+        else:
+            kept, other = None, None
+            neg_unary = tf.log(tf.clip_by_value(flat, PROB_EPSILON, 1.0))
+
+        def normalise(logits):
+            """Softmax, the folded channel (if any) in the sum. By hand: on a
+            few columns it is cheaper than the softmax op of a concat."""
+            if other is None:
+                return tf.nn.softmax(logits)
+            top = tf.maximum(tf.reduce_max(logits, 1, keepdims=True), other)
+            exp = tf.exp(logits - top)
+            return exp / (tf.reduce_sum(exp, 1, keepdims=True) + tf.exp(other - top))
+        q = normalise(neg_unary)
+        messages = (_messages(image, height, width, params, channel_groups)
+                    if params.iterations > 0 else [])
         if messages:
             # A while loop, not ten unrolled copies: the graph stays small,
             # so Grappler's first pass over it takes a fraction of a second
             # instead of seconds; the ops of one iteration still run side by
             # side.
             def step(i, q):
-                return i + 1, tf.nn.softmax(tf.add_n([neg_unary] + [m(q) for m in messages]))
+                return i + 1, normalise(tf.add_n([neg_unary] + [m(q) for m in messages]))
             _, q = tf.while_loop(lambda i, q: i < params.iterations, step,
                                  [tf.constant(0), q], parallel_iterations=1,
                                  name="mean_field")
+        if kept is not None:
+            q = _restore_classes(q, kept, classes)
         return tf.reshape(q, shape)
 
 
-def default_session_config(threads=None):
-    """Session options for the CRF graph.
+def crf_session_config(threads=None):
+    """``runtime.session_config`` as the CRF graph wants it.
 
     One intra-op and one inter-op thread per core: the sparse products are
     single-threaded, so the parallelism comes from running them side by
@@ -147,11 +211,8 @@ def default_session_config(threads=None):
     graph (measured: same time per image) but its first pass took ~1.5 s.
     """
     threads = threads or available_cores()
-    config = tf.ConfigProto(intra_op_parallelism_threads=threads,
-                            inter_op_parallelism_threads=threads,
-                            allow_soft_placement=True)
+    config = runtime.session_config(threads, threads)
     config.graph_options.rewrite_options.disable_meta_optimizer = True
-    config.gpu_options.allow_growth = True
     return config
 
 
@@ -166,7 +227,7 @@ class TensorFlowCrf(object):
 
     Args:
       params: object with iterations, pos_w, pos_xy_std, bi_w, bi_xy_std,
-        bi_rgb_std (the project's CrfConfig).
+        bi_rgb_std, prune_threshold (the project's CrfConfig).
       num_classes: optional class count to build the graph for now.
       session_config: tf.ConfigProto; default one thread per core.
       channel_groups: see ``dense_crf_graph``; default the core count.
@@ -175,7 +236,7 @@ class TensorFlowCrf(object):
     def __init__(self, params, num_classes=None, session_config=None,
                  channel_groups=None):
         self.params = params
-        self._config = session_config or default_session_config()
+        self._config = session_config or crf_session_config()
         self._groups = channel_groups or max(1, min(2, available_cores()))
         self._graphs = {}
         if num_classes:

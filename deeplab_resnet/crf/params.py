@@ -12,11 +12,18 @@ BACKENDS = ("pydensecrf", "tensorflow")
 # Probabilities are clipped before the log so that a confident 0 from the
 # softmax is a large but finite energy.
 PROB_EPSILON = 1e-8
+# Classes whose largest probability in an image stays below this are pruned
+# from the CRF (``pruning``). Chosen from measurements: see docs/inference.md.
+DEFAULT_PRUNE_THRESHOLD = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
 class CrfConfig(object):
     """Dense CRF parameters, DeepLab-v2 ResNet-101 VOC defaults (see ``crf``'s doc).
+
+    ``prune_threshold``: the CRF runs on the classes whose largest
+    probability in the image reaches it (``pruning``); 0 runs DeepLab's
+    CRF on every class, exactly.
 
     Frozen, so that it is hashable (the TensorFlow backend keeps one graph
     per config) and travels to CRF workers as it is.
@@ -25,7 +32,8 @@ class CrfConfig(object):
       ValueError: a value that is not finite, a negative weight, a standard
         deviation that is not positive, or fewer than one iteration. A NaN
         or infinite weight would otherwise turn every marginal into NaN,
-        and every pixel into class 0, without any error.
+        and every pixel into class 0, without any error. A prune threshold
+        outside [0, 1].
     """
     iterations: int = 10
     pos_w: float = 3.0
@@ -33,6 +41,7 @@ class CrfConfig(object):
     bi_w: float = 4.0
     bi_xy_std: float = 67.0
     bi_rgb_std: float = 3.0
+    prune_threshold: float = DEFAULT_PRUNE_THRESHOLD
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -52,8 +61,12 @@ class CrfConfig(object):
             if getattr(self, name) <= 0:
                 raise ValueError("CRF %s (a standard deviation) must be positive, "
                                  "got %r." % (name, getattr(self, name)))
+        if not 0 <= self.prune_threshold <= 1:
+            raise ValueError("CRF prune_threshold (a probability) must be in [0, 1], "
+                             "got %r." % self.prune_threshold)
         object.__setattr__(self, "iterations", int(self.iterations))
-        for name in ("pos_w", "pos_xy_std", "bi_w", "bi_xy_std", "bi_rgb_std"):
+        for name in ("pos_w", "pos_xy_std", "bi_w", "bi_xy_std", "bi_rgb_std",
+                     "prune_threshold"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
     def as_dict(self):

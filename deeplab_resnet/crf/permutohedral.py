@@ -277,8 +277,11 @@ def _class_tables(key0, strides, rank, d):
             key = key0 - tf.reduce_sum(
                 tf.cast(upper_rank > d - r, tf.int64) * stride_col, axis=0)
         unique, index = tf.unique(key, out_idx=tf.int32)
-        table = tf.sort(unique)
-        position = tf.searchsorted(table[None], unique[None], out_type=tf.int32)[0]
+        # The keys are distinct: the sorting permutation's inverse is where
+        # each lands, with no search in the sorted table.
+        order = tf.argsort(unique, stable=True)
+        table = tf.gather(unique, order)
+        position = tf.math.invert_permutation(order)
         tables.append(table)
         local.append(tf.gather(position, index))
         sizes.append(tf.shape(table)[0])

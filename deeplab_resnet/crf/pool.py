@@ -1,6 +1,10 @@
-"""The dense CRF of a stream of images on worker processes, results in input order.
+"""The dense CRF of a stream of images on workers, results in input order.
 
-The CRF itself needs numpy only (this module and ``crf``). Workers also
+pydensecrf's workers are processes; the TensorFlow CRF's are threads of
+this process, since its session.run releases the GIL while its own thread
+pools work, and one graph serves every image.
+
+The CRF itself needs numpy only (this module and ``crf``). Worker processes also
 re-import the main script, as Python does for every forkserver or spawn
 child: evaluate.py and inference.py import TensorFlow inside their main()
 for that reason (at their top it cost each worker ~5 s and ~0.5 GiB).
@@ -44,7 +48,7 @@ def _ignore_sigint():
 
 
 class CrfPool(object):
-    """The dense CRF of a stream of images, on worker processes, in order.
+    """The dense CRF of a stream of images, on workers, in order.
 
     ``submit`` queues one image and returns the jobs that have finished by
     then, oldest first and never out of order; ``drain`` waits for the rest.
@@ -55,7 +59,8 @@ class CrfPool(object):
 
     Args:
       params: ``CrfConfig``.
-      workers: worker processes, or 0.
+      workers: workers (processes for pydensecrf, threads for the
+        'tensorflow' backend), or 0.
       max_pending: default twice the workers, so that each has the next job
         at hand when it finishes.
     Raises (from ``submit`` and ``drain``):
@@ -72,9 +77,14 @@ class CrfPool(object):
         self.max_pending = max_pending or 2 * max(workers, 1)
         self._pending = collections.deque()
         self._executor = None
-        # 'forkserver' or 'spawn'; None when the CRF runs in this process.
+        # 'forkserver', 'spawn' or 'thread'; None when the CRF runs inside submit.
         self.start_method = None
-        if workers:
+        if workers and backend == "tensorflow":
+            self.start_method = "thread"
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                workers, thread_name_prefix="crf")
+            log.info("TensorFlow CRF on %d threads", workers)
+        elif workers:
             context = _worker_context()
             self.start_method = context.get_start_method()
             self._executor = concurrent.futures.ProcessPoolExecutor(

@@ -33,7 +33,7 @@ class Settings:
     train_variants: typing.Sequence[str] = ("fp32", "bf16")
     train_steps: int = 2
     crf_large_size: typing.Optional[tuple] = (1500, 2000)
-    crf_eval_images: int = 3
+    crf_eval_images: int = 10
     voc_sample: typing.Optional[str] = None
     trace_dir: typing.Optional[str] = None
     intra_op_threads: int = 0

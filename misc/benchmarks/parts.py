@@ -28,8 +28,10 @@ PARTS = (
                            "bf16 support"),
     Part("peer", "peer", "DeepLab-v2 in PyTorch (../shared/peers) timed in the same run: "
                          "inference at 513x513 and the training step at --train-batch"),
-    Part("crf", "crf", "the dense CRF's two backends side by side, their memory in a "
-                       "fresh process, and evaluate.py --crf with each"),
+    Part("crf", "crf", "the dense CRF's two backends, pruned and unpruned, side by side "
+                       "and beside the network; their memory in a fresh process; what "
+                       "pruning does to labels and mIoU; evaluate.py with and without "
+                       "the CRF"),
 )
 NAMES = tuple(part.name for part in PARTS)
 
