@@ -4,9 +4,11 @@
 where TensorFlow's own op differs from Caffe or is slow: BatchNorm with frozen
 statistics (a one-multiply gradient), narrow convolutions as one wide GEMM and
 shifted sums (``taps_conv2d``; ``summed_taps_conv2d`` for a sum of several),
-and Caffe's ceil-mode pooled size. They need no network and are tested on
-their own (tests/test_network.py, tests/test_speed_paths.py).
+Caffe's ceil-mode pooled and Interp sizes, and where narrow taps are the
+default. They need no network and are tested on their own
+(tests/test_network.py, tests/test_speed_paths.py).
 """
+from deeplab_resnet import kernels
 from deeplab_resnet.runtime import tf
 
 # Caffe's BatchNorm default; DeepLab's prototxts do not override it.
@@ -162,3 +164,35 @@ def caffe_pool_output_size(size, kernel, stride, pad):
     if pad:
         out = tf.where((out - 1) * stride >= size + pad, out - 1, out)
     return out
+
+
+def narrow_taps_by_default(compute_dtype):
+    """Whether ``Network`` runs narrow convolutions as taps unless told.
+
+    In bfloat16, always. In float32 where oneDNN runs the graph on a CPU:
+    its direct kernels ran DeepLab's ASPP head (four 2048 -> 21 branches at
+    65x65) at a third of the fp32 matmul peak, the taps at four fifths. A
+    GPU keeps cuDNN's convolutions, and Eigen (AVX2 CPUs' inference) its own.
+    """
+    if tf.as_dtype(compute_dtype) == tf.bfloat16:
+        return True
+    return (kernels.describe(kernels.current()) == kernels.ONEDNN
+            and not tf.config.list_physical_devices("GPU"))
+
+
+def interp_size(size, scale):
+    """Caffe ``Interp`` size of a resize by ``scale``: (size - 1) * scale + 1.
+
+    DeepLab's prototxts shrink inputs with ``Interp`` (``shrink_factor``), which
+    keeps the corner pixels aligned: 321 gives 241 at 0.75 and 161 at 0.5.
+    Fractions are floored.
+
+    Args:
+      size: int32 tensor [2], (height, width).
+    Returns:
+      int32 tensor [2], at least 1 each.
+    """
+    if scale == 1.0:
+        return size
+    scaled = tf.floor(tf.cast(size - 1, tf.float32) * scale)
+    return tf.maximum(tf.cast(scaled, tf.int32) + 1, 1)

@@ -23,9 +23,9 @@ import logging
 
 import numpy as np
 
-from deeplab_resnet import kernels
 from deeplab_resnet.layer_ops import (BN_EPSILON, caffe_pool_output_size,
-                                      frozen_batch_norm, summed_taps_conv2d,
+                                      frozen_batch_norm,
+                                      narrow_taps_by_default, summed_taps_conv2d,
                                       taps_conv2d)
 from deeplab_resnet.messages import abbreviate
 from deeplab_resnet.runtime import tf
@@ -366,38 +366,6 @@ class Network(object):
                 "and the model configuration, or that the file was written by "
                 "convert.py / train.py for this network." % "; ".join(problems))
         return wanted, given, missing
-
-
-def narrow_taps_by_default(compute_dtype):
-    """Whether ``Network`` runs narrow convolutions as taps unless told.
-
-    In bfloat16, always. In float32 where oneDNN runs the graph on a CPU:
-    its direct kernels ran DeepLab's ASPP head (four 2048 -> 21 branches at
-    65x65) at a third of the fp32 matmul peak, the taps at four fifths. A
-    GPU keeps cuDNN's convolutions, and Eigen (AVX2 CPUs' inference) its own.
-    """
-    if tf.as_dtype(compute_dtype) == tf.bfloat16:
-        return True
-    return (kernels.describe(kernels.current()) == kernels.ONEDNN
-            and not tf.config.list_physical_devices("GPU"))
-
-
-def interp_size(size, scale):
-    """Caffe ``Interp`` size of a resize by ``scale``: (size - 1) * scale + 1.
-
-    DeepLab's prototxts shrink inputs with ``Interp`` (``shrink_factor``), which
-    keeps the corner pixels aligned: 321 gives 241 at 0.75 and 161 at 0.5.
-    Fractions are floored.
-
-    Args:
-      size: int32 tensor [2], (height, width).
-    Returns:
-      int32 tensor [2], at least 1 each.
-    """
-    if scale == 1.0:
-        return size
-    scaled = tf.floor(tf.cast(size - 1, tf.float32) * scale)
-    return tf.maximum(tf.cast(scaled, tf.int32) + 1, 1)
 
 
 def fold_batchnorm_weights(weights, producers):

@@ -24,7 +24,7 @@ from PIL import Image
 
 from deeplab_resnet.model import ModelConfig
 from deeplab_resnet.layer_ops import summed_taps_conv2d, taps_conv2d
-from deeplab_resnet.network import narrow_taps_by_default
+from deeplab_resnet.layer_ops import narrow_taps_by_default
 from deeplab_resnet import checkpoints
 from deeplab_resnet import constants
 from deeplab_resnet.data import label_files
