@@ -3,10 +3,12 @@
 ``network.Network`` chains and records layers; the ops here compute them
 where TensorFlow's own op differs from Caffe or is slow: BatchNorm with frozen
 statistics (a one-multiply gradient), narrow convolutions as one wide GEMM and
-shifted sums (``taps_conv2d``), and Caffe's ceil-mode pooled size. They need
-no network and are tested on their own (tests/test_network.py,
-tests/test_speed_paths.py).
+shifted sums (``taps_conv2d``; ``summed_taps_conv2d`` for a sum of several),
+Caffe's ceil-mode pooled and Interp sizes, and where narrow taps are the
+default. They need no network and are tested on their own
+(tests/test_network.py, tests/test_speed_paths.py).
 """
+from deeplab_resnet import kernels
 from deeplab_resnet.runtime import tf
 
 # Caffe's BatchNorm default; DeepLab's prototxts do not override it.
@@ -68,47 +70,82 @@ def taps_conv2d(input, weights, pad, dilation):
       [N, H + 2 pad - dilation (k_h - 1), W + 2 pad - dilation (k_w - 1), c_o],
       in the input's dtype.
     """
-    k_h, k_w, c_i, c_o = weights.get_shape().as_list()
-    taps = tf.reshape(tf.transpose(weights, [2, 0, 1, 3]), [1, 1, c_i, k_h * k_w * c_o])
+    return summed_taps_conv2d(input, [(weights, pad, dilation)])
+
+
+def summed_taps_conv2d(input, branches):
+    """The sum of stride-1 convolutions of one input, as one taps GEMM.
+
+    ``taps_conv2d`` for several convolutions at once: the taps of every
+    branch share one 1x1 convolution (DeepLab's four ASPP branches: 2048 ->
+    4 x 9 x 21 outputs, a GEMM as wide as the body's, where each branch's
+    own 189 outputs ran at two thirds of its speed), and all the shifted
+    product maps go into one float32 sum, rounded once.
+
+    Args:
+      input: [N, H, W, c_i].
+      branches: ``(weights, pad, dilation)`` per convolution, weights
+        [k_h, k_w, c_i, c_o] in the input's dtype; every branch must give
+        the same output size.
+    Returns:
+      [N, h, w, c_o], the sum of the branches' ``tf.nn.conv2d`` outputs.
+    Raises:
+      ValueError: if the branches' output sizes or widths differ.
+    """
+    shapes = [w.get_shape().as_list() for w, _, _ in branches]
+    c_o = shapes[0][3]
+    growth = {(2 * p - d * (k_h - 1), 2 * p - d * (k_w - 1), width)
+              for (k_h, k_w, _, width), (_, p, d) in zip(shapes, branches)}
+    if len(growth) != 1:
+        raise ValueError("summed_taps_conv2d needs branches of one output size and "
+                         "width; got pads, dilations and shapes %r."
+                         % [(p, d, s) for (_, p, d), s in zip(branches, shapes)])
+    frame = max(p for _, p, _ in branches)
+    origins = [(frame - p + i * d, frame - p + j * d)
+               for (k_h, k_w, _, _), (_, p, d) in zip(shapes, branches)
+               for i in range(k_h) for j in range(k_w)]
+    taps = tf.concat([tf.reshape(tf.transpose(w, [2, 0, 1, 3]), [1, 1, k[2], -1])
+                      for (w, _, _), k in zip(branches, shapes)], axis=3)
     products = tf.nn.conv2d(input, taps, [1, 1, 1, 1], "VALID")
-    output = _shifted_sum(products, k_h, k_w, c_o, pad, dilation)
+    output = _shifted_sum(products, origins, c_o, frame, growth.pop()[:2])
     # Slicing with computed bounds loses the static shape.
     output.set_shape([input.get_shape()[0], None, None, c_o])
     return output
 
 
-def _shifted_sum(products, k_h, k_w, c_o, pad, dilation):
-    """``sum_ij pad(products)[:, i d:i d + h, j d:j d + w, tap ij]``, float32 sums.
+def _shifted_sum(products, origins, c_o, frame, growth):
+    """``sum_t pad(products, frame)[:, y_t:y_t + h, x_t:x_t + w, tap t]`` in
+    float32, with ``(y_t, x_t) = origins[t]`` and ``(h, w)`` the products'
+    size plus ``growth``.
 
     It has its own gradient: each tap's product map receives the output
     gradient shifted back, so back-propagation is one pad, the slices and a
     concat of ``c_o``-channel maps, then the 1x1 convolution's two backprops
     (GEMMs as wide as the forward one). Autodiff of the slices would build
-    one full-size ``k_h * k_w * c_o``-channel map per tap.
+    one full-size map of all the taps' channels per tap.
     """
+    rows, cols = zip(*origins)
+    # The output gradient padded so that every tap's window fits in it.
+    pads = [[0, 0], [max(0, max(rows) - frame), max(0, frame - min(rows) - growth[0])],
+            [max(0, max(cols) - frame), max(0, frame - min(cols) - growth[1])], [0, 0]]
+
     @tf.custom_gradient
     def shifted_sum(products):
         padded = tf.pad(tf.cast(products, tf.float32),
-                        [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        shape = tf.shape(padded)
-        height = shape[1] - dilation * (k_h - 1)
-        width = shape[2] - dilation * (k_w - 1)
-        shifted = [padded[:, i * dilation:i * dilation + height,
-                          j * dilation:j * dilation + width,
-                          (i * k_w + j) * c_o:(i * k_w + j + 1) * c_o]
-                   for i in range(k_h) for j in range(k_w)]
+                        [[0, 0], [frame, frame], [frame, frame], [0, 0]])
+        shape = tf.shape(products)
+        height, width = shape[1] + growth[0], shape[2] + growth[1]
+        shifted = [padded[:, y:y + height, x:x + width, t * c_o:(t + 1) * c_o]
+                   for t, (y, x) in enumerate(origins)]
         output = tf.cast(tf.add_n(shifted), products.dtype)
 
         def grad(dy):
-            # products[y, x, tap ij] fed output[y + pad - i d, x + pad - j d].
+            # products[y, x, tap t] fed output[y + frame - y_t, x + frame - x_t].
             in_shape = tf.shape(products)
-            top = max(0, dilation * (k_h - 1) - pad)
-            left = max(0, dilation * (k_w - 1) - pad)
-            dy_pad = tf.pad(dy, [[0, 0], [top, top], [left, left], [0, 0]])
-            windows = [tf.slice(dy_pad, [0, pad - i * dilation + top,
-                                         pad - j * dilation + left, 0],
+            dy_pad = tf.pad(dy, pads)
+            windows = [tf.slice(dy_pad, [0, frame - y + pads[1][0], frame - x + pads[2][0], 0],
                                 [-1, in_shape[1], in_shape[2], -1])
-                       for i in range(k_h) for j in range(k_w)]
+                       for y, x in origins]
             return tf.concat(windows, axis=3)
 
         return output, grad
@@ -127,3 +164,35 @@ def caffe_pool_output_size(size, kernel, stride, pad):
     if pad:
         out = tf.where((out - 1) * stride >= size + pad, out - 1, out)
     return out
+
+
+def narrow_taps_by_default(compute_dtype):
+    """Whether ``Network`` runs narrow convolutions as taps unless told.
+
+    In bfloat16, always. In float32 where oneDNN runs the graph on a CPU:
+    its direct kernels ran DeepLab's ASPP head (four 2048 -> 21 branches at
+    65x65) at a third of the fp32 matmul peak, the taps at four fifths. A
+    GPU keeps cuDNN's convolutions, and Eigen (AVX2 CPUs' inference) its own.
+    """
+    if tf.as_dtype(compute_dtype) == tf.bfloat16:
+        return True
+    return (kernels.describe(kernels.current()) == kernels.ONEDNN
+            and not tf.config.list_physical_devices("GPU"))
+
+
+def interp_size(size, scale):
+    """Caffe ``Interp`` size of a resize by ``scale``: (size - 1) * scale + 1.
+
+    DeepLab's prototxts shrink inputs with ``Interp`` (``shrink_factor``), which
+    keeps the corner pixels aligned: 321 gives 241 at 0.75 and 161 at 0.5.
+    Fractions are floored.
+
+    Args:
+      size: int32 tensor [2], (height, width).
+    Returns:
+      int32 tensor [2], at least 1 each.
+    """
+    if scale == 1.0:
+        return size
+    scaled = tf.floor(tf.cast(size - 1, tf.float32) * scale)
+    return tf.maximum(tf.cast(scaled, tf.int32) + 1, 1)

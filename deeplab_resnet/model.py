@@ -89,11 +89,10 @@ class DeepLabResNetModel(Network):
                 previous = self.bottleneck(previous, block, depth,
                                            stride if i == 0 else 1, dilation,
                                            project=i == 0)
+        # fc1_voc12_c0..c3, one per rate, summed into fc1_voc12.
         names = ["fc1_voc12_c%d" % i for i in range(len(self.config.aspp_rates))]
-        for name, rate in zip(names, self.config.aspp_rates):
-            self.feed(previous).atrous_conv(3, 3, self.num_classes, rate,
-                                            relu=False, name=name)
-        self.feed(*names).add(name="fc1_voc12")
+        self.feed(previous).atrous_conv_sum(3, 3, self.num_classes, self.config.aspp_rates,
+                                            names, name="fc1_voc12")
 
     def bottleneck(self, input_name, block, depth, stride, dilation, project):
         """One MSRA bottleneck ``res<block>``; returns the name of its output."""

@@ -24,7 +24,9 @@ import logging
 import numpy as np
 
 from deeplab_resnet.layer_ops import (BN_EPSILON, caffe_pool_output_size,
-                                      frozen_batch_norm, taps_conv2d)
+                                      frozen_batch_norm,
+                                      narrow_taps_by_default, summed_taps_conv2d,
+                                      taps_conv2d)
 from deeplab_resnet.messages import abbreviate
 from deeplab_resnet.runtime import tf
 
@@ -37,7 +39,8 @@ BN_MOMENTUM = 0.999
 # bfloat16 convolutions with fewer outputs than this go through
 # ``taps_conv2d``: oneDNN runs DeepLab's ASPP classifier (3x3, 2048 -> 21
 # channels, dilation 6-24) in bf16 at a quarter of its GEMM speed, which
-# made it a fifth of the whole bf16 network's time at 513x513.
+# made it a fifth of the whole bf16 network's time at 513x513. In float32
+# its direct kernels run the four branches at a third of the matmul peak.
 FEW_OUTPUTS = 32
 
 
@@ -88,10 +91,13 @@ class Network(object):
         bfloat16 instead, so that no run casts all of ResNet-101's weights.
       config: passed to ``setup`` as ``self.config``.
       narrow_taps: run stride-1 convolutions with fewer than ``FEW_OUTPUTS``
-        outputs (the ASPP classifier) as ``taps_conv2d``. None: in bfloat16
-        only, where oneDNN's narrow convolutions are slow. CPU training sets
-        it in float32 too: its backward pass is 3-5x faster than the dilated
-        convolution's (space-to-batch at rates 6-24 computes mostly padding).
+        outputs (the ASPP classifier) as ``taps_conv2d``, and a sum of such
+        convolutions (``atrous_conv_sum``) as one ``summed_taps_conv2d``.
+        None: in bfloat16, and in float32 where oneDNN runs it on a CPU
+        (``narrow_taps_by_default``). CPU training sets it in float32
+        whatever the kernels: its backward pass is 3-5x faster than the
+        dilated convolution's (space-to-batch at rates 6-24 computes mostly
+        padding).
     """
 
     def __init__(self, inputs, num_classes, is_training=False, trainable=True,
@@ -104,8 +110,8 @@ class Network(object):
         self.fold_batchnorm = fold_batchnorm
         self.compute_dtype = tf.as_dtype(compute_dtype)
         self.variable_dtype = tf.as_dtype(variable_dtype)
-        self.narrow_taps = (self.compute_dtype == tf.bfloat16 if narrow_taps is None
-                            else bool(narrow_taps))
+        self.narrow_taps = (narrow_taps_by_default(self.compute_dtype)
+                            if narrow_taps is None else bool(narrow_taps))
         self.config = config
         self.terminals = []
         self._terminal_names = []
@@ -177,9 +183,7 @@ class Network(object):
                      pad=padding, dilation=dilation, num_output=c_o,
                      bias=biased, relu=relu)
         with tf.variable_scope(name):
-            weights = self.make_var(
-                "weights", [k_h, k_w, c_i, c_o],
-                tf.variance_scaling_initializer(2.0, "fan_in", "truncated_normal"))
+            weights = self._conv_weights(k_h, k_w, c_i, c_o)
             if (self.narrow_taps and c_o < FEW_OUTPUTS
                     and (s_h, s_w) == (1, 1) and (k_h, k_w) != (1, 1)):
                 output = taps_conv2d(input, weights, padding, dilation)
@@ -200,6 +204,44 @@ class Network(object):
         """Dilated stride-1 convolution (Caffe's ``dilation``), padded to keep size."""
         return self.conv(k_h, k_w, c_o, 1, 1, name=name, padding=padding,
                          dilation=dilation, relu=relu, biased=biased)
+
+    def atrous_conv_sum(self, k_h, k_w, c_o, dilations, names, name):
+        """Biased dilated convolutions of the fed input, one per dilation,
+        summed: ``atrous_conv(k_h, k_w, c_o, d, name=n, relu=False)`` for each
+        ``d, n`` in ``dilations, names``, then ``feed(*names).add(name=name)``.
+
+        Those are the layers recorded, and their variables, whatever runs:
+        with narrow taps (see ``__init__``) and narrow outputs, the branches
+        run as one ``summed_taps_conv2d`` and only the sum is in
+        ``self.layers``.
+        """
+        input_names, input = list(self._terminal_names), self.terminals[0]
+        if not (self.narrow_taps and c_o < FEW_OUTPUTS and (k_h, k_w) != (1, 1)):
+            source = input_names[0] if input_names[0] in self.layers else input
+            for dilation, branch in zip(dilations, names):
+                self.feed(source).atrous_conv(k_h, k_w, c_o, dilation, relu=False,
+                                                  name=branch)
+            return self.feed(*names).add(name=name)
+        c_i = int(input.get_shape()[-1])
+        branches, biases = [], []
+        for dilation, branch in zip(dilations, names):
+            pad = dilation * (k_h - 1) // 2
+            self._record(branch, "Convolution", kernel=(k_h, k_w), stride=(1, 1),
+                         pad=pad, dilation=dilation, num_output=c_o, bias=True,
+                         relu=False, inputs=input_names)
+            with tf.variable_scope(branch):
+                branches.append((self._conv_weights(k_h, k_w, c_i, c_o), pad, dilation))
+                biases.append(self.make_var("biases", [c_o], tf.zeros_initializer()))
+        self._record(name, "Eltwise", inputs=list(names))
+        with tf.variable_scope(name):
+            self.layers[name] = tf.nn.bias_add(summed_taps_conv2d(input, branches),
+                                               tf.add_n(biases), name=name)
+        return self.feed(name)
+
+    def _conv_weights(self, k_h, k_w, c_i, c_o):
+        return self.make_var(
+            "weights", [k_h, k_w, c_i, c_o],
+            tf.variance_scaling_initializer(2.0, "fan_in", "truncated_normal"))
 
     @layer
     def relu(self, input, name):
@@ -324,24 +366,6 @@ class Network(object):
                 "and the model configuration, or that the file was written by "
                 "convert.py / train.py for this network." % "; ".join(problems))
         return wanted, given, missing
-
-
-def interp_size(size, scale):
-    """Caffe ``Interp`` size of a resize by ``scale``: (size - 1) * scale + 1.
-
-    DeepLab's prototxts shrink inputs with ``Interp`` (``shrink_factor``), which
-    keeps the corner pixels aligned: 321 gives 241 at 0.75 and 161 at 0.5.
-    Fractions are floored.
-
-    Args:
-      size: int32 tensor [2], (height, width).
-    Returns:
-      int32 tensor [2], at least 1 each.
-    """
-    if scale == 1.0:
-        return size
-    scaled = tf.floor(tf.cast(size - 1, tf.float32) * scale)
-    return tf.maximum(tf.cast(scaled, tf.int32) + 1, 1)
 
 
 def fold_batchnorm_weights(weights, producers):

@@ -240,6 +240,28 @@ def _move_into_place(staging, output_dir, overwrite, sources):
     files.replace_directory(staging, output_dir)
 
 
+def export_info(num_classes, predict, crf, weights_path, config):
+    """What export_info.json says: the served tensors and the options baked in."""
+    return {
+        "input": {"name": INPUT_NAME, "dtype": "uint8",
+                  "shape": [1, None, None, 3], "channels": "RGB"},
+        "outputs": {
+            LABEL_NAME: {"dtype": label_dtype(num_classes).name,
+                         "shape": [1, None, None]},
+            PROBS_NAME: {"dtype": "float32",
+                         "shape": [1, None, None, num_classes]}},
+        "saved_model": {"tag": SERVING_TAG, "signature": SIGNATURE_KEY},
+        "num_classes": num_classes,
+        "scales": list(predict.scales),
+        "flip": bool(predict.flip),
+        "bf16": bool(predict.bf16),
+        # The CRF's parameters as baked in, or null without one.
+        "crf": crf.as_dict() if crf is not None else None,
+        "weights": os.path.abspath(weights_path),
+        "model_config": config.to_dict(),
+    }
+
+
 def export(weights, output_dir, num_classes=NUM_CLASSES, *, predict=None, crf=None,
            overwrite=False, onnx=False):
     """Write the frozen graph, the SavedModel and export_info.json.
@@ -274,24 +296,7 @@ def export(weights, output_dir, num_classes=NUM_CLASSES, *, predict=None, crf=No
         with open(os.path.join(staging, FROZEN_GRAPH_FILE), "wb") as f:
             f.write(graph_def.SerializeToString())
         write_saved_model(graph_def, os.path.join(staging, SAVED_MODEL_DIR))
-        info = {
-            "input": {"name": INPUT_NAME, "dtype": "uint8",
-                      "shape": [1, None, None, 3], "channels": "RGB"},
-            "outputs": {
-                LABEL_NAME: {"dtype": label_dtype(num_classes).name,
-                             "shape": [1, None, None]},
-                PROBS_NAME: {"dtype": "float32",
-                             "shape": [1, None, None, num_classes]}},
-            "saved_model": {"tag": SERVING_TAG, "signature": SIGNATURE_KEY},
-            "num_classes": num_classes,
-            "scales": list(predict.scales),
-            "flip": bool(predict.flip),
-            "bf16": bool(predict.bf16),
-            # The CRF's parameters as baked in, or null without one.
-            "crf": crf.as_dict() if crf is not None else None,
-            "weights": os.path.abspath(path),
-            "model_config": config.to_dict(),
-        }
+        info = export_info(num_classes, predict, crf, path, config)
         if onnx:
             info["onnx"] = onnx_export.convert(
                 graph_def, os.path.join(staging, onnx_export.ONNX_FILE),

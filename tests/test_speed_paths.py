@@ -23,7 +23,8 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from deeplab_resnet.model import ModelConfig
-from deeplab_resnet.layer_ops import taps_conv2d
+from deeplab_resnet.layer_ops import summed_taps_conv2d, taps_conv2d
+from deeplab_resnet.layer_ops import narrow_taps_by_default
 from deeplab_resnet import checkpoints
 from deeplab_resnet import constants
 from deeplab_resnet.data import label_files
@@ -207,11 +208,13 @@ def test_inference_graph_uses_native_dilation_and_folded_batchnorm(bf16):
     ops = tf.get_default_graph().get_operations()
     assert not [op.name for op in ops if op.type in FORBIDDEN_OPS]
     convs = [op for op in ops if op.type == "Conv2D"]
-    # Two scales of 104 body convolutions and 4 ASPP branches.
-    assert len(convs) == 2 * 108
+    # Two scales of 104 body convolutions and the ASPP head: 4 dilated
+    # branches, or where narrow taps apply (bf16; float32 with oneDNN on a
+    # CPU) one 1x1 GEMM of all their taps.
+    taps = bf16 or narrow_taps_by_default(tf.float32)
+    assert len(convs) == 2 * (105 if taps else 108)
     dilations = {op.get_attr("dilations")[1] for op in convs}
-    # bf16 runs the 21-output ASPP branches as taps_conv2d's 1x1 GEMMs.
-    assert dilations == ({1, 2, 4} if bf16 else {1, 2, 4, 6, 12, 18, 24})
+    assert dilations == ({1, 2, 4} if taps else {1, 2, 4, 6, 12, 18, 24})
     compute = tf.bfloat16 if bf16 else tf.float32
     assert {op.get_attr("T") for op in convs} == {compute}
     assert {v.dtype.base_dtype for v in net.variables.values()} == {compute}
@@ -241,6 +244,48 @@ def test_taps_conv2d_is_the_convolution(kernel, pad, dilation):
             a, b = sess.run([got, want], {images: x})
             assert a.shape == b.shape
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_summed_taps_conv2d_is_the_sum_of_the_convolutions():
+    """The ASPP head's one GEMM sums what its four dilated convolutions sum
+    (compared with numpy's own convolutions), with their gradients, for odd
+    and even sizes smaller than the largest dilation."""
+    rng = np.random.RandomState(0)
+    rates = (1, 2, 5, 7)
+    kernels = [rng.randn(3, 3, 6, 5).astype(np.float32) for _ in rates]
+    images = tf.placeholder(tf.float32, [1, None, None, 6])
+    got = summed_taps_conv2d(images, [(tf.constant(k), r, r) for k, r in zip(kernels, rates)])
+    grads = tf.gradients(got, images, grad_ys=tf.ones_like(got))[0]
+    with tf.Session() as sess:
+        for size in [(9, 12), (4, 5)]:
+            x = rng.randn(1, size[0], size[1], 6)
+            want = sum(numpy_atrous_conv(x[0], k, r) for k, r in zip(kernels, rates))
+            a, g = sess.run([got, grads], {images: x.astype(np.float32)})
+            np.testing.assert_allclose(a[0], want, rtol=1e-5, atol=1e-4)
+            # d(sum of outputs)/dx: each tap's weights summed where it lands.
+            want_grad = sum(numpy_atrous_conv_grad(size, k, r) for k, r in zip(kernels, rates))
+            np.testing.assert_allclose(g[0], want_grad, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="one output size"):
+        summed_taps_conv2d(images, [(tf.constant(kernels[0]), 1, 1),
+                                    (tf.constant(kernels[1]), 1, 2)])
+
+
+def numpy_atrous_conv(x, kernel, rate):
+    """Caffe's 3x3 convolution, pad = dilation = ``rate``, of x [H, W, C]."""
+    height, width = x.shape[:2]
+    padded = np.pad(x, [(rate, rate), (rate, rate), (0, 0)])
+    return sum(padded[i * rate:i * rate + height, j * rate:j * rate + width] @ kernel[i, j]
+               for i in range(3) for j in range(3))
+
+
+def numpy_atrous_conv_grad(size, kernel, rate):
+    """The gradient of ``numpy_atrous_conv(x, kernel, rate).sum()`` by x."""
+    height, width = size
+    grad = np.zeros((height + 2 * rate, width + 2 * rate, kernel.shape[2]))
+    for i in range(3):
+        for j in range(3):
+            grad[i * rate:i * rate + height, j * rate:j * rate + width] += kernel[i, j].sum(1)
+    return grad[rate:rate + height, rate:rate + width]
 
 
 def test_one_graph_segments_every_size(tiny_model, shared_sample):

@@ -31,7 +31,7 @@ from typing import Tuple
 from deeplab_resnet import checkpoints
 from deeplab_resnet.images import label_dtype_for, preprocess
 from deeplab_resnet.model import build_model
-from deeplab_resnet.network import interp_size
+from deeplab_resnet.layer_ops import interp_size
 from deeplab_resnet.runtime import tf
 
 log = logging.getLogger(__name__)

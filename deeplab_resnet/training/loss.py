@@ -166,7 +166,7 @@ def tower_loss(images, labels, num_classes, *, ignore_label=IGNORE_LABEL,
     if on_gpu is None:
         on_gpu = bool(tf.config.list_physical_devices("GPU"))
     model_kwargs = dict(compute_dtype=compute_dtype, variable_dtype=tf.float32,
-                        narrow_taps=None if on_gpu else True)
+                        narrow_taps=compute_dtype == tf.bfloat16 if on_gpu else True)
     with tf.get_default_graph().gradient_override_map({"Conv2D": CONV2D_GRADIENT}):
         net, branches = _branches(images, num_classes, scales, is_training, config,
                                   model_kwargs)
