@@ -43,7 +43,18 @@ def machine_facts():
             "family": cpu["family"], "model": cpu["model"],
             "flags": sorted(flag for flag in FLAGS if flag in flags),
             "native_bf16": cpu["bf16"], "cores": machine.available_cores(),
-            "memory_gib": round(_memory_bytes() / 2.0 ** 30, 1)}
+            "memory_gib": round(_memory_bytes() / 2.0 ** 30, 1),
+            # Real-time tasks' share of each second (-1: unthrottled): chrt'd
+            # timings near a second lose up to 50 ms to the default.
+            "sched_rt_runtime_us": _read_int("/proc/sys/kernel/sched_rt_runtime_us")}
+
+
+def _read_int(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _memory_bytes():
