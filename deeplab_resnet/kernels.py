@@ -21,9 +21,13 @@ the decision right before it imports TensorFlow:
 
 A training process runs its validation with the training family (one
 process, one family); docs/speed.md has what that costs on AVX2 CPUs.
+Forward-only jobs on oneDNN also set ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS``:
+their weights never change after the restore, so oneDNN may keep each
+filter reordered instead of reordering it at every run.
 
-``TF_ENABLE_ONEDNN_OPTS`` set by the user always wins. The project marks
-the value it sets itself (``DEEPLAB_ONEDNN_CHOSEN``), so that a child
+``TF_ENABLE_ONEDNN_OPTS`` (or ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS``) set by
+the user always wins. The project marks the values it sets itself
+(``DEEPLAB_ONEDNN_CHOSEN``), so that a child
 process it starts, which inherits the environment, still decides for its
 own job instead of taking the parent's choice for the user's.
 
@@ -41,13 +45,20 @@ log = logging.getLogger(__name__)
 JOBS = ("train", "inference")
 ONEDNN, EIGEN, DEFAULT = "oneDNN", "Eigen", "TensorFlow's default"
 ENV = "TF_ENABLE_ONEDNN_OPTS"
-# The value the project set ENV to, so children can tell it from a user's.
+# oneDNN keeps a constant filter in its blocked layout from the first run
+# on, but reorders a variable's at every run: 12% of fp32 inference at
+# 513x513 on a Zen 5 EPYC. Forward-only jobs restore their weights before
+# their first run and never change them, so they may say so.
+FROZEN_ENV = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
+MANAGED = (ENV, FROZEN_ENV)
+# What the project set of MANAGED ("KEY=VALUE;..."), so that children can
+# tell it from a user's setting.
 CHOSEN_ENV = "DEEPLAB_ONEDNN_CHOSEN"
 # The job of this process, for runtime to apply and for children to inherit
 # when they declare none.
 JOB_ENV = "DEEPLAB_JOB"
 # What a process that declares no job runs: the library's forward uses
-# (a notebook predicting, the tests' small networks).
+# (a notebook predicting).
 DEFAULT_JOB = "inference"
 AVX512_CORE = ("avx512f", "avx512bw", "avx512vl")
 
@@ -64,16 +75,24 @@ def family(job, flags):
     return DEFAULT
 
 
-def _env_value(chosen):
-    return {ONEDNN: "1", EIGEN: "0"}.get(chosen)
+def settings(job, flags):
+    """{variable: value or None (unset)} of MANAGED for ``job`` on ``flags``."""
+    chosen = family(job, flags)
+    return {ENV: {ONEDNN: "1", EIGEN: "0"}.get(chosen),
+            FROZEN_ENV: "1" if job == "inference" and chosen == ONEDNN else None}
 
 
-def user_setting(environ=None):
-    """TF_ENABLE_ONEDNN_OPTS as the user set it, or None where the user did
-    not (unset, or set by this project in a parent process)."""
+def _chosen(environ):
+    return dict(item.split("=", 1) for item in environ.get(CHOSEN_ENV, "").split(";")
+                if "=" in item)
+
+
+def user_setting(environ=None, key=ENV):
+    """``key`` (one of MANAGED) as the user set it, or None where the user
+    did not (unset, or set by this project in a parent process)."""
     environ = os.environ if environ is None else environ
-    value = environ.get(ENV)
-    if value is None or value == environ.get(CHOSEN_ENV):
+    value = environ.get(key)
+    if value is None or _chosen(environ).get(key) == value:
         return None
     return value
 
@@ -81,16 +100,21 @@ def user_setting(environ=None):
 def environment(job, environ=None, flags=None):
     """``environ`` (default: this process's) changed so that a Python
     process started with it runs ``job``'s kernels: a copy, for
-    ``subprocess`` or for spawning."""
+    ``subprocess`` or for spawning. A variable of MANAGED the user set
+    stays as it is."""
     environ = dict(os.environ if environ is None else environ)
     flags = machine.cpu_flags() if flags is None else flags
     environ[JOB_ENV] = job
-    if user_setting(environ) is None:
-        value = _env_value(family(job, flags))
-        environ.pop(CHOSEN_ENV, None)
-        environ.pop(ENV, None)
+    chosen = {}
+    for key, value in settings(job, flags).items():
+        if user_setting(environ, key) is not None:
+            continue
+        environ.pop(key, None)
         if value is not None:
-            environ[ENV] = environ[CHOSEN_ENV] = value
+            environ[key] = chosen[key] = value
+    environ.pop(CHOSEN_ENV, None)
+    if chosen:
+        environ[CHOSEN_ENV] = ";".join("%s=%s" % item for item in sorted(chosen.items()))
     return environ
 
 
@@ -100,7 +124,7 @@ def tensorflow_imported():
 
 def _set(environ):
     """This process's job and kernel switch as in ``environ``."""
-    for key in (JOB_ENV, ENV, CHOSEN_ENV):
+    for key in (JOB_ENV, CHOSEN_ENV) + MANAGED:
         if key in environ:
             os.environ[key] = environ[key]
         else:

@@ -11,7 +11,8 @@ import collections
 
 def default_kernels(record):
     kernels = record.get("kernels") or {}
-    return kernels.get("user_setting") is None and kernels.get("onednn_max_cpu_isa") is None
+    return (kernels.get("user_setting") is None and kernels.get("onednn_max_cpu_isa") is None
+            and kernels.get("user_frozen_weights") is None)
 
 
 def newest_per_cpu(records, kind, has):

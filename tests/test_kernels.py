@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
@@ -47,6 +48,51 @@ def test_cpu_flags_come_from_cpuinfo():
     text = "processor\t: 0\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2 fma\n"
     assert machine.cpu_flags(text) == {"fpu", "avx2", "fma"}
     assert machine.cpu_flags("processor\t: 0\n") == frozenset()
+
+
+def test_forward_only_jobs_on_onednn_assume_frozen_weights():
+    """Only inference on oneDNN: training changes its weights at every step,
+    and Eigen has no filter reorder to keep."""
+    frozen = kernels.FROZEN_ENV
+    assert kernels.environment("inference", {}, flags=ZEN4)[frozen] == "1"
+    assert frozen not in kernels.environment("train", {}, flags=ZEN4)
+    assert frozen not in kernels.environment("inference", {}, flags=AVX2_ONLY)
+    child = kernels.environment("train", kernels.environment("inference", {}, flags=ZEN4),
+                                flags=ZEN4)
+    assert frozen not in child and child["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    user = kernels.environment("inference", {frozen: "0"}, flags=ZEN4)
+    assert user[frozen] == "0" and kernels.user_setting(user, frozen) == "0"
+
+
+FROZEN_PROBE = """
+import numpy as np
+from deeplab_resnet.model import build_model
+from deeplab_resnet.runtime import session_config, tf
+from deeplab_resnet.testing import TINY_CONFIG
+images = tf.placeholder(tf.float32, [1, None, None, 3])
+tf.set_random_seed(0)
+net, logits = build_model(images, 3, config=TINY_CONFIG, fold_batchnorm=True)
+with tf.Session(config=session_config()) as sess:
+    sess.run(tf.global_variables_initializer())
+    rng = np.random.RandomState(0)
+    outs = [sess.run(logits, {images: rng.uniform(-100, 100, (1,) + size + (3,))})
+            for size in ((65, 49), (33, 41), (65, 49))]
+np.save(%r, np.concatenate([o.ravel() for o in outs]))
+"""
+
+
+def test_frozen_weights_give_the_same_logits_at_every_size(tmp_path):
+    """The kept filter reorders are those of the right weights whatever the
+    input size: logits equal those of a process that reorders every run."""
+    results = []
+    for setting in ("1", "0"):
+        path = str(tmp_path / ("logits%s.npy" % setting))
+        env = dict(clean_environment(), DEEPLAB_JOB="inference")
+        env[kernels.FROZEN_ENV] = setting
+        done = run_python(FROZEN_PROBE % path, env=env)
+        assert done.returncode == 0, done.stderr
+        results.append(np.load(path))
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
 
 
 def test_a_users_setting_wins_and_a_parents_choice_does_not():

@@ -108,6 +108,8 @@ def kernel_facts():
     facts = {job: kernels.describe(kernels.environment(job).get(kernels.ENV))
              for job in kernels.JOBS}
     facts["user_setting"] = kernels.user_setting()
+    facts["inference_frozen_weights"] = kernels.environment("inference").get(kernels.FROZEN_ENV)
+    facts["user_frozen_weights"] = kernels.user_setting(key=kernels.FROZEN_ENV)
     facts["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA")
     return facts
 
