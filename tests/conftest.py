@@ -101,10 +101,50 @@ LONG_TIMEOUTS = {
 
 
 def pytest_collection_modifyitems(items):
+    _check_over_a_minute_reasons(items)
     for item in items:
         seconds = LONG_TIMEOUTS.get(item.nodeid.split("[", 1)[0])
         if seconds and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(seconds))
+
+
+# --------------------------------------------------------------- time budget
+# The fast suite (the README's command, CI's first stage) must stay within
+# 10 minutes on 2 cores, so a test in it that runs longer than this fails,
+# unless it says why it needs the time: @pytest.mark.over_a_minute("reason").
+# What takes longer and does not need to run on every change belongs in the
+# slow set (@pytest.mark.slow), which this limit leaves alone.
+FAST_TEST_SECONDS = 60.0
+
+
+def _over_budget(item, report):
+    """The failure text for a fast-suite test past FAST_TEST_SECONDS, or None."""
+    if report.when != "call" or report.failed or report.duration <= FAST_TEST_SECONDS:
+        return None
+    if item.get_closest_marker("slow") or item.get_closest_marker("over_a_minute"):
+        return None
+    return ("%s took %.0f s, more than the fast suite allows a test (%.0f s, "
+            "tests/conftest.py FAST_TEST_SECONDS). Make it cheaper, move it to the slow "
+            "set (@pytest.mark.slow), or mark it @pytest.mark.over_a_minute(\"why\")."
+            % (item.nodeid, report.duration, FAST_TEST_SECONDS))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    problem = _over_budget(item, report)
+    if problem:
+        report.outcome, report.longrepr = "failed", problem
+
+
+def _check_over_a_minute_reasons(items):
+    """A test may pass the limit only with a reason (collection error otherwise)."""
+    for item in items:
+        marker = item.get_closest_marker("over_a_minute")
+        if marker is not None and not (marker.args and str(marker.args[0]).strip()):
+            raise pytest.UsageError("%s: @pytest.mark.over_a_minute needs the reason "
+                                    "the test needs more than a minute." % item.nodeid)
 
 
 # --------------------------------------------------------------------- ports

@@ -152,3 +152,51 @@ def test_a_long_timeouts_entry_limits_its_test(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "timeout_method=signal")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*Timeout (>1.0s) from pytest-timeout*", "FAILED test_inner.py::test_limited*"])
+
+
+def test_a_fast_test_over_the_limit_fails_unless_marked_with_a_reason(pytester):
+    """conftest.FAST_TEST_SECONDS (here 1 s): a test past it fails, naming the
+    way out; one marked slow, or over_a_minute with a reason, passes."""
+    pytester.makeconftest(INNER_CONFTEST.format(path=os.path.abspath(conftest.__file__))
+                          + "guard.FAST_TEST_SECONDS = 1.0\n"
+                          + "pytest_runtest_makereport = guard.pytest_runtest_makereport\n"
+                          + "pytest_collection_modifyitems = guard.pytest_collection_modifyitems\n")
+    pytester.makepyfile(test_inner="""
+        import time
+        import pytest
+
+        def test_long():
+            time.sleep(2)
+
+        @pytest.mark.over_a_minute("it must wait for two seconds")
+        def test_long_and_justified():
+            time.sleep(2)
+
+        @pytest.mark.slow
+        def test_long_and_slow():
+            time.sleep(2)
+
+        def test_short():
+            pass
+        """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines([
+        "*test_inner.py::test_long took 2 s, more than the fast suite allows a test (1 s*",
+        "FAILED test_inner.py::test_long*"])
+
+
+def test_over_a_minute_without_a_reason_is_refused(pytester):
+    pytester.makeconftest(INNER_CONFTEST.format(path=os.path.abspath(conftest.__file__))
+                          + "pytest_collection_modifyitems = guard.pytest_collection_modifyitems\n")
+    pytester.makepyfile(test_inner="""
+        import pytest
+
+        @pytest.mark.over_a_minute
+        def test_unexplained():
+            pass
+        """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_unexplained: @pytest.mark.over_a_minute needs the "
+                                 "reason*"])
