@@ -16,7 +16,8 @@ from PIL import Image
 
 from deeplab_resnet import constants, testing
 from deeplab_resnet.runtime import tf
-from deeplab_resnet.testing import TINY_CONFIG, save_tiny_model  # noqa: F401
+from deeplab_resnet.testing import TINY_CONFIG, save_tiny_model
+from helpers.voc_download import write_fake_download
 
 pytest_plugins = ["pytester"]
 
@@ -87,12 +88,11 @@ def pytest_sessionfinish(session, exitstatus):
 # test_multiworker.py sets its own limit, above its workers' deadlines. The
 # other slow tests took at most 139 s there (export), well inside 600 s.
 LONG_TIMEOUTS = {
-    # 2-3 minutes idle (tests/test_demo.py)
-    "tests/test_demo.py::test_demo_trains_evaluates_and_segments": 2700,
     # three scales: ~40 minutes under load
     "tests/test_demo.py::test_demo_trained_multi_scale_still_meets_its_promise": 2700,
     # two demos, one in emulated bfloat16
-    "tests/test_demo.py::test_demo_trained_in_bf16_reaches_the_float32_miou": 3600,
+    "tests/test_demo.py::test_demo_trains_evaluates_and_segments_and_bf16_reaches_the_float32_miou":
+        3600,
     # 278 s under load: the full ResNet-101 with accumulation
     "tests/test_train.py::test_resnet101_trains_with_accumulation_and_batch_statistics": 900,
     # 545 s under load: the full ResNet-101 at 513x513 in fp32 and emulated bf16
@@ -277,6 +277,16 @@ def shared_sample():
         "label": os.path.join(SHARED_SAMPLE, "2007_000129.png"),
         "label_gray": os.path.join(SHARED_SAMPLE, "2007_000129_gray.png"),
     }
+
+
+@pytest.fixture
+def fake_download(tmp_path):
+    """A tiny VOCdevkit/VOC2012 and benchmark_RELEASE/dataset
+    (``helpers.voc_download``).
+
+    Returns (voc_dir, sbd_dir, voc_labels, sbd_labels): label arrays by name.
+    """
+    return write_fake_download(tmp_path)
 
 
 def load_script(name):

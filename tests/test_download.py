@@ -21,8 +21,8 @@ import tensorflow.compat.v1 as tf
 
 from conftest import REPO_ROOT, run_script
 from deeplab_resnet.data import download
-from test_dataset_tools import EXPECTED_TRAIN, VOC_VAL, expected_lines, fake_download  # noqa: F401
-from test_train import run_train, train_argv
+from helpers.voc_download import EXPECTED_TRAIN, VOC_VAL, expected_lines
+from helpers.training import run_train, train_argv
 
 SCRIPT = os.path.join(REPO_ROOT, "dataset", "download_voc.py")
 VOC_NAME, SBD_NAME = download.VOC_ARCHIVE.name, download.SBD_ARCHIVE.name

@@ -20,7 +20,7 @@ from deeplab_resnet import training
 from deeplab_resnet.training import towers
 
 from conftest import TINY_CONFIG
-from test_train import (random_batch, run_train, train_argv, train_script,
+from helpers.training import (random_batch, run_train, train_argv, train_script,
                         write_dataset)
 
 NUM_CLASSES = 5

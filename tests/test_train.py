@@ -4,58 +4,21 @@ import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 from PIL import Image
 
-from conftest import (REPO_ROOT, TINY_CONFIG, load_script, save_tiny_model, write_voc_dataset,
-                      write_voc_pair)
+from conftest import TINY_CONFIG, save_tiny_model, write_voc_pair
 from deeplab_resnet.data.reader import ImageReader
-from deeplab_resnet import cli
 from deeplab_resnet import constants
 from deeplab_resnet import training
 from deeplab_resnet.training import gradients
 from deeplab_resnet.training import loop as training_loop
 from deeplab_resnet.training.loss import prepare_label
-
-TINY_FLAGS = ["--blocks", ",".join(map(str, TINY_CONFIG.blocks)),
-              "--base-depth", str(TINY_CONFIG.base_depth),
-              "--aspp-rates", ",".join(map(str, TINY_CONFIG.aspp_rates))]
-
-
-train_script = load_script("train")
-
-
-def train_argv(data_dir, list_path, snapshot_dir, *extra):
-    return (["--data-dir", data_dir, "--data-list", list_path,
-             "--snapshot-dir", snapshot_dir, "--input-size", "33,33",
-             "--batch-size", "2", "--num-steps", "2", "--save-pred-every", "1000"]
-            + TINY_FLAGS + list(extra))
-
-
-def run_train(argv):
-    """train.py's main in this process, through run_main: its exit status."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(lambda: train_script.main(argv))
-    return exit_info.value.code
-
-
-def write_dataset(root, num_classes=constants.NUM_CLASSES, count=4):
-    """conftest.write_voc_dataset, grayscale labels first; returns the list path."""
-    return write_voc_dataset(root, count=count, num_classes=num_classes,
-                             palette_first=False)[0]
-
-
-def random_batch(rng, count, num_classes, size=33):
-    """Small-valued images (logits stay O(1)) and labels with ignored pixels."""
-    images = rng.normal(0.0, 1.0, (count, size, size, 3)).astype(np.float32)
-    labels = rng.randint(0, num_classes, (count, size, size, 1)).astype(np.uint8)
-    return images, labels
-
+from helpers.training import (random_batch, read_events, run_train, script, train_argv,
+                              write_dataset)
 
 # ------------------------------------------------------------------ solver
 def thread_count():
@@ -219,15 +182,6 @@ def test_short_training_run_lowers_the_loss(voc_dataset):
 
 
 # ---------------------------------------------------------------- the loop
-def read_events(snapshot_dir):
-    tags = set()
-    for name in os.listdir(snapshot_dir):
-        if name.startswith("events.out.tfevents"):
-            for event in tf.train.summary_iterator(os.path.join(snapshot_dir, name)):
-                tags |= {value.tag for value in event.summary.value}
-    return tags
-
-
 def test_restoring_weights_for_other_classes_skips_the_classifier(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     _, npz = save_tiny_model(str(tmp_path / "init"), num_classes=constants.NUM_CLASSES)
@@ -362,12 +316,6 @@ def test_resnet101_trains_with_accumulation_and_batch_statistics(tmp_path, caplo
 
 
 # ------------------------------------------------------- the script itself
-def script(argv):
-    command = [sys.executable, os.path.join(REPO_ROOT, "train.py")] + argv
-    return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
 def test_cli_reports_a_bad_label_in_one_line(tmp_path):
     data_dir = str(tmp_path / "data")
     list_path = write_dataset(data_dir)

@@ -20,8 +20,8 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from conftest import REPO_ROOT, reserve_ports
-from test_multiworker import TIMEOUT, Workers, dataset, run_workers
-from test_train import run_train, train_argv
+from helpers.workers import TIMEOUT, Workers, dataset, run_workers
+from helpers.training import run_train, train_argv
 
 # Slow: two worker processes per test, 15-45 s each on 2 idle cores (CI's
 # second stage runs them).
