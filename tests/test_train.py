@@ -17,6 +17,7 @@ from deeplab_resnet import training
 from deeplab_resnet.training import gradients
 from deeplab_resnet.training import loop as training_loop
 from deeplab_resnet.training.loss import prepare_label
+from deeplab_resnet.training.solver import ReportedSums
 from helpers.training import (random_batch, read_events, run_train, script, train_argv,
                               write_dataset)
 
@@ -369,3 +370,16 @@ def test_ctrl_c_snapshots_and_rerun_resumes_at_the_saved_step(tmp_path):
     final = tf.train.load_checkpoint(state.model_checkpoint_path)
     assert final.get_tensor("global_step") == num_steps
     assert final.get_tensor("fc1_voc12_c0/weights/Momentum").any()
+
+
+def test_reported_sums_are_packed_and_read_by_slot_name():
+    layout = ReportedSums(["1", "0.5", "max"])
+    values = {slot: float(i + 1) for i, slot in enumerate(reversed(layout.slots))}
+    with tf.Session() as sess:
+        totals = sess.run(layout.pack(values))
+    assert layout.read(totals) == values
+    assert layout.read(totals)["num_valid/0.5"] == values["num_valid/0.5"]
+    with pytest.raises(ValueError, match="slots"):
+        layout.pack({k: v for k, v in values.items() if k != "interrupt"})
+    with pytest.raises(ValueError, match="8 values for 9 slots"):
+        layout.read(totals[:-1])
