@@ -41,8 +41,9 @@ def get_arguments(argv=None):
                         help="Directory to write; must not exist or be empty "
                              "unless --overwrite (default: %(default)s).")
     parser.add_argument("--overwrite", action="store_true",
-                        help="Replace an existing --output-dir once the new "
-                             "export is complete (default: refuse).")
+                        help="Replace an earlier export in --output-dir once the "
+                             "new one is complete; a directory holding anything "
+                             "else is refused (default: refuse).")
     cli.add_prediction_flags(parser)
     cli.add_crf_flags(parser, runtime=False)
     parser.add_argument("--onnx", action="store_true",

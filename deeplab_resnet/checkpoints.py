@@ -291,15 +291,68 @@ def load_model_config(path):
 
     A file without a record (e.g. converted Caffe weights) is the published
     ResNet-101 network.
+
+    Raises:
+      ValueError: the file is not JSON, or a key is unknown, missing, of
+        the wrong type or out of range; naming the file and what to do.
     """
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     config_file = os.path.join(directory, MODEL_CONFIG_FILE)
     if not os.path.isfile(config_file):
         return None, ModelConfig()
-    with open(config_file) as f:
-        data = json.load(f)
-    num_classes = data.pop("num_classes", None)
-    return num_classes, ModelConfig(**data)
+    try:
+        with open(config_file) as f:
+            data = json.load(f)
+    except ValueError as err:
+        raise _config_error(config_file, "it is not valid JSON (%s)" % err)
+    return _parse_model_config(data, config_file)
+
+
+# model_config.json's keys: (what the value must be, the test it must pass).
+_CONFIG_SCHEMA = {
+    "blocks": ("a list of four positive integers (res2..res5)",
+               lambda v: _is_list_of_positive(v) and len(v) == 4),
+    "base_depth": ("a positive integer", lambda v: _is_positive(v)),
+    "aspp_rates": ("a non-empty list of positive integers",
+                   lambda v: _is_list_of_positive(v) and len(v) > 0),
+    "num_classes": ("a positive integer or null", lambda v: v is None or _is_positive(v)),
+}
+_REQUIRED_KEYS = ("blocks", "base_depth", "aspp_rates")
+
+
+def _is_positive(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_list_of_positive(value):
+    return isinstance(value, list) and all(map(_is_positive, value))
+
+
+def _config_error(config_file, problem):
+    return ValueError(
+        "%s: %s. Fix it, or delete the file: train.py then rebuilds it from the "
+        "checkpoint's shapes and the --blocks, --base-depth and --aspp-rates flags."
+        % (config_file, problem))
+
+
+def _parse_model_config(data, config_file):
+    """(num_classes or None, ModelConfig) from the parsed JSON, checked key by key."""
+    if not isinstance(data, dict):
+        raise _config_error(config_file, "it must hold a JSON object, not %s"
+                            % type(data).__name__)
+    unknown = sorted(set(data) - set(_CONFIG_SCHEMA))
+    if unknown:
+        raise _config_error(config_file, "unknown key(s) %s (known: %s)"
+                            % (", ".join(map(repr, unknown)), ", ".join(_CONFIG_SCHEMA)))
+    missing = [key for key in _REQUIRED_KEYS if key not in data]
+    if missing:
+        raise _config_error(config_file, "key(s) %s missing" % ", ".join(map(repr, missing)))
+    for key, (wanted, valid) in _CONFIG_SCHEMA.items():
+        if key in data and not valid(data[key]):
+            raise _config_error(config_file, "%r must be %s, got %s"
+                                % (key, wanted, json.dumps(data[key])))
+    return data.get("num_classes"), ModelConfig(data["blocks"], data["base_depth"],
+                                                data["aspp_rates"])
 
 
 def architecture_from_shapes(prefix):

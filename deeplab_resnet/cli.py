@@ -333,10 +333,10 @@ def crf_workers(args):
 
 def add_runtime_flags(parser):
     """Thread flags: the defaults suit one process using the whole machine."""
-    parser.add_argument("--intra-op-threads", type=int, default=0,
+    parser.add_argument("--intra-op-threads", type=non_negative_int, default=0,
                         help="Threads inside one op such as a convolution "
                              "(default: 0 = one per available core).")
-    parser.add_argument("--inter-op-threads", type=int, default=0,
+    parser.add_argument("--inter-op-threads", type=non_negative_int, default=0,
                         help="Ops run side by side (default: 0 = 2, enough to "
                              "overlap input decoding with the network).")
 

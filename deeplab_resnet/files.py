@@ -175,7 +175,11 @@ def replace_directory(staging, target):
     if os.path.isdir(target) and os.listdir(target):
         old = new_hidden_dir(os.path.dirname(os.path.abspath(staging)),
                              os.path.basename(target), "old")
-        os.rename(target, os.path.join(old, "previous"))
+        try:
+            os.rename(target, os.path.join(old, "previous"))
+        except OSError:
+            os.rmdir(old)
+            raise
     try:
         # rename(2) replaces an empty directory, nothing else.
         os.rename(staging, target)

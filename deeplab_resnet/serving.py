@@ -45,7 +45,7 @@ import logging
 import os
 import shutil
 
-from deeplab_resnet import checkpoints, files, onnx_export
+from deeplab_resnet import checkpoints, files, messages, onnx_export
 from deeplab_resnet.constants import NUM_CLASSES
 from deeplab_resnet.crf import backend_tf
 from deeplab_resnet.evaluation.predict import PredictConfig, build_prediction
@@ -176,23 +176,67 @@ def write_saved_model(graph_def, directory):
         builder.save()
 
 
-def check_output_dir(output_dir, overwrite=False):
+# What an export writes at the top of --output-dir and of its saved_model/:
+# --overwrite replaces a directory that holds nothing else.
+EXPORT_NAMES = frozenset([FROZEN_GRAPH_FILE, SAVED_MODEL_DIR, INFO_FILE, onnx_export.ONNX_FILE])
+SAVED_MODEL_NAMES = frozenset(["saved_model.pb", "variables", "assets", "fingerprint.pb"])
+
+
+def _within(path, directory):
+    """True if ``path`` is ``directory`` or lies under it (symlinks resolved)."""
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return os.path.commonpath([path, directory]) == directory
+
+
+def _not_exported(output_dir):
+    """What in an existing ``output_dir`` an export did not write, as names."""
+    foreign = sorted(set(os.listdir(output_dir)) - EXPORT_NAMES)
+    if INFO_FILE not in os.listdir(output_dir):
+        foreign.append("(no %s)" % INFO_FILE)
+    saved_model = os.path.join(output_dir, SAVED_MODEL_DIR)
+    if os.path.isdir(saved_model):
+        foreign += [os.path.join(SAVED_MODEL_DIR, name) for name in
+                    sorted(set(os.listdir(saved_model)) - SAVED_MODEL_NAMES)]
+    return foreign
+
+
+def check_output_dir(output_dir, overwrite=False, sources=()):
     """Raise IOError early if ``output_dir`` may not be (re)placed.
 
-    An existing empty directory is taken; anything else needs ``overwrite``,
-    and a file is never replaced.
+    An existing empty directory is taken. ``overwrite`` replaces only an
+    earlier export: a directory holding anything an export does not write,
+    the weights read (``sources``) or the current directory is refused, and
+    a file is never replaced.
     """
-    if os.path.isfile(output_dir) or os.path.islink(output_dir):
+    if os.path.islink(output_dir) and not os.path.isdir(output_dir):
+        raise IOError("--output-dir %s is a symlink to %s, not to a directory. Choose "
+                      "a directory path." % (output_dir, os.path.realpath(output_dir)))
+    if os.path.isfile(output_dir):
         raise IOError("--output-dir %s is a file. Choose a directory path "
                       "that does not exist yet." % output_dir)
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+    for source in sources:
+        if _within(source, output_dir):
+            raise IOError("--output-dir %s holds the weights it exports (%s); replacing "
+                          "it would delete them. Choose another --output-dir."
+                          % (output_dir, source))
+    if not (os.path.isdir(output_dir) and os.listdir(output_dir)):
+        return
+    if not overwrite:
         raise IOError("--output-dir %s already exists and is not empty. Pass "
                       "--overwrite to replace it, or choose another "
                       "--output-dir." % output_dir)
+    if _within(os.getcwd(), output_dir):
+        raise IOError("--output-dir %s holds the current directory, which --overwrite "
+                      "cannot replace. Choose another --output-dir." % output_dir)
+    foreign = _not_exported(output_dir)
+    if foreign:
+        raise IOError("--output-dir %s is not an earlier export: it holds %s. --overwrite "
+                      "replaces only what export.py wrote; choose another --output-dir "
+                      "or move those away." % (output_dir, messages.abbreviate(foreign)))
 
 
-def _move_into_place(staging, output_dir, overwrite):
-    check_output_dir(output_dir, overwrite)
+def _move_into_place(staging, output_dir, overwrite, sources):
+    check_output_dir(output_dir, overwrite, sources)
     files.replace_directory(staging, output_dir)
 
 
@@ -203,7 +247,9 @@ def export(weights, output_dir, num_classes=NUM_CLASSES, *, predict=None, crf=No
     Args:
       weights: .npz, checkpoint prefix or directory.
       output_dir: created with its parents; must be absent or empty unless
-        ``overwrite``.
+        ``overwrite``, which replaces an earlier export only (never the
+        weights read, nor a file export.py did not write). A symlink to a
+        directory is followed.
       num_classes, predict, crf: as ``freeze``.
       onnx: also write model.onnx (``onnx_export``; not with bf16 or crf).
     Returns:
@@ -213,8 +259,10 @@ def export(weights, output_dir, num_classes=NUM_CLASSES, *, predict=None, crf=No
       ValueError: weights for another network or class count; ``onnx``
       with bf16 or crf, or without its packages.
     """
-    output_dir = os.path.normpath(output_dir)
-    check_output_dir(output_dir, overwrite)
+    if os.path.islink(output_dir) and os.path.isdir(output_dir):
+        output_dir = os.path.realpath(output_dir)
+    output_dir = os.path.abspath(output_dir)
+    check_output_dir(output_dir, overwrite, [weights])
     predict = predict or PredictConfig()
     if onnx:
         onnx_export.check_options(bf16=predict.bf16, crf=crf)
@@ -249,7 +297,7 @@ def export(weights, output_dir, num_classes=NUM_CLASSES, *, predict=None, crf=No
                 graph_def, os.path.join(staging, onnx_export.ONNX_FILE),
                 input_name=INPUT_NAME, output_names=[LABEL_NAME, PROBS_NAME])
         files.write_json(os.path.join(staging, INFO_FILE), info)
-        _move_into_place(staging, output_dir, overwrite)
+        _move_into_place(staging, output_dir, overwrite, [weights, path])
     finally:
         if os.path.isdir(staging):
             shutil.rmtree(staging)

@@ -236,6 +236,11 @@ def test_never_overwrites_without_overwrite_and_replaces_atomically(
     with pytest.raises(IOError, match="already exists.*--overwrite"):
         script.main(["--restore-from", npz, "--output-dir", str(out)])
     assert sorted(os.listdir(str(out))) == before
+    # --overwrite replaces an earlier export only (tests/test_export_overwrite.py).
+    with pytest.raises(IOError, match="not an earlier export: it holds stale.txt"):
+        serving.export(npz, str(out), overwrite=True)
+    stale.unlink()
+    before = sorted(os.listdir(str(out)))
 
     # A failure half-way leaves the old export as it was, and no debris.
     def broken(graph_def, path):

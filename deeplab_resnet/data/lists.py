@@ -60,6 +60,12 @@ def _join(data_dir, path):
     return os.path.join(data_dir, path.lstrip("/")) if data_dir else path
 
 
+def escapes(relative):
+    """True if ``relative``, joined onto a root, would lead out of it ('../x', 'a/../../x')."""
+    parts = os.path.normpath(relative.lstrip("/")).split(os.sep)
+    return parts[0] == os.pardir
+
+
 def read_labeled_image_list(data_dir, data_list, check_exists=True,
                             with_line_numbers=False):
     """Image and label paths from a list file, every file checked to exist.
@@ -77,7 +83,8 @@ def read_labeled_image_list(data_dir, data_list, check_exists=True,
     Raises:
       IOError: the list file or listed files do not exist (each missing file
         is named with its line number).
-      ValueError: the list is empty or a line is not two paths.
+      ValueError: the list is empty, a line is not two paths, or a path
+        leads outside ``data_dir`` ('..').
     """
     if not os.path.isfile(data_list):
         raise IOError("List file %r does not exist. Point --data-list at a text "
@@ -94,6 +101,12 @@ def read_labeled_image_list(data_dir, data_list, check_exists=True,
                 "line must be e.g. '/JPEGImages/x.jpg "
                 "/SegmentationClassAug/x.png' (paths without spaces)."
                 % (data_list, number, line.strip()))
+        outside = [p for p in fields if escapes(p)]
+        if data_dir and outside:
+            raise ValueError(
+                "%s line %d: %s would lead outside --data-dir %s. Entries are paths "
+                "under --data-dir such as /JPEGImages/x.jpg; fix the line."
+                % (data_list, number, outside[0], data_dir))
         image, label = (_join(data_dir, p) for p in fields)
         missing.extend("line %d: %s" % (number, p)
                        for p in (image, label) if not os.path.isfile(p))

@@ -50,11 +50,23 @@ log = logging.getLogger(__name__)
 EVAL_PREFETCH = 2
 
 
+def wide_to_8_bits(wide):
+    """A wide single-channel image (16-bit, 32-bit or float) as uint8: ``wide / 257``.
+
+    A 16-bit PNG's range is 0..65535 by its specification, whatever the
+    values in one file: dividing only when the largest exceeds 255 turned a
+    dark photo white and a constant 256 near-black. Other wide modes (32-bit
+    integer, float TIFFs) are read on the same 0..65535 scale, clipped.
+    """
+    return np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8)
+
+
 def load_image(path, orient=False, fix=None):
     """A photo as RGB, whatever its file's mode, decoded in full.
 
     Grayscale and palette images are expanded to RGB, CMYK is converted,
-    alpha is dropped and 16-bit images are scaled to 8 bits.
+    alpha is dropped and 16-bit images are scaled to 8 bits
+    (``wide_to_8_bits``).
 
     Args:
       path: a JPEG, PNG or any other format PIL reads.
@@ -74,11 +86,7 @@ def load_image(path, orient=False, fix=None):
             if orient:
                 image = upright(image)
             if image.mode.startswith(WIDE_MODES):
-                wide = np.asarray(image, dtype=np.float64)
-                # 16-bit images use the full range; 8-bit conversion keeps the top byte.
-                wide = wide / 257.0 if wide.max() > 255 else wide
-                image = Image.fromarray(
-                    np.clip(np.round(wide), 0, 255).astype(np.uint8))
+                image = Image.fromarray(wide_to_8_bits(np.asarray(image, dtype=np.float64)))
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except DECODE_ERRORS as err:
         raise UnreadableError("image", path, err, fix)

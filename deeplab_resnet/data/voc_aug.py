@@ -88,10 +88,24 @@ def check_sbd_dir(sbd_dir):
 
 
 def read_split(path):
-    """Image names, one per line, in file order (blank lines skipped)."""
+    """Image names, one per line, in file order (blank lines skipped).
+
+    Raises:
+      ValueError: a line is not a bare name ('../x', 'a/b'): joined onto the
+        VOC, SBD or output directory it would lead elsewhere, and a label
+        would be written there.
+    """
+    names = []
     with open(path) as f:
-        names = [line.strip() for line in f]
-    return [name for name in names if name]
+        for number, line in enumerate(f, 1):
+            name = line.strip()
+            if name and (name in (os.curdir, os.pardir) or "/" in name or "\\" in name):
+                raise ValueError("%s line %d: %r is not a bare image name such as "
+                                 "2007_000032 (a path would lead outside its directory). "
+                                 "Fix the line." % (path, number, name))
+            if name:
+                names.append(name)
+    return names
 
 
 def read_sbd_label(path):

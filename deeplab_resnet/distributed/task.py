@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 from typing import Tuple
 
 from deeplab_resnet import process
@@ -45,8 +46,9 @@ def task_from_env(env=None):
     """The ``WorkerTask`` TF_CONFIG describes; None without one or with one worker.
 
     Raises:
-      ValueError: TF_CONFIG is not JSON, has other jobs than 'worker' (worker
-        0 is the chief; there is no 'chief' or 'ps' job), or a bad index.
+      ValueError: TF_CONFIG is not JSON or not of the shape above, has other
+        jobs than 'worker' (worker 0 is the chief; there is no 'chief' or
+        'ps' job), a bad index, or two workers on one port of one machine.
     """
     env = os.environ if env is None else env
     raw = env.get("TF_CONFIG", "").strip()
@@ -56,24 +58,81 @@ def task_from_env(env=None):
         spec = json.loads(raw)
     except ValueError as err:
         raise ValueError("TF_CONFIG is not valid JSON (%s): %r" % (err, raw[:200]))
-    cluster, task = spec.get("cluster") or {}, spec.get("task") or {}
-    if sorted(cluster) != ["worker"]:
-        raise ValueError("TF_CONFIG: only a 'worker' job is supported (worker 0 is the "
-                         "chief); got jobs %s." % sorted(cluster))
-    workers = tuple(cluster["worker"])
-    if task.get("type") != "worker":
-        raise ValueError("TF_CONFIG: task type must be 'worker', got %r."
-                         % task.get("type"))
-    index = task.get("index")
-    if not isinstance(index, int) or not 0 <= index < len(workers):
-        raise ValueError("TF_CONFIG: task index %r is not in 0..%d."
-                         % (index, len(workers) - 1))
-    if len(set(workers)) != len(workers):
-        raise ValueError("TF_CONFIG: duplicate worker addresses %s." % list(workers))
+    workers, index = _parse_spec(spec)
     if len(workers) == 1:
         log.info("TF_CONFIG lists one worker: single-process run.")
         return None
     return WorkerTask(workers, index)
+
+
+_SHAPE = ('TF_CONFIG must look like {"cluster": {"worker": ["host:port", ...]}, '
+          '"task": {"type": "worker", "index": 0}}')
+
+
+def _kind(value):
+    return "null" if value is None else {bool: "a boolean", int: "a number", float: "a number",
+                                         str: "a string", list: "a list",
+                                         dict: "an object"}[type(value)]
+
+
+def _parse_spec(spec):
+    """(worker addresses, this task's index) of a decoded TF_CONFIG, checked."""
+    if not isinstance(spec, dict):
+        raise ValueError("%s; it is %s." % (_SHAPE, _kind(spec)))
+    cluster, task = spec.get("cluster"), spec.get("task")
+    for name, value in (("cluster", cluster), ("task", task)):
+        if not isinstance(value, dict):
+            raise ValueError('%s; its "%s" is %s.' % (_SHAPE, name, _kind(value)))
+    if sorted(cluster) != ["worker"]:
+        raise ValueError("TF_CONFIG: only a 'worker' job is supported (worker 0 is the "
+                         "chief); got jobs %s." % sorted(cluster))
+    workers = cluster["worker"]
+    if not (isinstance(workers, list) and workers
+            and all(isinstance(w, str) and _port(w) for w in workers)):
+        raise ValueError('%s; its "worker" is %s, not a list of "host:port" strings.'
+                         % (_SHAPE, json.dumps(workers)))
+    if task.get("type") != "worker":
+        raise ValueError("TF_CONFIG: task type must be 'worker', got %r."
+                         % task.get("type"))
+    index = task.get("index")
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise ValueError('TF_CONFIG: task "index" must be a whole number (this worker\'s '
+                         'place in "worker"), not %s %s.' % (_kind(index), json.dumps(index)))
+    if not 0 <= index < len(workers):
+        raise ValueError("TF_CONFIG: task index %r is not in 0..%d."
+                         % (index, len(workers) - 1))
+    _check_distinct(workers)
+    return tuple(workers), index
+
+
+def _port(address):
+    """The port of 'host:port' (1..65535), or None."""
+    host, _, port = address.rpartition(":")
+    return int(port) if host and port.isdigit() and 0 < int(port) < 65536 else None
+
+
+# Names a worker's host may have that all mean this machine's loopback.
+_LOOPBACK = ("localhost", "ip6-localhost", "::1", "[::1]", "0.0.0.0")
+
+
+def _machine(host):
+    """One name per machine where the spelling differs but the machine does not."""
+    host = host.lower()
+    if host in _LOOPBACK or host.startswith("127."):
+        return "this machine"
+    return "this machine" if host in (socket.gethostname().lower(),) else host
+
+
+def _check_distinct(workers):
+    """Two workers on the same port of the same machine: the second could never listen."""
+    seen = {}
+    for i, address in enumerate(workers):
+        key = (_machine(address.rpartition(":")[0]), _port(address))
+        if key in seen:
+            raise ValueError("TF_CONFIG: workers %d (%s) and %d (%s) are the same port of "
+                             "one machine; give each worker its own host:port."
+                             % (seen[key], workers[seen[key]], i, address))
+        seen[key] = i
 
 
 def start_server(task, config):

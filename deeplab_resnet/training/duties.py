@@ -13,7 +13,7 @@ from deeplab_resnet import checkpoints
 from deeplab_resnet.runtime import first_error_line, tf
 from deeplab_resnet.training import soundness
 from deeplab_resnet.training.snapshots import (SnapshotLock, check_snapshot_config,
-                                               remove_interrupted_saves)
+                                               recover_rotation, remove_interrupted_saves)
 from deeplab_resnet.training.validation import Validation
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,8 @@ def _resume(sess, saver, trainer, config, resume):
     except tf.errors.OpError as err:
         raise IOError("Cannot restore %s (%s). Move it away to resume from the "
                       "snapshot before it." % (resume, first_error_line(err)))
-    saver.recover_last_checkpoints(checkpoints.snapshot_prefixes(config.snapshots.snapshot_dir))
+    recover_rotation(saver, config.snapshots.snapshot_dir,
+                     config.snapshots.keep_checkpoints, resume)
     step = int(sess.run(trainer.global_step))
     if config.network.restore_from:
         log.info("--restore-from %s ignored: resuming the snapshot in %s.",

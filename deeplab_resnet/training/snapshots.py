@@ -9,6 +9,7 @@ intact; and what a killed save left behind is removed at the next start.
 import fcntl
 import logging
 import os
+import re
 import shutil
 
 import numpy as np
@@ -21,6 +22,8 @@ from deeplab_resnet.training import soundness
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "model.ckpt"
+# The index file of a snapshot train.py wrote: nothing else is ever rotated.
+_OWN_INDEX = re.compile(r"^%s-(\d+)\.index$" % re.escape(CHECKPOINT_NAME))
 
 
 def make_saver(keep_checkpoints):
@@ -35,6 +38,36 @@ def make_saver(keep_checkpoints):
                          "to keep all, or how many to keep." % keep_checkpoints)
     return tf.train.Saver(tf.global_variables(), max_to_keep=keep_checkpoints or None,
                           save_relative_paths=True)
+
+
+def own_snapshots(snapshot_dir):
+    """The snapshots train.py wrote in ``snapshot_dir`` (``model.ckpt-N``), oldest first.
+
+    Only these take part in rotation: a user's copy (``my_backup.ckpt``) or
+    another tool's checkpoint in the same directory is never deleted.
+    """
+    steps = sorted(int(match.group(1)) for match in map(_OWN_INDEX.match,
+                                                        os.listdir(snapshot_dir)) if match)
+    return [os.path.join(snapshot_dir, "%s-%d" % (CHECKPOINT_NAME, step)) for step in steps]
+
+
+def recover_rotation(saver, snapshot_dir, keep_checkpoints, resume):
+    """Hand the Saver's rotation the run's own snapshots, the newest ``keep_checkpoints``.
+
+    The Saver drops one old snapshot per save, so a longer list would keep
+    more than asked for ever after; the older own snapshots go now instead
+    (never ``resume``, the one the run continues from).
+    """
+    own = own_snapshots(snapshot_dir)
+    if keep_checkpoints and len(own) > keep_checkpoints:
+        old = [prefix for prefix in own[:-keep_checkpoints] if prefix != resume]
+        for prefix in old:
+            tf.train.remove_checkpoint(prefix)
+        if old:
+            log.info("removed %d snapshot(s) beyond --keep-checkpoints %d: %s", len(old),
+                     keep_checkpoints, ", ".join(os.path.basename(p) for p in old))
+        own = [prefix for prefix in own if prefix not in old]
+    saver.recover_last_checkpoints(own)
 
 
 def check_snapshot_config(snapshot_dir, num_classes, config, resume=None):
