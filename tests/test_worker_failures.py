@@ -2,7 +2,7 @@
 a chief killed, a worker that never starts, a run that diverges, a bad file on one
 worker (mid-run, or before it joined), a port in use.
 
-Worker processes on 127.0.0.1 (``test_multiworker.Workers``: reserved ports,
+Worker processes on 127.0.0.1 (``helpers.workers.Workers``: reserved ports,
 a deadline, killed in ``finally``), tiny network, the demo-sized data.
 """
 import json
