@@ -17,6 +17,7 @@ from deeplab_resnet import training
 from deeplab_resnet.training import gradients
 from deeplab_resnet.training import loop as training_loop
 from deeplab_resnet.training.loss import prepare_label
+from deeplab_resnet.training.snapshots import SnapshotLock
 from deeplab_resnet.training.solver import ReportedSums
 from helpers.training import (random_batch, read_events, run_train, script, train_argv,
                               write_dataset)
@@ -342,7 +343,7 @@ def test_ctrl_c_snapshots_and_rerun_resumes_at_the_saved_step(tmp_path):
             break
     # The run holds its snapshot directory.
     with pytest.raises(IOError, match="Another train.py is writing to"):
-        with training_loop.SnapshotLock(snapshot_dir):
+        with SnapshotLock(snapshot_dir):
             pass
     first.send_signal(signal.SIGINT)
     output = "".join(lines) + first.communicate(timeout=60)[0]
