@@ -1,7 +1,8 @@
-"""One training process on its unhappy paths: kill -9 and resume, validation data
-elsewhere, the validation scalars TensorBoard gets, the emulated-bf16 warning.
+"""One training process on its unhappy paths: kill -9 and resume, SIGTERM once and
+twice, validation data elsewhere, the validation scalars TensorBoard gets, the
+emulated-bf16 warning.
 
-Tiny network, the 33x33 test data (``test_train``); train.py runs in this
+Tiny network, the 33x33 test data (``helpers.training``); train.py runs in this
 process (``run_train``) except where it must be killed.
 """
 import logging
@@ -25,6 +26,69 @@ NUM_CLASSES = 5
 
 def errors_of(caplog):
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# ------------------------------------------------------------------ SIGTERM
+class SignalOnLine(logging.Handler):
+    """Sends this process ``signum`` when a log line matches ``pattern``
+    (the handler runs in the thread that logs: the loop, or the signal
+    handler itself)."""
+
+    def __init__(self, pattern, signum):
+        super().__init__()
+        self.pattern, self.signum, self.sent = pattern, signum, 0
+
+    def emit(self, record):
+        if not self.sent and re.search(self.pattern, record.getMessage()):
+            self.sent += 1
+            os.kill(os.getpid(), self.signum)
+
+
+def run_signalled(argv, *handlers):
+    root = logging.getLogger()
+    for handler in handlers:
+        root.addHandler(handler)
+    try:
+        return run_train(argv)
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+
+
+def test_sigterm_to_one_process_snapshots_the_step_and_stops(train_paths, caplog):
+    """A scheduler's SIGTERM: the step in progress ends, its snapshot is
+    written, the run exits 130 saying how to resume."""
+    caplog.set_level(logging.INFO)
+    data_dir, list_path, snapshot_dir = train_paths
+    status = run_signalled(
+        train_argv(data_dir, list_path, snapshot_dir, "--num-steps", "1000",
+                   "--log-every", "1", "--learning-rate", "1e-4"),
+        SignalOnLine(r"^step 3/1000 ", signal.SIGTERM))
+    assert status == training_loop.INTERRUPTED_STATUS, caplog.text
+    assert "SIGTERM: saving a snapshot after this step" in caplog.text
+    step = int(re.search(r"interrupted at step (\d+); rerun the same command",
+                         caplog.text).group(1))
+    assert step >= 3
+    assert tf.train.latest_checkpoint(snapshot_dir).endswith("model.ckpt-%d" % step)
+
+
+def test_a_second_signal_while_the_first_is_handled_stops_at_once_without_a_snapshot(
+        train_paths, caplog):
+    """The second SIGTERM comes while the first one's handler runs: the run
+    stops there (exit 130, 'interrupted'), with no snapshot of that step."""
+    caplog.set_level(logging.INFO)
+    data_dir, list_path, snapshot_dir = train_paths
+    status = run_signalled(
+        train_argv(data_dir, list_path, snapshot_dir, "--num-steps", "1000",
+                   "--log-every", "1", "--learning-rate", "1e-4"),
+        SignalOnLine(r"^step 3/1000 ", signal.SIGTERM),
+        SignalOnLine(r"^SIGTERM: saving a snapshot", signal.SIGTERM))
+    assert status == training_loop.INTERRUPTED_STATUS, caplog.text
+    assert caplog.text.count("SIGTERM: saving a snapshot") == 1, caplog.text
+    assert "interrupted at step" not in caplog.text
+    assert tf.train.latest_checkpoint(snapshot_dir) is None
+    # The handlers are put back once the run is over.
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 # ------------------------------------------------------------ kill -9, resume
