@@ -100,6 +100,9 @@ def test_a_full_restart_resumes_from_the_chiefs_snapshot(tmp_path):
                           checkpoint_values(str(tmp_path / "one")))
 
 
+# Slow, with the other failure paths of several workers (test_worker_failures.py):
+# the fast suite keeps two workers training as one process.
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_others_and_a_restart_resumes(tmp_path):
     data, list_path, flags = dataset(tmp_path)
     snapshots = str(tmp_path / "multi")

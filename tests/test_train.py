@@ -19,8 +19,8 @@ from deeplab_resnet.training import loop as training_loop
 from deeplab_resnet.training.loss import prepare_label
 from deeplab_resnet.training.snapshots import SnapshotLock
 from deeplab_resnet.training.solver import ReportedSums
-from helpers.training import (random_batch, read_events, run_train, script, train_argv,
-                              write_dataset)
+from helpers.training import (SignalOnLine, random_batch, read_events, run_signalled,
+                              run_train, script, train_argv, write_dataset)
 
 # ------------------------------------------------------------------ solver
 def thread_count():
@@ -329,33 +329,43 @@ def test_cli_reports_a_bad_label_in_one_line(tmp_path):
     assert "Traceback" not in output
 
 
-def test_ctrl_c_snapshots_and_rerun_resumes_at_the_saved_step(tmp_path):
+def test_ctrl_c_snapshots_and_rerun_resumes_at_the_saved_step(tmp_path, caplog):
+    """Ctrl-C (SIGINT, sent to this process from the step 3 line) while the
+    run holds its snapshot directory: a snapshot of the step, exit 130; the
+    rerun resumes there with the rate of that step and keeps
+    --keep-checkpoints snapshots."""
+    caplog.set_level(logging.INFO)
     data_dir = str(tmp_path / "data")
     list_path = write_dataset(data_dir)
     snapshot_dir = str(tmp_path / "snap")
     argv = train_argv(data_dir, list_path, snapshot_dir, "--learning-rate", "0.001",
                       "--is-training", "--keep-checkpoints", "2")
-    first = script(argv + ["--num-steps", "1000000", "--save-pred-every", "1000000"])
-    lines = []
-    for line in first.stdout:
-        lines.append(line)
-        if re.search(r"step 3/1000000 ", line):
-            break
-    # The run holds its snapshot directory.
-    with pytest.raises(IOError, match="Another train.py is writing to"):
-        with SnapshotLock(snapshot_dir):
-            pass
-    first.send_signal(signal.SIGINT)
-    output = "".join(lines) + first.communicate(timeout=60)[0]
-    assert first.returncode == training.INTERRUPTED_STATUS, output
+    held = []
+
+    class LockCheck(logging.Handler):
+        """The run holds its snapshot directory (checked at step 3)."""
+
+        def emit(self, record):
+            if not held and re.search(r"^step 3/1000000 ", record.getMessage()):
+                with pytest.raises(IOError, match="Another train.py is writing to"):
+                    with SnapshotLock(snapshot_dir):
+                        pass
+                held.append(True)
+
+    status = run_signalled(argv + ["--num-steps", "1000000", "--save-pred-every", "1000000",
+                                   "--log-every", "1"],
+                           LockCheck(), SignalOnLine(r"^step 3/1000000 ", signal.SIGINT))
+    output = caplog.text
+    assert held == [True], output
+    assert status == training.INTERRUPTED_STATUS, output
     saved = int(re.search(r"interrupted at step (\d+)", output).group(1))
     assert saved >= 3
     assert tf.train.latest_checkpoint(snapshot_dir).endswith("model.ckpt-%d" % saved)
 
     num_steps = saved + 3
-    second = script(argv + ["--num-steps", str(num_steps), "--save-pred-every", "1"])
-    output = second.communicate(timeout=120)[0]
-    assert second.returncode == 0, output
+    caplog.clear()
+    assert run_train(argv + ["--num-steps", str(num_steps), "--save-pred-every", "1"]) == 0
+    output = caplog.text
     assert "resuming from %s at step %d" % (
         os.path.join(snapshot_dir, "model.ckpt-%d" % saved), saved) in output
     first_step = re.search(r"step (\d+)/%d .* lr=(\S+)" % num_steps, output)

@@ -19,7 +19,7 @@ from conftest import write_voc_pair
 from deeplab_resnet import files
 from deeplab_resnet.evaluation.evaluate import evaluate
 from deeplab_resnet.training import loop as training_loop
-from helpers.training import run_train, script, train_argv, write_dataset
+from helpers.training import SignalOnLine, run_signalled, run_train, script, train_argv, write_dataset
 
 NUM_CLASSES = 5
 
@@ -29,32 +29,6 @@ def errors_of(caplog):
 
 
 # ------------------------------------------------------------------ SIGTERM
-class SignalOnLine(logging.Handler):
-    """Sends this process ``signum`` when a log line matches ``pattern``
-    (the handler runs in the thread that logs: the loop, or the signal
-    handler itself)."""
-
-    def __init__(self, pattern, signum):
-        super().__init__()
-        self.pattern, self.signum, self.sent = pattern, signum, 0
-
-    def emit(self, record):
-        if not self.sent and re.search(self.pattern, record.getMessage()):
-            self.sent += 1
-            os.kill(os.getpid(), self.signum)
-
-
-def run_signalled(argv, *handlers):
-    root = logging.getLogger()
-    for handler in handlers:
-        root.addHandler(handler)
-    try:
-        return run_train(argv)
-    finally:
-        for handler in handlers:
-            root.removeHandler(handler)
-
-
 def test_sigterm_to_one_process_snapshots_the_step_and_stops(train_paths, caplog):
     """A scheduler's SIGTERM: the step in progress ends, its snapshot is
     written, the run exits 130 saying how to resume."""

@@ -1,6 +1,8 @@
 """Training helpers the test modules share: train.py's flags for the tiny
 network, train.py run in this process or as a script, small datasets."""
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -59,3 +61,29 @@ def script(argv):
     command = [sys.executable, os.path.join(REPO_ROOT, "train.py")] + argv
     return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+
+class SignalOnLine(logging.Handler):
+    """Sends this process ``signum`` when a log line matches ``pattern``
+    (the handler runs in the thread that logs: the loop, or the signal
+    handler itself)."""
+
+    def __init__(self, pattern, signum):
+        super().__init__()
+        self.pattern, self.signum, self.sent = pattern, signum, 0
+
+    def emit(self, record):
+        if not self.sent and re.search(self.pattern, record.getMessage()):
+            self.sent += 1
+            os.kill(os.getpid(), self.signum)
+
+
+def run_signalled(argv, *handlers):
+    root = logging.getLogger()
+    for handler in handlers:
+        root.addHandler(handler)
+    try:
+        return run_train(argv)
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
