@@ -76,3 +76,16 @@ def test_the_collective_ops_adapter_was_checked_on_this_tensorflow():
     for name, parameters in used.items():
         got = list(inspect.signature(getattr(tf_collectives, name)).parameters)
         assert got[:len(parameters)] == parameters, (name, got)
+
+
+def test_a_watchdog_watches_from_its_making_until_it_stops():
+    """watchdog.WATCHING holds the watchdogs exit_process must stop (and whose
+    peers it tells why): a stopped one is let go, not kept for the process's life."""
+    from deeplab_resnet.distributed import watchdog
+    from deeplab_resnet.distributed.task import WorkerTask
+    cluster = type("FakeCluster", (), {"task": WorkerTask(("127.0.0.1:1", "127.0.0.1:2"), 0)})
+    dog = watchdog.Watchdog(cluster())
+    assert dog in watchdog.WATCHING.active()
+    dog.stop()
+    assert dog not in watchdog.WATCHING.active()
+    dog.stop()  # twice is harmless

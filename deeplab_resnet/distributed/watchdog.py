@@ -127,7 +127,7 @@ class Watchdog(object):
         self._said = {}
         self._asking, self._answered = set(), set()
         self._verdict = {}
-        _WATCHDOGS.append(self)
+        WATCHING.add(self)
 
     def startup_deadline(self, seconds):
         """Exit unless ``started()`` is called within ``seconds``.
@@ -225,8 +225,10 @@ class Watchdog(object):
         return self
 
     def stop(self):
-        """Stop judging the peers (they are about to exit too)."""
+        """Stop judging the peers (they are about to exit too); this watchdog
+        leaves ``WATCHING``."""
         self._stop.set()
+        WATCHING.remove(self)
 
     def _probe_loop(self, task):
         sess, probe = _status_probe(self.cluster.server.target, self.task.index, task)
@@ -336,7 +338,30 @@ class Watchdog(object):
         return {}
 
 
-_WATCHDOGS = []
+class Watching(object):
+    """The watchdogs of this process that still watch: each from when it is
+    made until it stops (``Watchdog.stop``), so that ``exit_process`` tells
+    the peers of the runs still on, and a finished run's watchdog is let go."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._watchdogs = []
+
+    def add(self, watchdog):
+        with self._lock:
+            self._watchdogs.append(watchdog)
+
+    def remove(self, watchdog):
+        with self._lock:
+            if watchdog in self._watchdogs:
+                self._watchdogs.remove(watchdog)
+
+    def active(self):
+        with self._lock:
+            return list(self._watchdogs)
+
+
+WATCHING = Watching()
 
 
 def exit_process(status, reason=None):
@@ -348,10 +373,11 @@ def exit_process(status, reason=None):
     With a ``reason`` (the error it stops on) the peers are told first
     (``Watchdog.tell_peers``).
     """
-    for watchdog in _WATCHDOGS:
+    watching = WATCHING.active()
+    for watchdog in watching:
         watchdog.stop()
     if reason and status:
-        for watchdog in _WATCHDOGS:
+        for watchdog in watching:
             watchdog.tell_peers(status, reason)
     logging.shutdown()
     sys.stdout.flush()
