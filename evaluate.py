@@ -34,7 +34,7 @@ def get_arguments(argv=None):
     parser.add_argument("--num-steps", type=cli.positive_int, default=None,
                         help="Images to evaluate, from the top of the list "
                              "(default: the whole list).")
-    parser.add_argument("--save-dir", default=None,
+    parser.add_argument("--save-dir", type=cli.output_directory, default=None,
                         help="Write each prediction to <save-dir>/<image name>.png "
                              "as a palette PNG with the VOC colours (pixel value = "
                              "class id) (default: not written).")

@@ -37,7 +37,7 @@ def get_arguments(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_model_flags(parser)
-    parser.add_argument("--output-dir", default="exported_model",
+    parser.add_argument("--output-dir", type=cli.output_directory, default="exported_model",
                         help="Directory to write; must not exist or be empty "
                              "unless --overwrite (default: %(default)s).")
     parser.add_argument("--overwrite", action="store_true",

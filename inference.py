@@ -120,7 +120,7 @@ def get_arguments(argv=None):
                         metavar="WEIGHTS", default=None,
                         help="Weights to load: %s (required unless the last "
                              "INPUT is the weights)." % WEIGHTS_FORMS)
-    parser.add_argument("--save-dir", default="./output",
+    parser.add_argument("--save-dir", type=cli.output_directory, default="./output",
                         help="Where the outputs go; created if missing "
                              "(default: %(default)s).")
     parser.add_argument("--save-raw", action="store_true",
@@ -134,6 +134,12 @@ def get_arguments(argv=None):
     parser.add_argument("--overlay-alpha", type=float, default=0.5,
                         help="Weight of the mask in the overlay, 0..1 "
                              "(default: %(default)s).")
+    parser.add_argument("--max-size", type=cli.positive_int, default=None, metavar="PIXELS",
+                        help="Segment a photo whose longer side exceeds PIXELS scaled "
+                             "down to it, the outputs scaled back to the photo's size "
+                             "(e.g. 2000: memory and time grow with the pixels) "
+                             "(default: full size, with a warning naming the memory "
+                             "a very large photo needs).")
     cli.add_prediction_flags(parser)
     cli.add_crf_flags(parser)
     cli.add_runtime_flags(parser)
@@ -156,7 +162,8 @@ def main(argv=None):
         overlay_format=(args.overlay_format or "png") if args.overlay else None,
         overlay_alpha=args.overlay_alpha, predict=cli.predict_config(args), crf=crf,
         crf_workers=cli.crf_workers(args) if crf else 0, crf_backend=args.crf_backend,
-        intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads)
+        intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads,
+        max_size=args.max_size)
     log.info("segmented %d of %d images into %s", segmented,
              segmented + len(failures), args.save_dir)
     if failures:

@@ -129,7 +129,7 @@ def get_arguments(argv=None):
     parser.add_argument("--weight-decay", type=cli.non_negative_float, default=DEFAULTS.weight_decay,
                         help="L2 regularisation of convolution weights "
                              "(default: %(default)s).")
-    parser.add_argument("--snapshot-dir", default=DEFAULTS.snapshot_dir,
+    parser.add_argument("--snapshot-dir", type=cli.output_directory, default=DEFAULTS.snapshot_dir,
                         help="Where snapshots, model_config.json and TensorBoard "
                              "logs go; a run resumes from the last snapshot here "
                              "(default: %(default)s).")

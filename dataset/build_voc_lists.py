@@ -34,7 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--sbd-dir", required=True,
                         help="SBD: the benchmark_RELEASE/dataset directory with cls/, "
                              "img/, train.txt and val.txt (required, no default).")
-    parser.add_argument("--output-dir", default=None,
+    parser.add_argument("--output-dir", type=cli.output_directory, default=None,
                         help="Where SegmentationClassAug/, the list files and any "
                              "missing photos go (default: --voc-dir). Another "
                              "directory gets links to every listed photo so that it "

@@ -28,7 +28,7 @@ log = logging.getLogger("download_voc")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=".",
+    parser.add_argument("--root", type=cli.output_directory, default=".",
                         help="Where VOCdevkit/, benchmark_RELEASE/ and downloads/ go "
                              "(default: %(default)s); the archives alone take 3.4 GB.")
     source = parser.add_mutually_exclusive_group()

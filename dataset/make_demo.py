@@ -28,7 +28,8 @@ log = logging.getLogger("make_demo")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default=os.path.join("demo", "data"),
+    parser.add_argument("--output-dir", type=cli.output_directory,
+                        default=os.path.join("demo", "data"),
                         help="Directory to write the dataset to (default: %(default)s).")
     parser.add_argument("--num-train", type=int, default=300,
                         help="Training images (default: %(default)s).")

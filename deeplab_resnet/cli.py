@@ -40,6 +40,15 @@ def non_negative_int(text):
     return value
 
 
+def label_value(text):
+    """argparse type: a value an 8-bit label pixel can hold, 0..255."""
+    value = _whole_number(text)
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError("must be 0..255 (label files hold 8-bit "
+                                         "values), got %d" % value)
+    return value
+
+
 def _finite_float(text):
     try:
         value = float(text)
@@ -64,6 +73,25 @@ def positive_float(text):
     if value <= 0:
         raise argparse.ArgumentTypeError("must be more than 0, got %r" % text)
     return value
+
+
+def output_directory(text):
+    """argparse type: a directory to write into, or one that can be made.
+
+    A file at the path, or above it, would end the run later with a bare
+    '[Errno 17] File exists' (inference.py only after loading the model).
+    """
+    path = os.path.abspath(text)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError("%s is a file, not a directory; give a "
+                                         "directory path" % text)
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError("%s cannot be created: %s is a file; give "
+                                         "another directory path" % (text, parent))
+    return text
 
 
 def int_list(text):
@@ -156,9 +184,9 @@ def add_data_flags(parser, data_dir=".", data_list="dataset/val.txt"):
                         help="List file: one '/JPEGImages/x.jpg "
                              "/SegmentationClassAug/x.png' pair per line "
                              "(default: %(default)s).")
-    parser.add_argument("--ignore-label", type=int, default=IGNORE_LABEL,
-                        help="Label value left out of the loss and the metric "
-                             "(default: %(default)s).")
+    parser.add_argument("--ignore-label", type=label_value, default=IGNORE_LABEL,
+                        help="Label value (0..255) left out of the loss and the "
+                             "metric (default: %(default)s).")
     parser.add_argument("--label-map", default=None, metavar="FILE",
                         help="Table from the values stored in the label files to "
                              "training ids, applied as labels are read, so the "

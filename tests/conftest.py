@@ -311,6 +311,21 @@ def fake_download(tmp_path):
     return write_fake_download(tmp_path)
 
 
+@pytest.fixture
+def server():
+    """A threaded HTTP server on 127.0.0.1 (``helpers.download_server.serve``)."""
+    from helpers.download_server import serve  # the download extra, only where needed
+    yield from serve()
+
+
+@pytest.fixture
+def small(fake_download, tmp_path, server):
+    """The fake download as the two real archives, served and in tmp_path/archives
+    (``helpers.download_server.small_archives``)."""
+    from helpers.download_server import small_archives
+    return small_archives(fake_download, tmp_path, server)
+
+
 def load_script(name):
     """Import a top-level script (e.g. 'evaluate') to call its functions."""
     return testing.load_script(os.path.join(REPO_ROOT, name + ".py"))

@@ -16,7 +16,8 @@ from deeplab_resnet.training import agreement
 train_script = load_script("train")
 flag_tables = load_script(os.path.join("misc", "flag_tables"))
 
-LIST = "/JPEGImages/a.jpg /SegmentationClassAug/a.png\n/JPEGImages/b.jpg /SegmentationClassAug/b.png\n"
+LIST = ("/JPEGImages/a.jpg /SegmentationClassAug/a.png\n"
+        "/JPEGImages/b.jpg /SegmentationClassAug/b.png\n")
 MAP = "0 0\n1 1\n2 2\n* 255\n"
 SWAPPED_MAP = "0 0\n1 2\n2 1\n* 255\n"
 

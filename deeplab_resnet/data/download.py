@@ -22,8 +22,10 @@ import os
 import re
 import tarfile
 import time
+import urllib.parse
 
 from deeplab_resnet.data import voc_aug
+from deeplab_resnet.data.safe_tar import members_within
 from deeplab_resnet.files import write_text
 
 try:
@@ -258,15 +260,34 @@ def fetch_archive(archive, download_dir, mirror=None, **downloader_kwargs):
             % (archive.name, url, err))
 
 
+def check_mirror(mirror):
+    """Refuse a --mirror that is not an http(s) URL with a host.
+
+    Without a scheme ('127.0.0.1:8000') or with another one ('file://'), every
+    attempt failed as if the connection were lost, and the message promised a
+    resume from a .part file that was never written.
+    """
+    parsed = urllib.parse.urlsplit(mirror)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("--mirror %r is not an http:// or https:// URL with a host (e.g. "
+                         "http://10.0.0.5:8000/voc). For files on this machine use "
+                         "--archives DIR." % mirror)
+
+
+def _local_path(archive, archives_dir):
+    path = os.path.join(archives_dir, archive.name)
+    if not os.path.isfile(path):
+        raise IOError("--archives %r has no %s. Download it from %s (MD5 %s) into that "
+                      "directory." % (archives_dir, archive.name, archive.url, archive.md5))
+    return path
+
+
 def check_local_archive(archive, archives_dir):
     """The path of ``archive`` in ``archives_dir`` once its MD5 matched.
 
     A user's own file is never deleted: a mismatch only says what to fetch.
     """
-    path = os.path.join(archives_dir, archive.name)
-    if not os.path.isfile(path):
-        raise IOError("--archives %r has no %s. Download it from %s (MD5 %s) into that "
-                      "directory." % (archives_dir, archive.name, archive.url, archive.md5))
+    path = _local_path(archive, archives_dir)
     log.info("checking the MD5 of %s", path)
     actual = pooch.file_hash(path, alg="md5")
     if actual != archive.md5:
@@ -293,8 +314,10 @@ def unpack(archive, path, root, progress_interval=10.0):
 
     tarfile's ``data`` filter refuses members that would land outside
     ``root`` (absolute paths, ``..``, links out) and drops special files and
-    set-uid bits. The marker is written last, so an interrupted unpack is
-    redone on the next run rather than taken for complete.
+    set-uid bits; ``safe_tar.members_within`` checks each name again without
+    resolving paths, as a filter with CVE-2025-4517 could be bypassed. The
+    marker is written last, so an interrupted unpack is redone on the next
+    run rather than taken for complete.
     """
     if not hasattr(tarfile, "data_filter"):
         raise RuntimeError("This Python's tarfile has no extraction filters (added in "
@@ -304,12 +327,25 @@ def unpack(archive, path, root, progress_interval=10.0):
         with tarfile.open(path) as tar:
             tar.extractall(root, members=_logged_members(tar, archive.name,
                                                          progress_interval),
-                           filter="data")
+                           filter=members_within())
     except tarfile.TarError as err:
         raise ValueError("%s cannot be unpacked safely (%s). Nothing outside %s was "
                          "written; fetch the archive again from %s."
                          % (path, err, root, archive.url))
     write_text(_marker_path(root, archive), archive.md5 + "\n", force=True)
+
+
+def _check_sources(root, archives, mirror, archives_dir):
+    """Refuse, before any download or hash, a source that cannot give both archives."""
+    if mirror and archives_dir:
+        raise ValueError("Pass --mirror or --archives, not both.")
+    if mirror:
+        check_mirror(mirror)
+    if archives_dir:
+        # Both are there before the first is hashed and unpacked (minutes).
+        for archive in archives:
+            if not is_unpacked(root, archive):
+                _local_path(archive, archives_dir)
 
 
 def prepare_voc(root, mirror=None, archives_dir=None, delete_archives=False,
@@ -338,11 +374,10 @@ def prepare_voc(root, mirror=None, archives_dir=None, delete_archives=False,
       (name, reason) for each skipped, and ``build_voc_aug``'s counts.
     """
     require_dependencies()
-    if mirror and archives_dir:
-        raise ValueError("Pass --mirror or --archives, not both.")
     if retries < 0:
         raise ValueError("--retries must be 0 or more, got %d." % retries)
     voc, sbd = ARCHIVES if archives is None else archives
+    _check_sources(root, (voc, sbd), mirror, archives_dir)
     download_dir = os.path.join(root, DOWNLOAD_DIR)
     downloaded, skipped = [], []
     for archive in (voc, sbd):

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 # Exit status of a worker that lost a peer (EX_TEMPFAIL: restart them all).
 EXIT_LOST_WORKER = 75
-RESTART_ADVICE = ("Restart all workers (the same command on each) to resume from "
-                  "the chief's last snapshot.")
+RESTART_ADVICE = ("Restart all workers (the same command on each): training resumes "
+                  "from the chief's last snapshot, an evaluation starts again.")
 # Every worker's string resource variable that its peers' probes read:
 # empty while it runs, "<exit status>\t<error>" once it stops on an error.
 STATUS_VARIABLE = "deeplab_worker_status"

@@ -19,6 +19,7 @@ from deeplab_resnet import checkpoints, distributed, files, metrics
 from deeplab_resnet.progress import Progress
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.crf.pool import CrfPool
+from deeplab_resnet.data.lists import read_labeled_image_list
 from deeplab_resnet.data.reader import ImageReader
 from deeplab_resnet.evaluation.predict import PredictConfig
 from deeplab_resnet.images import inv_preprocess, label_dtype_for
@@ -108,6 +109,7 @@ def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_L
     """
     predict = predict or PredictConfig()
     path, config = checkpoints.resolve_model(weights, num_classes)
+    _check_enough_images(task, data_dir, data_list)
     collectives = _connect(task, session_config(intra_op_threads, inter_op_threads),
                            timeout)
     reader = ImageReader(data_dir, data_list, ignore_label=ignore_label, shuffle=False,
@@ -132,6 +134,17 @@ def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_L
         if crf_pool is not None:
             crf_pool.close()
     return _total(collectives, confusion, num_steps)
+
+
+def _check_enough_images(task, data_dir, data_list):
+    """Every worker needs a row of the list: each refuses alike, before connecting."""
+    if task is None:
+        return
+    listed = len(read_labeled_image_list(data_dir, data_list, check_exists=False)[0])
+    if listed < task.num_workers:
+        raise ValueError("%s lists %d image(s), fewer than the %d workers of TF_CONFIG. "
+                         "Evaluate in one process (no TF_CONFIG) or on at most %d workers."
+                         % (data_list, listed, task.num_workers, listed))
 
 
 def _listed_steps(num_images, num_listed):

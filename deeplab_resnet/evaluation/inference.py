@@ -13,6 +13,9 @@ import logging
 import os
 import time
 
+import numpy as np
+from PIL import Image
+
 from deeplab_resnet import files
 from deeplab_resnet.progress import Progress
 from deeplab_resnet.crf.pool import CrfPool
@@ -30,6 +33,16 @@ INPUT_FIX = "Replace the file, or leave it out of the inputs."
 OUTPUT_SUFFIXES = ("_mask.png", "_label.png", "_overlay.png", "_overlay.jpg")
 # Class ids a palette PNG (--save-raw's <name>_label.png) can hold: 0..255.
 MAX_PALETTE_CLASSES = 256
+# Memory one photo needs on ResNet-101 (one scale, no flip) beyond the
+# process's ~0.8 GiB of TensorFlow and weights, per input pixel: measured
+# 303 at 500x500 and 313 at 1000x1000 (VmHWM of a fresh process, float32
+# feed included; TensorFlow 2.21 CPU, AMD EPYC, 2 cores, 2026-12-07, at
+# commit 392edba). The tiny test network measured 250.
+RESNET101_BYTES_PER_PIXEL = 313
+# A photo whose estimate exceeds this is named in a warning (no --max-size).
+LARGE_IMAGE_BYTES = 4 * 2 ** 30
+# The --max-size the warning suggests.
+SUGGESTED_MAX_SIZE = 2000
 
 
 def _is_listed_image(path):
@@ -102,6 +115,45 @@ def check_outputs(outputs, path, inputs, written):
                           "them separately." % (path, target, written[key]))
 
 
+def fit_within(image, max_size):
+    """``image`` (uint8 [H, W, 3]) scaled down so that its longer side is at most
+    ``max_size`` (None or 0: as it is)."""
+    height, width = image.shape[:2]
+    if not max_size or max(height, width) <= max_size:
+        return image
+    scale = max_size / float(max(height, width))
+    size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+
+def labels_at(label, shape):
+    """``label`` [h, w] at ``shape`` (H, W) by nearest neighbour: ids are never blended."""
+    if label.shape == tuple(shape):
+        return label
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * label.shape[0] / shape[0]).astype(int),
+                      label.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * label.shape[1] / shape[1]).astype(int),
+                      label.shape[1] - 1)
+    return label[rows[:, None], cols]
+
+
+def memory_warning(path, image):
+    """A warning for a photo too large to segment comfortably, or None.
+
+    The estimate is ResNet-101's (``RESNET101_BYTES_PER_PIXEL``), whatever
+    the network: what the published model needs for a photo of this size.
+    """
+    height, width = image.shape[:2]
+    need = height * width * RESNET101_BYTES_PER_PIXEL
+    if need <= LARGE_IMAGE_BYTES:
+        return None
+    return ("%s is %dx%d (%.1f megapixels): on ResNet-101 segmenting it needs about "
+            "%.1f GiB beyond the model's own, and minutes of CPU. Pass --max-size %d to "
+            "segment it at most %d pixels on its longer side (the outputs keep the "
+            "photo's size)." % (path, width, height, height * width / 1e6,
+                                need / 2.0 ** 30, SUGGESTED_MAX_SIZE, SUGGESTED_MAX_SIZE))
+
+
 def write_outputs(image, label, outputs, overlay_alpha=0.5):
     """Write one photo's mask (and raw label, overlay)."""
     files.save_image(colour_mask(label), outputs["mask"])
@@ -115,7 +167,7 @@ def write_outputs(image, label, outputs, overlay_alpha=0.5):
 def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
                    overlay_format=None, overlay_alpha=0.5, predict=None, crf=None,
                    crf_workers=0, crf_backend="pydensecrf", intra_op_threads=0,
-                   inter_op_threads=0):
+                   inter_op_threads=0, max_size=None):
     """Segment every photo the inputs name and write its outputs to ``save_dir``.
 
     Args:
@@ -127,6 +179,10 @@ def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
       predict: ``predict.PredictConfig`` (scales, flip, bf16), or None.
       crf: ``crf.CrfConfig`` or None; crf_workers: processes running it;
         crf_backend: 'pydensecrf' or 'tensorflow' (``crf.dense_crf``).
+      max_size: segment a photo whose longer side exceeds this many pixels
+        scaled down to it (``fit_within``); its outputs are scaled back to
+        the photo's size (``labels_at``). None: every photo at full size,
+        with a warning for a very large one (``memory_warning``).
     Returns:
       (segmented, failures): how many inputs were segmented, and one message
       per input that failed (already logged).
@@ -134,13 +190,14 @@ def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
       IOError, ValueError: errors that stop everything (no images at all,
         missing weights, a bad argument), before the first photo.
     """
-    _check_options(num_classes, save_raw, overlay_alpha)
+    _check_options(num_classes, save_raw, overlay_alpha, max_size)
     paths, failures = expand_inputs(inputs)
     for problem in failures:
         log.error("error: %s", problem)
     if not paths:
         raise IOError("No images to segment in %s." % ", ".join(inputs))
-    photos = _Photos(paths, failures, save_dir, save_raw, overlay_format, overlay_alpha)
+    photos = _Photos(paths, failures, save_dir, save_raw, overlay_format, overlay_alpha,
+                     max_size)
     # Before the graph: CRF workers start while it is built.
     crf_pool = (CrfPool(crf, crf_workers, backend=crf_backend) if crf is not None
                 else None)
@@ -164,8 +221,10 @@ def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
     return len(set(photos.written.values())), failures
 
 
-def _check_options(num_classes, save_raw, overlay_alpha):
+def _check_options(num_classes, save_raw, overlay_alpha, max_size):
     """Refuse, before any photo, options that would fail on every one."""
+    if max_size is not None and max_size < 1:
+        raise ValueError("--max-size must be at least 1 pixel, got %r." % max_size)
     if not 0.0 <= overlay_alpha <= 1.0:
         raise ValueError("--overlay-alpha must be in 0..1, got %r." % overlay_alpha)
     if save_raw and num_classes > MAX_PALETTE_CLASSES:
@@ -183,8 +242,9 @@ class _Photos(object):
     """
 
     def __init__(self, paths, failures, save_dir, save_raw, overlay_format,
-                 overlay_alpha):
+                 overlay_alpha, max_size=None):
         self.total = len(paths)
+        self.max_size = max_size
         self.failures = failures
         self.save_dir, self.save_raw = save_dir, save_raw
         self.overlay_format, self.overlay_alpha = overlay_format, overlay_alpha
@@ -204,10 +264,14 @@ class _Photos(object):
         self.written.update((os.path.realpath(t), path) for t in outputs.values())
         try:
             image = load_image(path, orient=True, fix=INPUT_FIX)
+            warning = None if self.max_size else memory_warning(path, image)
+            if warning:
+                log.warning("%s", warning)
+            work = fit_within(image, self.max_size)
             job = (i, path, image, outputs, start)
             if crf_pool is None:
-                return [(job, segmenter.segment(image))]
-            return crf_pool.submit(image, segmenter.probabilities(image), path, tag=job)
+                return [(job, segmenter.segment(work))]
+            return crf_pool.submit(work, segmenter.probabilities(work), path, tag=job)
         except (IOError, OSError, ValueError) as err:
             self.fail(err, outputs.values())
             return []
@@ -222,7 +286,8 @@ class _Photos(object):
         """Write a segmented photo's outputs and log its progress line."""
         i, path, image, outputs, start = job
         try:
-            write_outputs(image, label_dtype_for(label), outputs, self.overlay_alpha)
+            write_outputs(image, labels_at(label_dtype_for(label), image.shape[:2]),
+                          outputs, self.overlay_alpha)
         except (IOError, OSError, ValueError) as err:
             self.fail(err, outputs.values())
             return

@@ -59,7 +59,10 @@ class InterruptRequest(object):
     """Ctrl-C (or SIGTERM, as a scheduler stops a job) asks the loop to
     snapshot after the current step and stop.
 
-    A second signal stops at once (KeyboardInterrupt), without a snapshot.
+    A second signal stops without a snapshot (KeyboardInterrupt), once the
+    step in progress returns: while TensorFlow holds the main thread, Python
+    runs the handler once for all signals of a kind that came meanwhile, so
+    two within one step count as one (the stop then keeps its snapshot).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -74,7 +77,8 @@ class InterruptRequest(object):
         self.requested = True
         log.warning("%s: saving a snapshot after this step (with several workers: "
                     "after the next step, which all of them finish), then stopping "
-                    "(again to stop without one).", signal.Signals(signum).name)
+                    "(a signal after this step's end stops without one).",
+                    signal.Signals(signum).name)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
