@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO_ROOT, run_script
 from deeplab_resnet.data import label_maps
 from deeplab_resnet.data.lists import read_labeled_image_list
-from test_train import run_train, train_argv, write_dataset
+from helpers.training import run_train, train_argv, write_dataset
 
 BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
 

@@ -10,7 +10,7 @@ from deeplab_resnet import checkpoints
 from deeplab_resnet.data import demo
 from deeplab_resnet.images import bgr_minus_mean
 from deeplab_resnet.training import Trainer, gradients
-from test_train import run_train, train_argv
+from helpers.training import run_train, train_argv
 
 # bfloat16 keeps 8 significant bits (rounding error 2^-9 = 0.2%); through
 # the tiny network the global gradient moved 1.4% of its norm (measured),

@@ -241,3 +241,29 @@ def test_train_reads_labels_through_the_label_map(tmp_path, caplog):
                      caplog.text)
     assert re.search(r"step 1/1 loss=\d", caplog.text)
     assert tf.train.latest_checkpoint(snapshot_dir).endswith("model.ckpt-1")
+
+
+def test_parallel_scans_never_fork_the_caller(tmp_path, monkeypatch):
+    """The scan runs inside train.py, beside TensorFlow's threads: its
+    workers come from a fresh interpreter (forkserver or spawn), not a fork,
+    and find what one process finds."""
+    from deeplab_resnet import machine
+    from deeplab_resnet.data import label_checks
+    root = str(tmp_path / "voc")
+    pairs = []
+    for i in range(4):
+        write_voc_pair(root, "p%d" % i, (21, 19), seed=i)
+        pairs.append((os.path.join(root, "JPEGImages", "p%d.jpg" % i), label_path(root, "p%d" % i)))
+    methods = []
+
+    def context(preload=()):
+        made = machine.fresh_process_context(preload)
+        methods.append(made.get_start_method())
+        return made
+    monkeypatch.setattr(label_checks, "fresh_process_context", context)
+    parallel = label_checks.scan_labels(pairs, constants.NUM_CLASSES, workers=2,
+                                        log_interval=None)
+    alone = label_checks.scan_labels(pairs, constants.NUM_CLASSES, log_interval=None)
+    assert methods and "fork" not in methods, methods
+    assert parallel.checked == alone.checked == 4
+    np.testing.assert_array_equal(parallel.histogram, alone.histogram)

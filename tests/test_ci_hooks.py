@@ -17,6 +17,9 @@ import conftest
 
 INNER_CONFTEST = """
 import importlib.util
+import os
+import sys
+sys.path.insert(0, os.path.dirname({path!r}))  # conftest.py imports tests/helpers
 spec = importlib.util.spec_from_file_location("ci_guard", {path!r})
 guard = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(guard)
@@ -152,3 +155,63 @@ def test_a_long_timeouts_entry_limits_its_test(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "timeout_method=signal")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*Timeout (>1.0s) from pytest-timeout*", "FAILED test_inner.py::test_limited*"])
+
+
+def test_a_fast_test_over_the_limit_fails_unless_marked_with_a_reason(pytester):
+    """conftest.FAST_TEST_SECONDS (here 1 s): a test past it in wall-clock and
+    CPU time fails, naming the way out; one marked slow, or over_a_minute
+    with a reason, passes, and so does one that only waits (a loaded machine
+    stretches the wall clock, not the CPU time)."""
+    pytester.makeconftest(INNER_CONFTEST.format(path=os.path.abspath(conftest.__file__))
+                          + "guard.FAST_TEST_SECONDS = 1.0\n"
+                          + "pytest_runtest_call = guard.pytest_runtest_call\n"
+                          + "pytest_runtest_makereport = guard.pytest_runtest_makereport\n"
+                          + "pytest_collection_modifyitems = guard.pytest_collection_modifyitems\n")
+    pytester.makepyfile(test_inner="""
+        import time
+        import pytest
+
+        def busy(seconds=2.0):
+            start = time.process_time()
+            while time.process_time() - start < seconds:
+                pass
+
+        def test_long():
+            busy()
+
+        @pytest.mark.over_a_minute("it must compute for two seconds")
+        def test_long_and_justified():
+            busy()
+
+        @pytest.mark.slow
+        def test_long_and_slow():
+            busy()
+
+        def test_waiting():
+            time.sleep(2)
+
+        def test_short():
+            pass
+        """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4, failed=1)
+    result.stdout.fnmatch_lines([
+        "*test_inner.py::test_long took * s (2 s of CPU), more than the fast suite allows a "
+        "test (1 s*",
+        "FAILED test_inner.py::test_long*"])
+
+
+def test_over_a_minute_without_a_reason_is_refused(pytester):
+    pytester.makeconftest(INNER_CONFTEST.format(path=os.path.abspath(conftest.__file__))
+                          + "pytest_collection_modifyitems = guard.pytest_collection_modifyitems\n")
+    pytester.makepyfile(test_inner="""
+        import pytest
+
+        @pytest.mark.over_a_minute
+        def test_unexplained():
+            pass
+        """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_unexplained: @pytest.mark.over_a_minute needs the "
+                                 "reason*"])

@@ -9,8 +9,7 @@ import tarfile
 import pytest
 
 from deeplab_resnet.data import download
-from test_download import SBD_NAME, VOC_NAME, prepare, small, server  # noqa: F401
-from test_dataset_tools import fake_download  # noqa: F401
+from helpers.download_server import SBD_NAME, VOC_NAME, prepare
 
 
 @pytest.mark.parametrize("mirror", ["127.0.0.1:8000", "127.0.0.1:8000/voc",

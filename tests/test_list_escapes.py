@@ -7,7 +7,6 @@ from PIL import Image
 
 from deeplab_resnet import files
 from deeplab_resnet.data import lists, voc_aug
-from test_dataset_tools import fake_download  # noqa: F401 (a fixture)
 
 
 def test_a_split_name_with_dot_dot_is_refused_before_anything_is_written(fake_download,

@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import REPO_ROOT, run_script
 from deeplab_resnet import checkpoints, constants
-from test_train import TINY_FLAGS, write_dataset
+from helpers.training import TINY_FLAGS, write_dataset
 
 GOOD = {"blocks": [1, 1, 1, 1], "base_depth": 8, "aspp_rates": [6, 12], "num_classes": 21}
 BAD = [

@@ -15,7 +15,7 @@ from deeplab_resnet.data.reader import image_scaling
 from deeplab_resnet.model import build_model
 from deeplab_resnet.training import Trainer
 from deeplab_resnet.training.loss import FUSED
-from test_train import random_batch, run_train, train_argv, write_dataset
+from helpers.training import random_batch, run_train, train_argv, write_dataset
 
 SCALES = (1.0, 0.75, 0.5)
 

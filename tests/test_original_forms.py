@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import load_script
 from deeplab_resnet import constants
 from test_convert import SMALL_CONFIG, assert_same_weights, load_npz, make_caffe_model
-from test_train import run_train, train_argv, write_dataset
+from helpers.training import run_train, train_argv, write_dataset
 
 inference = load_script("inference")
 convert = load_script("convert")

@@ -15,7 +15,7 @@ from deeplab_resnet.data import label_checks, label_files
 from deeplab_resnet.data.reader import load_pair
 from deeplab_resnet.training import snapshots as training_snapshots
 from deeplab_resnet.training import soundness
-from test_train import run_train, train_argv, write_dataset
+from helpers.training import run_train, train_argv, write_dataset
 
 EXIF_ORIENTATION = 0x0112
 

@@ -3,7 +3,7 @@ import os
 import shutil
 
 from deeplab_resnet.training import snapshots as training_snapshots
-from test_train import run_train, train_argv, write_dataset
+from helpers.training import run_train, train_argv, write_dataset
 
 
 def _files(directory):

@@ -20,7 +20,7 @@ from deeplab_resnet import training
 from deeplab_resnet.training import towers
 
 from conftest import TINY_CONFIG
-from test_train import (random_batch, run_train, train_argv, train_script,
+from helpers.training import (random_batch, run_train, train_argv, train_script,
                         write_dataset)
 
 NUM_CLASSES = 5
@@ -91,7 +91,10 @@ def run_step(sess, trainer, images, labels, feed_images, feed_labels):
     return totals
 
 
-@pytest.mark.parametrize("num_towers,grad_update_every", [(2, 1), (3, 2)])
+# Three towers with accumulation in the fast suite; two without, the simpler
+# case of the same path, in the slow set (each builds two training graphs).
+@pytest.mark.parametrize("num_towers,grad_update_every", [
+    pytest.param(2, 1, marks=pytest.mark.slow), (3, 2)])
 def test_towers_give_the_update_of_one_device_with_the_whole_batch(
         num_towers, grad_update_every):
     per_step = 2 * num_towers * grad_update_every

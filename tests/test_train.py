@@ -4,58 +4,23 @@ import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 from PIL import Image
 
-from conftest import (REPO_ROOT, TINY_CONFIG, load_script, save_tiny_model, write_voc_dataset,
-                      write_voc_pair)
+from conftest import TINY_CONFIG, save_tiny_model, write_voc_pair
 from deeplab_resnet.data.reader import ImageReader
-from deeplab_resnet import cli
 from deeplab_resnet import constants
 from deeplab_resnet import training
 from deeplab_resnet.training import gradients
 from deeplab_resnet.training import loop as training_loop
 from deeplab_resnet.training.loss import prepare_label
-
-TINY_FLAGS = ["--blocks", ",".join(map(str, TINY_CONFIG.blocks)),
-              "--base-depth", str(TINY_CONFIG.base_depth),
-              "--aspp-rates", ",".join(map(str, TINY_CONFIG.aspp_rates))]
-
-
-train_script = load_script("train")
-
-
-def train_argv(data_dir, list_path, snapshot_dir, *extra):
-    return (["--data-dir", data_dir, "--data-list", list_path,
-             "--snapshot-dir", snapshot_dir, "--input-size", "33,33",
-             "--batch-size", "2", "--num-steps", "2", "--save-pred-every", "1000"]
-            + TINY_FLAGS + list(extra))
-
-
-def run_train(argv):
-    """train.py's main in this process, through run_main: its exit status."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(lambda: train_script.main(argv))
-    return exit_info.value.code
-
-
-def write_dataset(root, num_classes=constants.NUM_CLASSES, count=4):
-    """conftest.write_voc_dataset, grayscale labels first; returns the list path."""
-    return write_voc_dataset(root, count=count, num_classes=num_classes,
-                             palette_first=False)[0]
-
-
-def random_batch(rng, count, num_classes, size=33):
-    """Small-valued images (logits stay O(1)) and labels with ignored pixels."""
-    images = rng.normal(0.0, 1.0, (count, size, size, 3)).astype(np.float32)
-    labels = rng.randint(0, num_classes, (count, size, size, 1)).astype(np.uint8)
-    return images, labels
-
+from deeplab_resnet.training.snapshots import SnapshotLock
+from deeplab_resnet.training.solver import ReportedSums
+from helpers.training import (SignalOnLine, random_batch, read_events, run_signalled,
+                              run_train, script, train_argv, write_dataset)
 
 # ------------------------------------------------------------------ solver
 def thread_count():
@@ -219,15 +184,6 @@ def test_short_training_run_lowers_the_loss(voc_dataset):
 
 
 # ---------------------------------------------------------------- the loop
-def read_events(snapshot_dir):
-    tags = set()
-    for name in os.listdir(snapshot_dir):
-        if name.startswith("events.out.tfevents"):
-            for event in tf.train.summary_iterator(os.path.join(snapshot_dir, name)):
-                tags |= {value.tag for value in event.summary.value}
-    return tags
-
-
 def test_restoring_weights_for_other_classes_skips_the_classifier(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     _, npz = save_tiny_model(str(tmp_path / "init"), num_classes=constants.NUM_CLASSES)
@@ -362,12 +318,6 @@ def test_resnet101_trains_with_accumulation_and_batch_statistics(tmp_path, caplo
 
 
 # ------------------------------------------------------- the script itself
-def script(argv):
-    command = [sys.executable, os.path.join(REPO_ROOT, "train.py")] + argv
-    return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
 def test_cli_reports_a_bad_label_in_one_line(tmp_path):
     data_dir = str(tmp_path / "data")
     list_path = write_dataset(data_dir)
@@ -379,33 +329,43 @@ def test_cli_reports_a_bad_label_in_one_line(tmp_path):
     assert "Traceback" not in output
 
 
-def test_ctrl_c_snapshots_and_rerun_resumes_at_the_saved_step(tmp_path):
+def test_ctrl_c_snapshots_and_rerun_resumes_at_the_saved_step(tmp_path, caplog):
+    """Ctrl-C (SIGINT, sent to this process from the step 3 line) while the
+    run holds its snapshot directory: a snapshot of the step, exit 130; the
+    rerun resumes there with the rate of that step and keeps
+    --keep-checkpoints snapshots."""
+    caplog.set_level(logging.INFO)
     data_dir = str(tmp_path / "data")
     list_path = write_dataset(data_dir)
     snapshot_dir = str(tmp_path / "snap")
     argv = train_argv(data_dir, list_path, snapshot_dir, "--learning-rate", "0.001",
                       "--is-training", "--keep-checkpoints", "2")
-    first = script(argv + ["--num-steps", "1000000", "--save-pred-every", "1000000"])
-    lines = []
-    for line in first.stdout:
-        lines.append(line)
-        if re.search(r"step 3/1000000 ", line):
-            break
-    # The run holds its snapshot directory.
-    with pytest.raises(IOError, match="Another train.py is writing to"):
-        with training_loop.SnapshotLock(snapshot_dir):
-            pass
-    first.send_signal(signal.SIGINT)
-    output = "".join(lines) + first.communicate(timeout=60)[0]
-    assert first.returncode == training.INTERRUPTED_STATUS, output
+    held = []
+
+    class LockCheck(logging.Handler):
+        """The run holds its snapshot directory (checked at step 3)."""
+
+        def emit(self, record):
+            if not held and re.search(r"^step 3/1000000 ", record.getMessage()):
+                with pytest.raises(IOError, match="Another train.py is writing to"):
+                    with SnapshotLock(snapshot_dir):
+                        pass
+                held.append(True)
+
+    status = run_signalled(argv + ["--num-steps", "1000000", "--save-pred-every", "1000000",
+                                   "--log-every", "1"],
+                           LockCheck(), SignalOnLine(r"^step 3/1000000 ", signal.SIGINT))
+    output = caplog.text
+    assert held == [True], output
+    assert status == training.INTERRUPTED_STATUS, output
     saved = int(re.search(r"interrupted at step (\d+)", output).group(1))
     assert saved >= 3
     assert tf.train.latest_checkpoint(snapshot_dir).endswith("model.ckpt-%d" % saved)
 
     num_steps = saved + 3
-    second = script(argv + ["--num-steps", str(num_steps), "--save-pred-every", "1"])
-    output = second.communicate(timeout=120)[0]
-    assert second.returncode == 0, output
+    caplog.clear()
+    assert run_train(argv + ["--num-steps", str(num_steps), "--save-pred-every", "1"]) == 0
+    output = caplog.text
     assert "resuming from %s at step %d" % (
         os.path.join(snapshot_dir, "model.ckpt-%d" % saved), saved) in output
     first_step = re.search(r"step (\d+)/%d .* lr=(\S+)" % num_steps, output)
@@ -421,3 +381,16 @@ def test_ctrl_c_snapshots_and_rerun_resumes_at_the_saved_step(tmp_path):
     final = tf.train.load_checkpoint(state.model_checkpoint_path)
     assert final.get_tensor("global_step") == num_steps
     assert final.get_tensor("fc1_voc12_c0/weights/Momentum").any()
+
+
+def test_reported_sums_are_packed_and_read_by_slot_name():
+    layout = ReportedSums(["1", "0.5", "max"])
+    values = {slot: float(i + 1) for i, slot in enumerate(reversed(layout.slots))}
+    with tf.Session() as sess:
+        totals = sess.run(layout.pack(values))
+    assert layout.read(totals) == values
+    assert layout.read(totals)["num_valid/0.5"] == values["num_valid/0.5"]
+    with pytest.raises(ValueError, match="slots"):
+        layout.pack({k: v for k, v in values.items() if k != "interrupt"})
+    with pytest.raises(ValueError, match="8 values for 9 slots"):
+        layout.read(totals[:-1])

@@ -15,7 +15,7 @@ from deeplab_resnet.data.reader import ImageReader
 from deeplab_resnet.training import towers
 
 from conftest import TINY_CONFIG
-from test_train import random_batch, read_events, run_train, train_argv, write_dataset
+from helpers.training import random_batch, read_events, run_train, train_argv, write_dataset
 
 BN_WARNING = "--is-training updates BatchNorm statistics from"
 

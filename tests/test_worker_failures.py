@@ -2,7 +2,7 @@
 a chief killed, a worker that never starts, a run that diverges, a bad file on one
 worker (mid-run, or before it joined), a port in use.
 
-Worker processes on 127.0.0.1 (``test_multiworker.Workers``: reserved ports,
+Worker processes on 127.0.0.1 (``helpers.workers.Workers``: reserved ports,
 a deadline, killed in ``finally``), tiny network, the demo-sized data.
 """
 import json
@@ -20,18 +20,21 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from conftest import REPO_ROOT, reserve_ports
-from test_multiworker import TIMEOUT, Workers, dataset, run_workers
-from test_train import run_train, train_argv
+from helpers.workers import TIMEOUT, Workers, dataset, run_workers
+from helpers.training import run_train, train_argv
 
 # Slow: two worker processes per test, 15-45 s each on 2 idle cores (CI's
 # second stage runs them).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * TIMEOUT + 300)]
 
 
-def test_sigterm_to_one_worker_stops_all_after_the_same_step_with_a_snapshot(tmp_path):
-    """A scheduler's SIGTERM to worker 1 alone: every worker stops after one
-    common step, the chief writes that step's snapshot, all exit 130 within
-    seconds, and rerunning the commands resumes from it."""
+@pytest.mark.parametrize("signalled", [1, 0])
+def test_sigterm_to_one_worker_stops_all_after_the_same_step_with_a_snapshot(tmp_path,
+                                                                             signalled):
+    """A scheduler's SIGTERM to one worker alone (1, or the chief): every
+    worker stops after one common step, the chief writes that step's
+    snapshot, all exit 130 within seconds, and rerunning the commands resumes
+    from it (checked once)."""
     data, list_path, flags = dataset(tmp_path)
     snapshots = str(tmp_path / "multi")
 
@@ -41,7 +44,7 @@ def test_sigterm_to_one_worker_stops_all_after_the_same_step_with_a_snapshot(tmp
     workers = Workers("train.py", argv(1000), 2, str(tmp_path / "term"))
     try:
         workers.wait_for_line(0, r"step 3/1000")
-        workers.procs[1].send_signal(signal.SIGTERM)
+        workers.procs[signalled].send_signal(signal.SIGTERM)
         signalled = time.time()
         codes = workers.wait()
     finally:
@@ -52,6 +55,8 @@ def test_sigterm_to_one_worker_stops_all_after_the_same_step_with_a_snapshot(tmp
     steps = [int(re.search(r"interrupted at step (\d+)", log).group(1)) for log in logs]
     assert steps[0] == steps[1], steps
     assert tf.train.latest_checkpoint(snapshots).endswith("model.ckpt-%d" % steps[0])
+    if signalled == 0:
+        return
     # The same commands resume every worker from that snapshot.
     resumed = run_workers("train.py", argv(steps[0] + 1), 2, str(tmp_path / "resume"))
     for i in range(2):
@@ -173,12 +178,22 @@ def break_file(path):
     os.replace(path + ".tmp", path)
 
 
+def named_snapshots(log, snapshot_dir):
+    """The steps of the snapshots in ``snapshot_dir`` a log names, by path or
+    as the chief's."""
+    return {int(path or chiefs) for path, chiefs in re.findall(
+        r"%s/model\.ckpt-(\d+)|the chief's snapshot of step (\d+)"
+        % re.escape(snapshot_dir), log)}
+
+
 @pytest.mark.parametrize("broken", [1, 0])
 def test_a_bad_file_on_one_worker_reaches_the_other_by_name(tmp_path, broken):
     """An image of one worker's share becomes unreadable mid-run: that
     worker stops with exit 2 naming the file, and the other, waiting on it in
     an all-reduce, logs "worker N (address) stopped:" with the same file name
-    (not a lost worker) and exits 2 as well, within a minute."""
+    (not a lost worker) and exits 2 as well, within a minute. The chief keeps
+    the steps before a bad file of its own; a worker that is not the chief
+    never names a snapshot the chief did not write."""
     data, list_path, flags = dataset(tmp_path)
     argv = train_argv(data, list_path, str(tmp_path / "multi"), "--batch-size", "4",
                       "--num-steps", "1000", "--save-pred-every", "1000", *flags)
@@ -204,6 +219,15 @@ def test_a_bad_file_on_one_worker_reaches_the_other_by_name(tmp_path, broken):
     assert max(workers.ended) - broken_at < 60, "\n".join(logs)
     for log in logs:
         assert "Traceback" not in log
+    snapshots = str(tmp_path / "multi")
+    written = {int(n.split("-")[1].split(".")[0]) for n in os.listdir(snapshots)
+               if re.match(r"model\.ckpt-\d+\.index$", n)}
+    for log in logs:
+        assert named_snapshots(log, snapshots) <= written, (written, log)
+    if broken == 0:
+        kept = re.search(r"resume from (\S+model\.ckpt-(\d+))\.", logs[0])
+        assert kept and int(kept.group(2)) >= 2, logs[0]
+        assert tf.train.latest_checkpoint(snapshots) == kept.group(1)
 
 
 def test_a_port_in_use_is_refused_in_one_line_naming_the_address(tmp_path):
@@ -231,10 +255,48 @@ def test_a_port_in_use_is_refused_in_one_line_naming_the_address(tmp_path):
     assert "Traceback" not in output
 
 
+def clock_seconds(hh_mm_ss):
+    hours, minutes, seconds = map(int, hh_mm_ss.split(":"))
+    return 3600 * hours + 60 * minutes + seconds
+
+
+def test_the_other_worker_names_a_worker_whose_port_another_program_holds(tmp_path):
+    """Worker 0's port is held by another program: worker 0 stops at once
+    (its own test above); worker 1, which finds that port listening but never
+    answering as a worker, exits 75 at --startup-timeout (15 s) naming worker
+    0 and the likely cause."""
+    data, list_path, flags = dataset(tmp_path)
+    flags[flags.index("--startup-timeout") + 1] = "15"
+    argv = train_argv(data, list_path, str(tmp_path / "multi"), "--batch-size", "4",
+                      "--num-steps", "3", *flags)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        workers = ["127.0.0.1:%d" % holder.getsockname()[1],
+                   "127.0.0.1:%d" % reserve_ports(1)[0]]
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 1}}))
+        done = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train.py")] + argv,
+                              env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+    output = done.stdout + done.stderr
+    assert done.returncode == 75, output
+    # The deadline runs from the server's start (the log's clock, to the second).
+    up, verdict = [clock_seconds(re.search(r"^(\d\d:\d\d:\d\d) " + line, output,
+                                           re.MULTILINE).group(1))
+                   for line in ("worker 1 of 2: server on", "worker 1: the workers did not")]
+    assert 15 - 1 <= (verdict - up) % 86400 < 15 + 30, output
+    assert re.search(r"worker 1: the workers did not all join within 15s \(--startup-timeout; "
+                     r"worker 0 \(%s\) listens but never answered as a worker \(another "
+                     r"program may hold the port" % re.escape(workers[0]), output), output
+    assert "Traceback" not in output
+
+
 def test_a_worker_that_leaves_before_joining_ends_the_others_wait_within_seconds(tmp_path):
     """Worker 1's check before step 1 finds a label out of range: it exits 2
-    naming the file, and worker 0, waiting for it to join, exits 75 naming it
-    within a minute, not at --startup-timeout (120 s)."""
+    naming the file, and worker 0, waiting for it to join, reads why from its
+    status (not from catching its port close) and exits 2 saying it, within
+    a minute, not at --startup-timeout (120 s)."""
     data, list_path, flags = dataset(tmp_path)
     # --no-shuffle: worker 1 reads rows 1::2 of the list, img1 among them.
     label = os.path.join(data, "SegmentationClassAug", "img1.png")
@@ -249,9 +311,10 @@ def test_a_worker_that_leaves_before_joining_ends_the_others_wait_within_seconds
     finally:
         workers.kill()
     logs = [workers.log(i) for i in range(2)]
-    assert codes == [75, 2], "\n".join(logs)
+    assert codes == [2, 2], "\n".join(logs)
     assert "img1.png" in logs[1].split("error: ", 1)[-1], logs[1]
-    assert "worker 0: worker 1 (%s) listened, then left before every worker joined; " \
-           "its own log says why." % workers.addresses[1] in logs[0], logs[0]
+    said = re.search(r"worker 0: worker 1 \(%s\) stopped: (.*)" % re.escape(
+        workers.addresses[1]), logs[0])
+    assert said and "img1.png" in said.group(1), logs[0]
     assert workers.ended[0] - workers.ended[1] < 60, "\n".join(logs)
     assert "step 1/" not in logs[0]

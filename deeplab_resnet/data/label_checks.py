@@ -9,12 +9,12 @@ import collections
 import functools
 import logging
 import math
-import multiprocessing
 import os
 import time
 
 import numpy as np
 
+from deeplab_resnet.machine import fresh_process_context
 from deeplab_resnet.progress import Progress
 from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES, PALETTE
 from deeplab_resnet.data.label_files import (
@@ -316,7 +316,9 @@ def scan_labels(pairs, num_classes=None, ignore_label=IGNORE_LABEL,
     progress = Progress(len(pairs), unit="label")
     progress.update(0)
     last_log = time.time()
-    pool = multiprocessing.Pool(workers) if workers > 1 and len(pairs) > 1 else None
+    # Never a plain fork: train.py scans with TensorFlow's threads running.
+    pool = (fresh_process_context([__name__]).Pool(workers)
+            if workers > 1 and len(pairs) > 1 else None)
     try:
         outcomes = (pool.imap(inspect, pairs, chunksize=8) if pool is not None
                     else (inspect(pair) for pair in pairs))

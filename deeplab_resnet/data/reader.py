@@ -155,7 +155,7 @@ def image_mirroring(image, label):
 
 
 def random_crop_and_pad_image_and_labels(image, label, crop_h, crop_w,
-                                         ignore_label=255):
+                                         ignore_label=IGNORE_LABEL):
     """One random ``crop_h`` x ``crop_w`` window of image and label together.
 
     Sides shorter than the crop are padded at the bottom/right first: the

@@ -27,6 +27,8 @@ solver, the training loop) runs alike on one process and on many.
 
 Worker 0 is the chief: it restores and writes snapshots; ``broadcast``
 gives everyone its values. Lost peers are the watchdog's (``watchdog``).
+Both classes fit ``interface.Collectives``; TensorFlow's private collective
+ops come through ``tf_collectives``.
 """
 import logging
 import re
@@ -37,7 +39,7 @@ from deeplab_resnet.distributed.task import start_server
 from deeplab_resnet.distributed.watchdog import (RESTART_ADVICE, Watchdog,
                                                  lost_message)
 from deeplab_resnet.runtime import first_error_line, tf
-from tensorflow.python.ops import collective_ops  # noqa: E402
+from deeplab_resnet.distributed import tf_collectives as collective_ops
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +158,6 @@ class Cluster(object):
                         communication_hint="ring", timeout=self.startup_timeout)).op)
         return tf.group(ops, name="broadcast_from_chief")
 
-    broadcast_from_chief = broadcast
-
     def barrier(self, name="barrier"):
         """An op that returns once every worker has run it."""
         with tf.name_scope(name):
@@ -212,7 +212,9 @@ class Cluster(object):
         log.info("worker %d of %d: done", self.index, self.num_workers)
 
     def lost_peer(self, err):
-        """The message for an op error during training: a collective failed."""
+        """The message for an op error of a training step: every step runs
+        collectives, so any of its errors may be a peer's (``describe_failure``
+        says whether one was lost)."""
         return self.describe_failure(err)
 
     def describe_failure(self, err):
@@ -252,6 +254,10 @@ class Local(object):
 
     def session(self, graph=None):
         return tf.Session(graph=graph, config=self.config)
+
+    def all_reduce(self, tensor, merge_op="Add", timeout=None):
+        """A sum or maximum over one process: ``tensor`` itself."""
+        return tensor
 
     def all_reduce_sum(self, tensors):
         return list(tensors)

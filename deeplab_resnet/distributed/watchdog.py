@@ -18,7 +18,10 @@ label out of range) says so first: it writes the error into a string
 variable on its own device, which is what the peers' probes read, and
 keeps its server up until they have left (``Watchdog.tell_peers``). Each
 survivor then logs "worker 1 (host:port) stopped: <the error>" and exits
-with that worker's status, instead of finding a lost worker.
+with that worker's status, instead of finding a lost worker. Before the
+group formed the same status is read too: the startup poll asks every peer
+that listens, so a worker that stops before the first step is heard for
+certain, not caught leaving between two polls.
 """
 import logging
 import os
@@ -35,9 +38,6 @@ log = logging.getLogger(__name__)
 EXIT_LOST_WORKER = 75
 RESTART_ADVICE = ("Restart all workers (the same command on each): training resumes "
                   "from the chief's last snapshot, an evaluation starts again.")
-# Seconds a worker that stops before the group formed keeps its port open,
-# so that the peers' startup poll (once a second) sees it listen, then leave.
-STARTUP_LINGER = 3.0
 # Every worker's string resource variable that its peers' probes read:
 # empty while it runs, "<exit status>\t<error>" once it stops on an error.
 STATUS_VARIABLE = "deeplab_worker_status"
@@ -59,6 +59,24 @@ def set_status(target, task, text):
     config.device_filters.append("/job:worker/task:%d" % task)
     with tf.Session(target, graph=graph, config=config) as sess:
         sess.run(write)
+
+
+def _status_probe(target, own, peer):
+    """(session, op): reads worker ``peer``'s status variable, in a session on
+    this worker's server (at ``target``) that sees only itself and ``peer``."""
+    with tf.Graph().as_default() as graph:
+        probe = tf.raw_ops.ReadVariableOp(resource=_status_handle(peer), dtype=tf.string)
+    config = tf.ConfigProto()
+    config.device_filters.extend(["/job:worker/task:%d" % own, "/job:worker/task:%d" % peer])
+    return tf.Session(target, graph=graph, config=config), probe
+
+
+def _said(raw):
+    """(status, error) from a status variable's text, or None while it runs."""
+    if not raw:
+        return None
+    status, _, error = raw.decode("utf-8", "replace").partition("\t")
+    return int(status), error
 
 
 def lost_message(task, lost, detail=None):
@@ -107,51 +125,94 @@ class Watchdog(object):
         self._last_err = {t: None for t in self._peers}
         self._port_closed = {t: False for t in self._peers}
         self._said = {}
+        self._asking, self._answered = set(), set()
         self._verdict = {}
-        _WATCHDOGS.append(self)
+        WATCHING.add(self)
 
     def startup_deadline(self, seconds):
         """Exit unless ``started()`` is called within ``seconds``.
 
-        The peers' ports are polled meanwhile, so that the verdict names the
-        workers that never listened, not a survivor that gave up first.
+        The peers' ports are polled meanwhile, and each peer that listens is
+        asked its status, so that the verdict names the workers that never
+        listened or never answered, or says why one stopped, not a survivor
+        that gave up first.
         """
-        def poll():
-            ever_up, closed, deadline = set(), {}, time.time() + seconds
-            while not (self._started or self._stop.is_set()) and time.time() < deadline:
-                for t in self._peers:
-                    up = port_open(self.task.workers[t], 0.5)
-                    closed[t] = 0 if up else closed.get(t, 0) + 1
-                    if up:
-                        ever_up.add(t)
-                # A peer that listened and then closed its port (twice in a
-                # row) has left, as one that stops on a bad file before the
-                # first step does: waiting out the deadline would not help.
-                if any(t in ever_up and closed[t] >= 2 for t in self._peers):
-                    break
-                time.sleep(1.0)
-            if self._started or self._stop.is_set():
+        threading.Thread(target=self._poll_startup, args=(seconds,), daemon=True,
+                         name="startup-deadline").start()
+
+    def _poll_startup(self, seconds):
+        ever_up, closed, deadline = set(), {}, time.time() + seconds
+        while not (self._started or self._stop.is_set()) and time.time() < deadline:
+            for t in self._peers:
+                up = port_open(self.task.workers[t], 0.5)
+                closed[t] = 0 if up else closed.get(t, 0) + 1
+                if up:
+                    ever_up.add(t)
+                    self._ask(t)
+            stopped = self._stopped_peer()
+            if stopped:
+                self._fire(*stopped)
                 return
-            never = [t for t in self._peers if t not in ever_up]
-            gone = [t for t in self._peers
-                    if t in ever_up and not port_open(self.task.workers[t])]
-            if gone:
-                self._fire({t: "left" for t in gone},
-                           "worker %d: %s listened, then left before every worker "
-                           "joined; its own log says why. %s" % (
-                               self.task.index, ", ".join(map(self.task.name, gone)),
-                               RESTART_ADVICE))
+            # A peer that listened and then closed its port (twice in a row)
+            # has left: waiting out the deadline would not help.
+            if any(t in ever_up and closed[t] >= 2 for t in self._peers):
+                break
+            time.sleep(1.0)
+        if not (self._started or self._stop.is_set()):
+            self._fire(*self._startup_verdict(seconds, ever_up))
+
+    def _startup_verdict(self, seconds, ever_up):
+        """(lost, message) when the startup poll gives up."""
+        never = [t for t in self._peers if t not in ever_up]
+        gone = [t for t in self._peers
+                if t in ever_up and not port_open(self.task.workers[t])]
+        if gone:
+            return ({t: "left" for t in gone},
+                    "worker %d: %s listened, then left before every worker joined; its "
+                    "own log says why. %s" % (self.task.index,
+                                              ", ".join(map(self.task.name, gone)),
+                                              RESTART_ADVICE))
+        with self._lock:
+            silent = [t for t in self._peers if t in ever_up and t not in self._answered]
+        why = []
+        if never:
+            why.append("never listened: %s" % ", ".join(map(self.task.name, never)))
+        if silent:
+            why.append("%s listen%s but never answered as a worker (another program may "
+                       "hold the port, or it failed to start: its own log says why)" % (
+                           ", ".join(map(self.task.name, silent)),
+                           "s" if len(silent) == 1 else ""))
+        return ({t: "did not join" for t in never + silent},
+                "worker %d: the workers did not all join within %.0fs (--startup-timeout; "
+                "%s). %s" % (self.task.index, seconds,
+                             "; ".join(why) or "all listen, but the group did not form",
+                             RESTART_ADVICE))
+
+    def _ask(self, task):
+        """Read a listening peer's status before the group formed, in a
+        thread of its own (one at a time per peer): whatever listens on its
+        port may not be a TensorFlow server that answers."""
+        with self._lock:
+            if task in self._asking:
                 return
-            why = "; ".join(["never listened: %s" % ", ".join(map(self.task.name, never))]
-                            * bool(never) + ["listened, then left: %s" % ", ".join(
-                                map(self.task.name, gone))] * bool(gone))
-            self._fire({t: "did not join" for t in never or gone},
-                       "worker %d: the workers did not all join within %.0fs "
-                       "(--startup-timeout; %s). %s" % (
-                           self.task.index, seconds,
-                           why or "all listen, but the group did not form",
-                           RESTART_ADVICE))
-        threading.Thread(target=poll, daemon=True, name="startup-deadline").start()
+            self._asking.add(task)
+
+        def read():
+            try:
+                sess, probe = _status_probe(self.cluster.server.target, self.task.index,
+                                            task)
+                with sess:
+                    said = _said(sess.run(probe, options=tf.RunOptions(
+                        timeout_in_ms=int(self.probe_timeout * 1000))))
+            except Exception:  # noqa: BLE001 - not up yet, or not a worker: no news
+                said = False
+            with self._lock:
+                self._asking.discard(task)
+                if said is not False:
+                    self._answered.add(task)
+                if said:
+                    self._said[task] = said
+        threading.Thread(target=read, daemon=True, name="ask-worker-%d" % task).start()
 
     def started(self):
         """Every peer is up (a collective completed): start probing them."""
@@ -164,18 +225,15 @@ class Watchdog(object):
         return self
 
     def stop(self):
-        """Stop judging the peers (they are about to exit too)."""
+        """Stop judging the peers (they are about to exit too); this watchdog
+        leaves ``WATCHING``."""
         self._stop.set()
+        WATCHING.remove(self)
 
     def _probe_loop(self, task):
-        with tf.Graph().as_default() as graph:
-            probe = tf.raw_ops.ReadVariableOp(resource=_status_handle(task),
-                                              dtype=tf.string)
-        config = tf.ConfigProto()
-        config.device_filters.extend(["/job:worker/task:%d" % self.task.index,
-                                      "/job:worker/task:%d" % task])
+        sess, probe = _status_probe(self.cluster.server.target, self.task.index, task)
         options = tf.RunOptions(timeout_in_ms=int(self.probe_timeout * 1000))
-        with tf.Session(self.cluster.server.target, graph=graph, config=config) as sess:
+        with sess:
             while not self._stop.is_set():
                 self._probe(task, sess, probe, options)
                 self._stop.wait(self.interval)
@@ -200,8 +258,7 @@ class Watchdog(object):
                 log.info("%s answers again", self.task.name(task))
             self._last_ok[task], self._fail_count[task] = time.time(), 0
             if said:
-                status, _, error = said.decode("utf-8", "replace").partition("\t")
-                self._said[task] = (int(status), error)
+                self._said[task] = _said(said)
 
     def _stopped_peer(self):
         """(lost, message, status) for the first peer that said why it
@@ -253,15 +310,10 @@ class Watchdog(object):
         """Leave ``status`` and ``error`` where the peers' probes read them,
         then wait (up to ``linger`` seconds) until every peer has left.
 
-        Before every peer is up, probes do not run: the peers' startup poll
-        (once a second) notices this worker listen and leave instead, so it
-        stays up ``STARTUP_LINGER`` seconds for every listening peer to see it.
+        Before every peer is up the peers' startup poll reads the same status
+        (``_ask``), so it is the same either way.
         """
         if self._fired:
-            return
-        if not self._started:
-            if self._a_peer_listens():
-                time.sleep(STARTUP_LINGER)
             return
         set_status(self.cluster.server.target, self.task.index,
                    "%d\t%s" % (status, " ".join(error.split())))
@@ -286,7 +338,30 @@ class Watchdog(object):
         return {}
 
 
-_WATCHDOGS = []
+class Watching(object):
+    """The watchdogs of this process that still watch: each from when it is
+    made until it stops (``Watchdog.stop``), so that ``exit_process`` tells
+    the peers of the runs still on, and a finished run's watchdog is let go."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._watchdogs = []
+
+    def add(self, watchdog):
+        with self._lock:
+            self._watchdogs.append(watchdog)
+
+    def remove(self, watchdog):
+        with self._lock:
+            if watchdog in self._watchdogs:
+                self._watchdogs.remove(watchdog)
+
+    def active(self):
+        with self._lock:
+            return list(self._watchdogs)
+
+
+WATCHING = Watching()
 
 
 def exit_process(status, reason=None):
@@ -298,10 +373,11 @@ def exit_process(status, reason=None):
     With a ``reason`` (the error it stops on) the peers are told first
     (``Watchdog.tell_peers``).
     """
-    for watchdog in _WATCHDOGS:
+    watching = WATCHING.active()
+    for watchdog in watching:
         watchdog.stop()
     if reason and status:
-        for watchdog in _WATCHDOGS:
+        for watchdog in watching:
             watchdog.tell_peers(status, reason)
     logging.shutdown()
     sys.stdout.flush()

@@ -94,7 +94,7 @@ def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_L
       save_dir: write each prediction as ``<save_dir>/<image name>.png``.
       on_image: called as ``on_image(step, path, pred)`` after each image
         (the benchmark times the loop with it).
-      log_every: images between progress lines.
+      log_every: images between progress lines (None: none).
       task: a ``distributed.WorkerTask``: score this worker's share of the
         (first ``num_images`` of the) list, rows i::N, every worker reading
         ``weights`` itself (shared storage), and return the confusion matrix
@@ -121,8 +121,7 @@ def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_L
         check_save_dir(reader, save_dir)
     scorer = _Scorer(num_classes, ignore_label, save_dir, on_image, log_every)
     # Before the graph: CRF workers start while it is built.
-    crf_pool = (CrfPool(crf, crf_workers, backend=crf_backend) if crf is not None
-                else None)
+    crf_pool = CrfPool(crf, crf_workers, backend=crf_backend) if crf is not None else None
     try:
         net, prediction = predict.build(reader.image, num_classes, config)
         fetches = _fetches(reader, prediction, with_crf=crf is not None)
@@ -221,7 +220,7 @@ class _Scorer(object):
                 confusion += metrics.confusion_matrix(label, pred, self.num_classes,
                                                       self.ignore_label)
                 self._record(step, path, pred)
-                if step % self.log_every == 0 or step == num_steps:
+                if self.log_every and (step % self.log_every == 0 or step == num_steps):
                     log.info("step %d/%d mIoU=%.4f %s", step, num_steps,
                              metrics.segmentation_scores(confusion)["miou"],
                              progress.line(step))

@@ -12,8 +12,9 @@ import logging
 from deeplab_resnet import checkpoints
 from deeplab_resnet.runtime import first_error_line, tf
 from deeplab_resnet.training import soundness
-from deeplab_resnet.training.snapshots import (SnapshotLock, check_snapshot_config,
-                                               recover_rotation, remove_interrupted_saves)
+from deeplab_resnet.training.snapshots import (ChiefWrites, SnapshotLock, SnapshotWriter,
+                                               check_snapshot_config, recover_rotation,
+                                               remove_interrupted_saves)
 from deeplab_resnet.training.validation import Validation
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 
 class WorkerDuties(object):
     """A worker that is not the chief: it trains, and takes the chief's weights."""
-
-    writes_snapshots = False
 
     def __init__(self, config):
         self.config = config
@@ -34,8 +33,15 @@ class WorkerDuties(object):
         return None
 
     def restore(self, sess, saver, trainer, resume):
-        """The start step before the chief's broadcast: nothing of its own."""
-        return 0
+        """Nothing of its own: the chief's broadcast brings the weights and the step."""
+
+    def snapshot_store(self, saver):
+        """The chief writes the snapshots (``snapshots.ChiefWrites``)."""
+        return ChiefWrites()
+
+    def save_before_failure(self, snapshots, sess, trainer, step, lr):
+        """Nothing: the chief, which has not met this worker's bad file, keeps
+        its own last snapshot (a snapshot named here would not exist)."""
 
     def save_model_config(self):
         pass
@@ -56,8 +62,6 @@ class WorkerDuties(object):
 class ChiefDuties(WorkerDuties):
     """The chief: the snapshot directory, TensorBoard, validation, progress lines."""
 
-    writes_snapshots = True
-
     def lock(self):
         """One training run per snapshot directory (``SnapshotLock``)."""
         return SnapshotLock(self.config.snapshots.snapshot_dir)
@@ -77,10 +81,12 @@ class ChiefDuties(WorkerDuties):
         return resume
 
     def restore(self, sess, saver, trainer, resume):
-        """Resume a snapshot, restore weights, or start from scratch; the start step."""
+        """Resume a snapshot, restore weights, or start from scratch (the
+        broadcast then gives every worker these weights and the step)."""
         config = self.config
         if resume:
-            return _resume(sess, saver, trainer, config, resume)
+            _resume(sess, saver, trainer, config, resume)
+            return
         if config.network.restore_from:
             path = checkpoints.restore(sess, config.network.restore_from, trainer.tower.net,
                                        skip_classifier=config.network.not_restore_last,
@@ -93,7 +99,15 @@ class ChiefDuties(WorkerDuties):
                         "(convert.py).%s", "" if config.network.is_training else
                         " BatchNorm is frozen at its initial statistics, so nothing "
                         "normalises the activations; add --is-training.")
-        return 0
+
+    def snapshot_store(self, saver):
+        """The snapshot directory is the chief's: it writes (``SnapshotWriter``)."""
+        return SnapshotWriter(saver, self.config.snapshots.snapshot_dir)
+
+    def save_before_failure(self, snapshots, sess, trainer, step, lr):
+        """A bad file of the chief's own: keep the steps before it (``step``)."""
+        if step > snapshots.last_step:
+            snapshots.save(sess, trainer, step, lr)
 
     def save_model_config(self):
         checkpoints.save_model_config(self.config.snapshots.snapshot_dir, self.config.network.num_classes,
@@ -138,7 +152,6 @@ def _resume(sess, saver, trainer, config, resume):
         log.info("--restore-from %s ignored: resuming the snapshot in %s.",
                  config.network.restore_from, config.snapshots.snapshot_dir)
     log.info("resuming from %s at step %d", resume, step)
-    return step
 
 
 class _NoWriter(object):

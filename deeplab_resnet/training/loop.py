@@ -12,23 +12,23 @@ import dataclasses
 import logging
 import signal
 import threading
+from typing import Optional
 
 import numpy as np
 
-from deeplab_resnet import checkpoints, distributed
+from deeplab_resnet import distributed
 from deeplab_resnet.progress import Progress
 from deeplab_resnet.data.reader import ImageReader
 from deeplab_resnet.images import decode_labels, inv_preprocess
 from deeplab_resnet.runtime import session_config, tf
 from deeplab_resnet.training import agreement, gradients
 from deeplab_resnet.training.config import TrainConfig
-from deeplab_resnet.training.duties import duties_for
-from deeplab_resnet.training.snapshots import (SnapshotLock, Snapshots,  # noqa: F401
-                                               divergence_message, make_saver)
+from deeplab_resnet.training.duties import WorkerDuties, duties_for
+from deeplab_resnet.training.snapshots import Snapshots, divergence_message, make_saver
 from deeplab_resnet.training.solver import Trainer
 from deeplab_resnet.training.towers import (VARIABLE_DEVICE, batchnorm_batch_warning,
                                             check_batch_split, tower_devices)
-from deeplab_resnet.training.validation import scalar_summary
+from deeplab_resnet.training.validation import Validation, scalar_summary
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +159,9 @@ def train_with(config, collectives, devices=None):
                     log.info("%s is already trained to step %d of --num-steps %d; "
                              "nothing to do.", resume, start_step, config.solver.num_steps)
                     return 0
-                snapshots = Snapshots(saver, config.snapshots, network=config.network,
-                                      ignore_label=config.data.ignore_label, last=resume,
-                                      last_step=start_step,
-                                      write=duties.writes_snapshots)
+                snapshots = Snapshots(duties.snapshot_store(saver), network=config.network,
+                                      ignore_label=config.data.ignore_label, resume=resume,
+                                      start_step=start_step)
                 snapshots.start(sess, trainer)
                 run = Run(sess=sess, trainer=trainer, reader=reader, snapshots=snapshots,
                           duties=duties, collectives=collectives, config=config,
@@ -262,15 +261,15 @@ class Run(object):
     Trains with the reader's threads running and stops them however it
     ends; every step is the same on every worker, the chief's duties aside.
     """
-    sess: object
+    sess: tf.Session
     trainer: Trainer
     reader: ImageReader
     snapshots: Snapshots
-    duties: object
-    collectives: object
+    duties: WorkerDuties
+    collectives: distributed.Collectives
     config: TrainConfig
-    validation: object = None
-    images_op: object = None
+    validation: Optional[Validation] = None
+    images_op: Optional[tf.Tensor] = None
     start_step: int = 0
 
     def run(self):
@@ -320,8 +319,8 @@ class Run(object):
         return 0
 
     def _step(self, done, with_images, interrupt):
-        """``trainer.step``; None when a peer was lost. A reader failure saves
-        the steps before the bad file, then raises."""
+        """``trainer.step``; None when a peer was lost. A reader failure keeps
+        the steps before the bad file where the duties say, then raises."""
         try:
             return self.trainer.step(self.sess, [self.images_op] if with_images else [],
                                      interrupt=interrupt)
@@ -331,13 +330,11 @@ class Run(object):
             if lost:
                 log.error(lost)
                 return None
-            if reader.failure is not None and done - 1 > snapshots.last_step and \
-                    snapshots.write:
-                # The steps before the bad file are kept, where this process
-                # writes the snapshots; another worker names the chief's last.
-                snapshots.save(self.sess, self.trainer, done - 1, self.lr
-                               if self.lr is not None else
-                               self.sess.run(self.trainer.learning_rate))
+            if reader.failure is not None:
+                lr = self.lr if self.lr is not None else self.sess.run(
+                    self.trainer.learning_rate)
+                self.duties.save_before_failure(snapshots, self.sess, self.trainer,
+                                                done - 1, lr)
             reader.raise_if_failed(" Fix it, then rerun the same command to resume "
                                    "from %s." % (snapshots.last or "the start"))
             raise

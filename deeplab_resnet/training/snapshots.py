@@ -170,32 +170,78 @@ def remove_interrupted_saves(snapshot_dir):
                     len(removed), snapshot_dir, ", ".join(sorted(removed)))
 
 
+class SnapshotWriter(object):
+    """Writes the snapshot of a step into the snapshot directory: what the
+    process that owns it (the chief) stores (``duties.ChiefDuties``)."""
+
+    def __init__(self, saver, snapshot_dir):
+        self.saver, self.snapshot_dir = saver, snapshot_dir
+        self.prefix = os.path.join(snapshot_dir, CHECKPOINT_NAME)
+
+    def name(self, resume, step):
+        """How messages name the snapshot the run starts from: its path."""
+        return resume
+
+    def write(self, sess, step, last):
+        """Write the snapshot of ``step``; its path.
+
+        Saver writes the data and index files under temporary names, renames
+        them, and only then rewrites the 'checkpoint' file (atomically), so a
+        failure mid-save leaves it on the last good snapshot.
+
+        Raises:
+          IOError: the snapshot could not be written (disk full, no
+            permission); ``last`` is intact.
+        """
+        try:
+            path = self.saver.save(sess, self.prefix, global_step=step,
+                                   write_meta_graph=False)
+        except (tf.errors.OpError, OSError) as err:
+            raise IOError("Could not write the snapshot of step %d to %s (%s). %s "
+                          "Free some space or fix the permissions, then rerun the "
+                          "same command to resume." % (
+                              step, self.snapshot_dir, first_error_line(err),
+                              "%s is intact." % last if last else
+                              "Nothing was saved from this run."))
+        log.info("saved %s", path)
+        return path
+
+
+class ChiefWrites(object):
+    """What a worker that is not the chief stores: nothing. The chief writes
+    the snapshot of the same step (every worker saves after the same steps,
+    and a chief that cannot stops them all), so its messages name that one,
+    by its step, never by a path of their own making."""
+
+    def name(self, resume, step):
+        return self.write(None, step, None) if step else None
+
+    def write(self, sess, step, last):
+        return "the chief's snapshot of step %d" % step
+
+
 class Snapshots(object):
     """Snapshots of sound weights only, and the one message for a failed save.
 
     Before every save the weights are checked with
     ``soundness.soundness_problem`` against the last sound ones: those of
     the last snapshot, or of the run's start. So a diverging run never
-    leaves a snapshot that resuming would diverge from again.
-
-    With several workers every one checks (the weights are bitwise equal on
-    all, so all stop together on a diverged run) and only the chief writes
-    (``write=False`` on the others).
+    leaves a snapshot that resuming would diverge from again. Every worker
+    checks (the weights are bitwise equal on all, so all stop together on a
+    diverged run); ``store`` writes (``SnapshotWriter``) or leaves it to the
+    chief (``ChiefWrites``), as the duties chose.
 
     Attributes:
-      last: the last sound snapshot (this run's, or the one it resumed).
+      last: the last sound snapshot (this run's, or the one it resumed), as
+        messages name it.
       last_step: its step.
     """
 
-    def __init__(self, saver, config, *, network, ignore_label, last=None, last_step=0,
-                 write=True):
-        self.saver = saver
-        self.write = write
-        self.config = config
+    def __init__(self, store, *, network, ignore_label, resume=None, start_step=0):
+        self.store = store
         self.network, self.ignore_label = network, ignore_label
-        self.prefix = os.path.join(config.snapshot_dir, CHECKPOINT_NAME)
-        self.last = last
-        self.last_step = last_step
+        self.last = store.name(resume, start_step)
+        self.last_step = start_step
         self.reference_norm = None
 
     def start(self, sess, trainer):
@@ -223,36 +269,16 @@ class Snapshots(object):
         return weights[0]
 
     def save(self, sess, trainer, step, lr):
-        """Check the weights, then write the snapshot of ``step``.
-
-        Saver writes the data and index files under temporary names, renames
-        them, and only then rewrites the 'checkpoint' file (atomically), so a
-        failure mid-save leaves it on the last good snapshot.
+        """Check the weights, then store the snapshot of ``step``; how it is named.
 
         Raises:
           ValueError: the weights diverged (nothing is written).
-          IOError: the snapshot could not be written (disk full, no
-            permission); the last snapshot is intact.
+          IOError: the snapshot could not be written (``SnapshotWriter``).
         """
         norm = self.check(sess, trainer, step, lr)
-        if not self.write:
-            self.last, self.last_step, self.reference_norm = (
-                "%s-%d" % (self.prefix, step), step, norm)
-            return self.last
-        try:
-            path = self.saver.save(sess, self.prefix, global_step=step,
-                                   write_meta_graph=False)
-        except (tf.errors.OpError, OSError) as err:
-            raise IOError("Could not write the snapshot of step %d to %s (%s). %s "
-                          "Free some space or fix the permissions, then rerun the "
-                          "same command to resume." % (
-                              step, self.config.snapshot_dir,
-                              first_error_line(err),
-                              "%s is intact." % self.last if self.last else
-                              "Nothing was saved from this run."))
-        self.last, self.last_step, self.reference_norm = path, step, norm
-        log.info("saved %s", path)
-        return path
+        self.last = self.store.write(sess, step, self.last)
+        self.last_step, self.reference_norm = step, norm
+        return self.last
 
 
 def divergence_message(what, step, lr, last_snapshot, *, network, ignore_label):

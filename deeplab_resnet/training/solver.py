@@ -36,8 +36,6 @@ Diagnostics: the weight-decay term is reported beside the segmentation loss
 whose gradient is the ``weight_decay * w`` added to the update, as
 ``tf.nn.l2_loss`` and DrSleep's train.py define it).
 """
-import numpy as np
-
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.distributed.collectives import Local
 from deeplab_resnet.runtime import tf
@@ -156,13 +154,15 @@ class Trainer(object):
                         for o, out in enumerate(self.tower.outputs)]
         self.loss_sum, self.num_valid = self.outputs[-1][1:]
         # Summed over batches and workers too; float64, so counts stay exact.
-        # The last entry is the interrupt flag (see ``step``).
+        # The interrupt flag travels with them (see ``step``).
         self.interrupt = tf.placeholder_with_default(0.0, [], name="interrupt")
-        self._sums = [tensor for _, loss_sum, num_valid in self.outputs
-                      for tensor in (loss_sum, num_valid)] + [self.num_correct,
-                                                              self.num_bad_labels]
-        self._stats = tf.stack([tf.cast(t, tf.float64) for t in self._sums]
-                               + [tf.cast(self.interrupt, tf.float64)])
+        self.layout = ReportedSums([name for name, _, _ in self.outputs])
+        values = {"num_correct": self.num_correct, "num_bad_labels": self.num_bad_labels,
+                  "interrupt": self.interrupt}
+        for name, loss_sum, num_valid in self.outputs:
+            values.update({self.layout.loss_sum(name): loss_sum,
+                           self.layout.num_valid(name): num_valid})
+        self._stats = self.layout.pack(values)
 
     def _accumulate(self, sums):
         """The step's local sums, the accumulators to reset, and the ops the
@@ -182,7 +182,7 @@ class Trainer(object):
             grads = [_local_sum("sum_%d" % i, p.var.get_shape(), tf.float32)
                      for i, p in enumerate(self.params)]
             count = _local_sum("num_valid", [], tf.float32)
-            stats = _local_sum("stats", [len(self._sums) + 1], tf.float64)
+            stats = _local_sum("stats", [len(self.layout.slots)], tf.float64)
             max_bad = _local_sum("max_bad_label", [], tf.float64, -1.0)
         self.accumulate_op = tf.group(
             [tf.assign_add(acc, grad) for acc, grad in zip(grads, sums.grad_sums)]
@@ -243,13 +243,53 @@ class Trainer(object):
              fetches if not passes else ()], {self.interrupt: float(bool(interrupt))})
         if not passes:
             fetched = update_fetched
-        num_correct, num_bad = totals[-3:-1]
-        losses = {name: totals[2 * o] / max(totals[2 * o + 1], 1.0)
-                  for o, (name, _, _) in enumerate(self.outputs)}
+        reported, layout = self.layout.read(totals), self.layout
+        losses = {name: reported[layout.loss_sum(name)]
+                  / max(reported[layout.num_valid(name)], 1.0) for name in layout.outputs}
+        last_valid = reported[layout.num_valid(layout.outputs[-1])]
         return {"loss": float(sum(losses.values())), "losses": losses, "l2": float(l2),
-                "accuracy": num_correct / max(totals[-4], 1.0), "lr": float(lr),
-                "bad_labels": int(num_bad), "max_bad_label": int(max_bad),
-                "interrupted": bool(totals[-1] > 0), "fetched": fetched}
+                "accuracy": reported["num_correct"] / max(last_valid, 1.0), "lr": float(lr),
+                "bad_labels": int(reported["num_bad_labels"]),
+                "max_bad_label": int(max_bad), "interrupted": bool(reported["interrupt"] > 0),
+                "fetched": fetched}
+
+
+class ReportedSums(object):
+    """The named slots of the float64 vector that carries what ``step``
+    reports (and the interrupt flag) through the workers' sum.
+
+    Built once from the outputs' names; packed and read by slot name, so an
+    added entry cannot shift another.
+    """
+
+    def __init__(self, outputs):
+        self.outputs = list(outputs)
+        self.slots = [slot for name in self.outputs
+                      for slot in (self.loss_sum(name), self.num_valid(name))]
+        self.slots += ["num_correct", "num_bad_labels", "interrupt"]
+        if len(set(self.slots)) != len(self.slots):
+            raise ValueError("outputs named twice: %s" % self.outputs)
+        self._index = {slot: i for i, slot in enumerate(self.slots)}
+
+    @staticmethod
+    def loss_sum(output):
+        return "loss_sum/%s" % output
+
+    @staticmethod
+    def num_valid(output):
+        return "num_valid/%s" % output
+
+    def pack(self, values):
+        """The float64 vector of ``values`` ({slot: scalar tensor}), every slot once."""
+        if sorted(values) != sorted(self.slots):
+            raise ValueError("slots %s given for %s" % (sorted(values), sorted(self.slots)))
+        return tf.stack([tf.cast(values[slot], tf.float64) for slot in self.slots])
+
+    def read(self, totals):
+        """{slot: value} of a vector ``pack`` built (after the reduction)."""
+        if len(totals) != len(self.slots):
+            raise ValueError("%d values for %d slots" % (len(totals), len(self.slots)))
+        return {slot: totals[i] for slot, i in self._index.items()}
 
 
 def _reduce(collectives, local, before, sum_count=True):

@@ -76,7 +76,7 @@ class Validation(object):
                 ignore_label=self.data.ignore_label, label_map=self.data.label_map,
                 num_images=config.val_images,
                 intra_op_threads=self.runtime.intra_op_threads,
-                inter_op_threads=self.runtime.inter_op_threads, log_every=10 ** 9)
+                inter_op_threads=self.runtime.inter_op_threads, log_every=None)
         scores = metrics.segmentation_scores(confusion)
         values = {"val/miou": scores["miou"],
                   "val/pixel_accuracy": scores["pixel_accuracy"]}
