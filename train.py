@@ -123,6 +123,13 @@ def get_arguments(argv=None):
                              "reproduce a run exactly (default: shuffle).")
     parser.add_argument("--random-seed", type=int, default=DEFAULTS.random_seed,
                         help="Graph-level random seed (default: %(default)s).")
+    parser.add_argument("--reader-threads", type=cli.positive_int,
+                        default=DEFAULTS.reader_threads,
+                        help="Threads reading, decoding and augmenting the images. "
+                             "With 1 the batches (their order and their random "
+                             "crops, scales and mirroring) follow from "
+                             "--random-seed alone, so that a run repeats on the "
+                             "same machine (default: %(default)s).")
     parser.add_argument("--not-restore-last", action="store_true",
                         help="Do not restore the classifier (fc1_voc12*) from "
                              "--restore-from, e.g. from the ImageNet init model "

@@ -201,8 +201,8 @@ def train_variants(records):
 
 # ---------------------------------------------------------------- demo, tests
 def demo(records):
-    """Per CPU: the range of the demo's mIoU over all its records (the demo
-    is not deterministic) and the median time."""
+    """Per CPU: the demo's mIoU over all its records (a range, should runs
+    differ) and the median time."""
     runs = collections.OrderedDict()
     for name, record in records.items():
         if record["kind"] == "demo" and "miou" in record["figures"]:
@@ -213,7 +213,8 @@ def demo(records):
     lines = ["| | " + " | ".join(cpus) + " |", "|" + " --- |" * (len(cpus) + 1)]
     mious = [sorted(f["miou"] for _, f in runs[cpu]) for cpu in cpus]
     lines.append("| val mIoU | %s |" % " | ".join(
-        "%.4f" % m[0] if len(m) == 1 else "%.4f to %.4f (%d runs)" % (m[0], m[-1], len(m))
+        "%.4f" % m[0] if len(m) == 1 else "%.4f in each of %d runs" % (m[0], len(m))
+        if m[0] == m[-1] else "%.4f to %.4f (%d runs)" % (m[0], m[-1], len(m))
         for m in mious))
     lines.append("| time (train, evaluate, segment 3 photos), median | %s |" % " | ".join(
         "%.0f s" % sorted(f["seconds"] for _, f in runs[cpu])[len(runs[cpu]) // 2]

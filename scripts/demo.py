@@ -23,11 +23,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_FLAGS = ["--num-classes", "5", "--blocks", "1,1,1,1", "--base-depth", "8",
                "--aspp-rates", "1,2,3,4"]
 # From scratch, so BatchNorm learns its statistics (--is-training). 2000
-# steps let its moving averages (momentum 0.999, Caffe's) settle.
+# steps let its moving averages (momentum 0.999, Caffe's) settle. One reader
+# thread: the run repeats on one machine (the same batches from the seed).
 TRAIN_FLAGS = ["--input-size", "96,96", "--batch-size", "8",
                "--learning-rate", "0.01", "--is-training", "--random-mirror",
                "--num-steps", "2000", "--save-pred-every", "500",
-               "--log-every", "100"]
+               "--log-every", "100", "--reader-threads", "1"]
 INFERENCE_IMAGES = ["val_00000.jpg", "val_00001.jpg", "val_00002.jpg"]
 
 

@@ -44,6 +44,7 @@ MAY_DIFFER = {
     # Each worker's own randomness (crops, mirroring, its shard's shuffle);
     # the initial weights are the chief's, broadcast.
     "--random-seed": "each worker's own random stream",
+    "--reader-threads": "how this worker reads its shard, not what it reads",
     # The chief's duties alone: snapshots, TensorBoard, progress, validation.
     "--snapshot-dir": "the chief writes snapshots",
     "--keep-checkpoints": "the chief writes snapshots",

@@ -26,6 +26,7 @@ class DataConfig:
     random_seed: int = 1234
     skip_bad_images: bool = False
     shuffle: bool = True
+    reader_threads: int = 4
 
 
 @dataclasses.dataclass

@@ -180,7 +180,7 @@ def _reader(config, shard):
                        ignore_label=config.data.ignore_label, num_classes=config.network.num_classes,
                        label_map=config.data.label_map,
                        skip_bad_images=config.data.skip_bad_images, shuffle=config.data.shuffle,
-                       shard=shard)
+                       num_threads=config.data.reader_threads, shard=shard)
 
 
 def _trainer(config, reader, devices, collectives):
