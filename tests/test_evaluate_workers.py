@@ -4,6 +4,7 @@ import pytest
 
 from conftest import write_voc_dataset
 from deeplab_resnet import constants, distributed
+from deeplab_resnet.distributed import watchdog
 from deeplab_resnet.distributed.task import WorkerTask
 from deeplab_resnet.evaluation.evaluate import evaluate
 
@@ -22,4 +23,4 @@ def test_fewer_images_than_workers_is_one_line_before_any_server(tiny_model, tmp
 
 def test_the_restart_advice_fits_evaluation_too():
     assert "training resumes from the chief's last snapshot, an evaluation starts again" in (
-        distributed.RESTART_ADVICE)
+        watchdog.RESTART_ADVICE)

@@ -159,6 +159,9 @@ def start_server(task, config):
     # '/cpu:1' still means this worker's.
     del own.device_filters[:]
     own.device_filters.append("/job:worker/task:%d" % task.index)
+    # A session on a server runs on the server's pools, sized by this
+    # config; TensorFlow refuses per-session pools there.
+    own.use_per_session_threads = False
     try:
         server = tf.distribute.Server(
             tf.train.ClusterSpec({"worker": list(task.workers)}), job_name="worker",
