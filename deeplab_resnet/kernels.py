@@ -23,7 +23,10 @@ A training process runs its validation with the training family (one
 process, one family); docs/speed.md has what that costs on AVX2 CPUs.
 Forward-only jobs on oneDNN also set ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS``:
 their weights never change after the restore, so oneDNN may keep each
-filter reordered instead of reordering it at every run.
+filter reordered instead of reordering it at every run. A process that
+declares no job (``DEFAULT_JOB``: the library in a notebook) gets the
+forward jobs' family but never that, since it may train; ``Trainer``
+refuses to build in a process that assumes frozen weights.
 
 ``TF_ENABLE_ONEDNN_OPTS`` (or ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS``) set by
 the user always wins. The project marks the values it sets itself
@@ -57,15 +60,18 @@ CHOSEN_ENV = "DEEPLAB_ONEDNN_CHOSEN"
 # The job of this process, for runtime to apply and for children to inherit
 # when they declare none.
 JOB_ENV = "DEEPLAB_JOB"
-# What a process that declares no job runs: the library's forward uses
-# (a notebook predicting).
-DEFAULT_JOB = "inference"
+# What a process that declares no job runs: the forward jobs' kernels (a
+# notebook predicting), but never frozen weights, since it may also train.
+DEFAULT_JOB = "library"
 AVX512_CORE = ("avx512f", "avx512bw", "avx512vl")
 
 
 def family(job, flags):
     """The kernel family (ONEDNN, EIGEN or DEFAULT) for ``job`` on a CPU
-    with /proc/cpuinfo ``flags`` (a set of flag names)."""
+    with /proc/cpuinfo ``flags`` (a set of flag names); DEFAULT_JOB's is
+    inference's."""
+    if job == DEFAULT_JOB:
+        job = "inference"
     if job not in JOBS:
         raise ValueError("unknown job %r; choose from %s" % (job, ", ".join(JOBS)))
     if all(flag in flags for flag in AVX512_CORE):
@@ -116,6 +122,12 @@ def environment(job, environ=None, flags=None):
     if chosen:
         environ[CHOSEN_ENV] = ";".join("%s=%s" % item for item in sorted(chosen.items()))
     return environ
+
+
+def frozen_weights():
+    """Whether TensorFlow in this process assumes frozen weights (read at its
+    import): a process that trains must not."""
+    return os.environ.get(FROZEN_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def tensorflow_imported():

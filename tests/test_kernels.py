@@ -81,6 +81,25 @@ np.save(%r, np.concatenate([o.ravel() for o in outs]))
 """
 
 
+def test_a_process_that_declares_no_job_never_assumes_frozen_weights():
+    """A notebook that imports the library may train in it too."""
+    for flags in (ZEN4, AVX2_ONLY):
+        environ = kernels.environment(kernels.DEFAULT_JOB, {}, flags=flags)
+        assert kernels.FROZEN_ENV not in environ
+        assert (environ.get("TF_ENABLE_ONEDNN_OPTS")
+                == kernels.environment("inference", {}, flags=flags)["TF_ENABLE_ONEDNN_OPTS"])
+
+
+def test_training_is_refused_where_weights_are_assumed_frozen(monkeypatch):
+    from deeplab_resnet.training import Trainer
+    monkeypatch.setenv(kernels.FROZEN_ENV, "1")
+    with tf.Graph().as_default():
+        images = tf.zeros([1, 33, 33, 3])
+        labels = tf.zeros([1, 33, 33, 1], tf.uint8)
+        with pytest.raises(RuntimeError, match="assumes frozen weights"):
+            Trainer(images, labels, 3)
+
+
 def test_frozen_weights_give_the_same_logits_at_every_size(tmp_path):
     """The kept filter reorders are those of the right weights whatever the
     input size: logits equal those of a process that reorders every run."""
@@ -114,7 +133,7 @@ def clean_environment():
     """This process's environment without the kernel switches: what a user's
     shell has."""
     return {key: value for key, value in os.environ.items()
-            if key not in (kernels.ENV, kernels.CHOSEN_ENV, kernels.JOB_ENV)}
+            if key not in (kernels.CHOSEN_ENV, kernels.JOB_ENV) + kernels.MANAGED}
 
 
 def run_python(code, env=None):

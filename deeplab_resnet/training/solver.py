@@ -36,6 +36,7 @@ Diagnostics: the weight-decay term is reported beside the segmentation loss
 whose gradient is the ``weight_decay * w`` added to the update, as
 ``tf.nn.l2_loss`` and DrSleep's train.py define it).
 """
+from deeplab_resnet import kernels
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.distributed.collectives import Local
 from deeplab_resnet.runtime import tf
@@ -103,6 +104,13 @@ class Trainer(object):
         if grad_update_every < 1:
             raise ValueError("--grad-update-every must be at least 1, got %d."
                              % grad_update_every)
+        if kernels.frozen_weights():
+            # oneDNN would keep convolving with the first step's filters.
+            raise RuntimeError(
+                "This process assumes frozen weights (%s=1, set for inference jobs), "
+                "so its convolutions would not see the updates. Declare the job "
+                "before TensorFlow is imported (deeplab_resnet.kernels.choose('train')), "
+                "or unset %s." % (kernels.FROZEN_ENV, kernels.FROZEN_ENV))
         if last_only and is_training:
             raise ValueError("--train-last-only trains the classifier alone, with the "
                              "body (its BatchNorm statistics included) left as it is; "
