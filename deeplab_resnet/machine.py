@@ -16,20 +16,26 @@ def available_cores():
         return os.cpu_count() or 1
 
 
-def cpu_flags(text=None):
-    """The CPU's feature flags (``avx2``, ``avx512f``, ``amx_bf16``, ...) from
-    /proc/cpuinfo, or from ``text`` in its format; empty where there is none."""
+def _cpuinfo_fields(text=None):
+    """The first value of each key of /proc/cpuinfo (or ``text`` in its
+    format): the first processor's; empty where there is no such file."""
     if text is None:
         try:
             with open("/proc/cpuinfo") as cpuinfo:
                 text = cpuinfo.read()
         except OSError:
-            return frozenset()
+            text = ""
+    fields = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags(text=None):
+    """The CPU's feature flags (``avx2``, ``avx512f``, ``amx_bf16``, ...) from
+    /proc/cpuinfo, or from ``text`` in its format; empty where there is none."""
+    return frozenset(_cpuinfo_fields(text).get("flags", "").split())
 
 
 # /proc/cpuinfo flags of native bfloat16 arithmetic, and how reports name them.
@@ -45,16 +51,7 @@ def cpu_info(text=None):
     family and model numbers (which name e.g. Zen 4 where the model name is
     just "AMD EPYC"), and its bfloat16 support: 'AMX', 'AVX512_BF16', both
     ('AMX + AVX512_BF16') or 'none' (TensorFlow then emulates bfloat16)."""
-    if text is None:
-        try:
-            with open("/proc/cpuinfo") as cpuinfo:
-                text = cpuinfo.read()
-        except OSError:
-            text = ""
-    info = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
+    info = _cpuinfo_fields(text)
     flags = set(info.get("flags", "").split())
     native = [name for flag, name in BF16_FLAGS if flag in flags]
     return {"model_name": info.get("model name", "unknown CPU"),
