@@ -15,7 +15,7 @@ from deeplab_resnet.model import ModelConfig
 from deeplab_resnet import checkpoints
 from deeplab_resnet import constants
 from deeplab_resnet.caffe import convert as caffe_convert
-from test_convert import make_caffe_model
+from helpers.caffe_models import make_caffe_model
 
 cv2 = pytest.importorskip(
     "cv2", reason="OpenCV (opencv-python-headless, requirements-test.txt) is the "

@@ -16,7 +16,7 @@ from deeplab_resnet import crf
 from deeplab_resnet.crf import pool as crf_pool
 
 from conftest import load_script, save_tiny_model, write_voc_pair
-from test_crf import synthetic_scene
+from helpers.crf_scenes import synthetic_scene
 
 pytest.importorskip("pydensecrf.densecrf")
 

@@ -1,4 +1,8 @@
-"""The package's layout promises: light modules stay free of TensorFlow, and graph mode is on."""
+"""The package's layout promises: light modules stay free of TensorFlow, and graph mode is on;
+test modules share helpers through tests/helpers/, never through each other."""
+import ast
+import glob
+import os
 import subprocess
 import sys
 
@@ -54,3 +58,19 @@ def test_any_graph_module_switches_tensorflow_to_graph_mode():
                             "print(tf.executing_eagerly())" % module)
         assert result.returncode == 0, result.stderr
         assert result.stdout.split()[-1] == "False", module
+
+
+def test_test_modules_import_no_other_test_module():
+    """Shared test code lives in tests/helpers/: importing a test module
+    from another one runs its module-level code (its skips included) there too."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(REPO_ROOT, "tests", "**", "*.py"),
+                                 recursive=True)):
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += ["%s imports %s" % (os.path.relpath(path, REPO_ROOT), name)
+                      for name in names if name.split(".")[0].startswith("test_")]
+    assert found == []

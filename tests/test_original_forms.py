@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import load_script
 from deeplab_resnet import constants
-from test_convert import SMALL_CONFIG, assert_same_weights, load_npz, make_caffe_model
+from helpers.caffe_models import SMALL_CONFIG, assert_same_weights, load_npz, make_caffe_model
 from helpers.training import run_train, train_argv, write_dataset
 
 inference = load_script("inference")
