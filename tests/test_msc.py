@@ -11,7 +11,7 @@ import tensorflow.compat.v1 as tf
 
 from conftest import TINY_CONFIG, load_script, save_tiny_model
 from deeplab_resnet import checkpoints, constants
-from deeplab_resnet.data.reader import image_scaling
+from deeplab_resnet.data.augment import image_scaling
 from deeplab_resnet.model import build_model
 from deeplab_resnet.training import Trainer
 from deeplab_resnet.training.loss import FUSED

@@ -344,9 +344,8 @@ def test_evaluation_reader_decodes_ahead_of_the_network(voc_dataset):
     fetched, so decoding overlaps the network instead of preceding it."""
     data_dir, list_path, names = voc_dataset
     coord = tf.train.Coordinator()
-    reader = data_reader.ImageReader(data_dir, list_path,
-                                     ignore_label=constants.IGNORE_LABEL, coord=coord,
-                                     shuffle=False)
+    reader = data_reader.EvaluationReader(data_dir, list_path,
+                                          ignore_label=constants.IGNORE_LABEL, coord=coord)
     queue = tf.get_default_graph().get_operation_by_name("image_reader/prefetch")
     size = tf.raw_ops.QueueSizeV2(handle=queue.outputs[0])
     with tf.Session() as sess:
@@ -371,10 +370,9 @@ def test_a_stale_reader_in_the_graph_does_not_stop_the_live_one(voc_dataset):
     bad_list = os.path.join(data_dir, "bad.txt")
     with open(bad_list, "w") as f:
         f.write("/JPEGImages/img0.jpg /JPEGImages/img1.jpg\n")
-    make = lambda path, coord: data_reader.ImageReader(data_dir, path,
-                                                       ignore_label=constants.IGNORE_LABEL,
-                                                       coord=coord, shuffle=False,
-                                                       num_classes=constants.NUM_CLASSES)
+    make = lambda path, coord: data_reader.EvaluationReader(
+        data_dir, path, ignore_label=constants.IGNORE_LABEL, coord=coord,
+        num_classes=constants.NUM_CLASSES)
     make(bad_list, tf.train.Coordinator())
     coord = tf.train.Coordinator()
     reader = make(list_path, coord)

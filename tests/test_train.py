@@ -11,7 +11,7 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from conftest import TINY_CONFIG, save_tiny_model, write_voc_pair
-from deeplab_resnet.data.reader import ImageReader
+from deeplab_resnet.data.reader import TrainingReader
 from deeplab_resnet import constants
 from deeplab_resnet import training
 from deeplab_resnet.training import gradients
@@ -167,9 +167,9 @@ def test_short_training_run_lowers_the_loss(voc_dataset):
     data_dir, list_path, _ = voc_dataset
     tf.set_random_seed(0)
     coord = tf.train.Coordinator()
-    reader = ImageReader(data_dir, list_path, input_size=(33, 33), random_mirror=True,
-                         ignore_label=255, coord=coord,
-                         num_classes=constants.NUM_CLASSES)
+    reader = TrainingReader(data_dir, list_path, input_size=(33, 33), random_mirror=True,
+                            ignore_label=255, coord=coord,
+                            num_classes=constants.NUM_CLASSES)
     image_batch, label_batch = reader.dequeue(4)
     trainer = training.Trainer(image_batch, label_batch, constants.NUM_CLASSES,
                                is_training=True, config=TINY_CONFIG,

@@ -11,7 +11,7 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 from deeplab_resnet import training
 from deeplab_resnet.training import loop as training_loop
-from deeplab_resnet.data.reader import ImageReader
+from deeplab_resnet.data.reader import TrainingReader
 from deeplab_resnet.training import towers
 
 from conftest import TINY_CONFIG
@@ -139,8 +139,8 @@ def test_label_values_that_reach_the_loss_are_counted_not_trained_on():
 def test_bad_labels_that_slip_past_the_reader_stop_the_run(tmp_path, caplog,
                                                            monkeypatch):
     """E.g. a wrong label map: the reader is told nothing of the classes."""
-    reader = ImageReader
-    monkeypatch.setattr(training_loop, "ImageReader",
+    reader = TrainingReader
+    monkeypatch.setattr(training_loop, "TrainingReader",
                         lambda *a, **k: reader(*a, **dict(k, num_classes=None)))
     monkeypatch.setattr(training_loop, "CHECKED_LABELS", 0)
     data_dir = str(tmp_path / "data")

@@ -1,8 +1,10 @@
-"""List files in, batches of preprocessed images and labels out, queue style.
+"""List files in, preprocessed images and labels out, queue style: training crops or whole images.
 
 A list file (``data.lists``) names image/label pairs. A ``tf.compat.v1``
-producer queue walks the list and reader threads (queue runners) decode,
-augment and batch it.
+producer queue walks the list and reader threads (queue runners) decode
+it; ``TrainingReader`` augments, crops and batches the pairs
+(``data.augment``), ``EvaluationReader`` hands out whole images in list
+order. ``ListReader`` is what the two share.
 
 Decoding runs in Python (PIL, through ``tf.numpy_function``) rather than
 ``tf.io.decode_*`` because VOC labels are palette PNGs whose pixel values *are*
@@ -11,23 +13,17 @@ training on those fails silently. PIL also reads the photos TF's decoders
 reject or misread (CMYK JPEGs, 16-bit PNGs, palette images).
 
 Preprocessing is Caffe's: BGR channel order minus ``IMG_MEAN``
-(``images.bgr_minus_mean``). Training
-adds a random scale in [0.5, 1.5] (bilinear with half-pixel centres for the
-image, as OpenCV's INTER_LINEAR; nearest for the label, which must never mix
-class ids), a random left-right mirror, and a random crop to ``input_size``;
-images smaller than the crop are first padded at the bottom and right with the
-mean (0 after subtraction) and their labels with the ignore label, so padding
-adds neither signal nor loss.
+(``images.bgr_minus_mean``).
 
 Labels are checked as they are read (``label_checks.check_label``: mode, size,
 values; a ``--label-map`` turns stored values into training ids first), and
-``ImageReader.check`` scans a sample up front with the scan
+``ListReader.check`` scans a sample up front with the scan
 ``dataset/check_labels.py`` runs.
 
 A bad file met by a reader thread stops the queues through the coordinator,
 so the consumer's ``sess.run`` fails instead of hanging; the original
 exception, whose message names the file, is kept and raised by
-``ImageReader.raise_if_failed()``.
+``ListReader.raise_if_failed()``.
 """
 import logging
 import threading
@@ -38,6 +34,8 @@ from PIL import Image
 
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.data import label_checks, label_maps
+from deeplab_resnet.data.augment import (image_mirroring, image_scaling,
+                                         random_crop_and_pad_image_and_labels)
 from deeplab_resnet.data.label_files import (DECODE_ERRORS, UNREADABLE, WIDE_MODES,
                                              UnreadableError, load_label, upright)
 from deeplab_resnet.data.lists import read_labeled_image_list
@@ -121,96 +119,26 @@ def load_pair(image_path, label_path, num_classes=None,
     return image, label
 
 
-# ------------------------------------------------------------- augmentation
-def image_scaling(image, label, min_scale=0.5, max_scale=1.5, scale_set=None):
-    """Rescale image and label by one random factor.
+# ----------------------------------------------------------------- readers
+class ListReader(object):
+    """What both readers share: the list, one decoded pair at a time, the
+    label checks, the queue threads and the file error they met.
 
-    Args:
-      image: float32 [H, W, C]; label: [H, W, 1].
-      min_scale, max_scale: the factor is uniform in [min_scale, max_scale)
-        (the original TensorFlow port's --random-scale)...
-      scale_set: ... unless these factors are given: one of them, each as
-        likely (Caffe DeepLab-v2's {0.5, 0.75, 1, 1.25, 1.5}).
-    Returns:
-      (image, label) at the new size; the label by nearest neighbour (OpenCV's
-      INTER_NEAREST sampling), so it only ever holds values it had.
-    """
-    if scale_set:
-        choices = tf.constant(list(scale_set), tf.float32)
-        scale = tf.gather(choices, tf.random_uniform([], 0, len(scale_set), tf.int32))
-    else:
-        scale = tf.random_uniform([], min_scale, max_scale)
-    size = tf.cast(tf.shape(image)[:2], tf.float32) * scale
-    size = tf.maximum(tf.cast(tf.round(size), tf.int32), 1)
-    image = tf.image.resize_bilinear(image[None], size, half_pixel_centers=True)[0]
-    label = tf.image.resize_nearest_neighbor(label[None], size)[0]
-    return image, label
+    ``TrainingReader`` crops and batches the pairs, ``EvaluationReader``
+    hands out whole images in list order; each builds its part of the graph
+    in ``_build(image, label)`` from one decoded pair (BGR minus mean image
+    float32 [H, W, 3], label uint8 [H, W, 1]).
 
-
-def image_mirroring(image, label):
-    """Flip image and label left-right together, with probability 1/2."""
-    flip = tf.random_uniform([]) < 0.5
-    return (tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image),
-            tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label))
-
-
-def random_crop_and_pad_image_and_labels(image, label, crop_h, crop_w,
-                                         ignore_label=IGNORE_LABEL):
-    """One random ``crop_h`` x ``crop_w`` window of image and label together.
-
-    Sides shorter than the crop are padded at the bottom/right first: the
-    image with 0 (the mean, once it is subtracted), the label with
-    ``ignore_label``. Image and label are stacked so one crop cuts both.
-
-    Args:
-      image: float32 [H, W, 3], mean subtracted; label: integer [H, W, 1].
-    Returns:
-      (image float32 [crop_h, crop_w, 3], label uint8 [crop_h, crop_w, 1]).
-    """
-    # Shift the label so that zero padding becomes the ignore label.
-    label = tf.cast(label, tf.float32) - ignore_label
-    combined = tf.concat([image, label], axis=2)
-    shape = tf.shape(image)
-    combined = tf.image.pad_to_bounding_box(combined, 0, 0,
-                                            tf.maximum(crop_h, shape[0]),
-                                            tf.maximum(crop_w, shape[1]))
-    crop = tf.random_crop(combined, [crop_h, crop_w, 4])
-    image = crop[:, :, :3]
-    label = tf.cast(tf.round(crop[:, :, 3:] + ignore_label), tf.uint8)
-    image.set_shape([crop_h, crop_w, 3])
-    label.set_shape([crop_h, crop_w, 1])
-    return image, label
-
-
-# ------------------------------------------------------------------ reader
-class ImageReader(object):
-    """Reads a list file into (BGR - mean image, label) pairs through queues.
-
-    Training (``input_size`` given): each pair is augmented and cropped, and
-    ``dequeue(n)`` batches them from ``num_threads`` reader threads.
-    Evaluation (``input_size=None``): no augmentation, images keep their own
-    size; ``.image`` [1, H, W, 3], ``.label`` [1, H, W, 1] and
-    ``.image_path`` (a string scalar) come from the same list entry each time
-    they are fetched in one ``sess.run``. The list repeats forever;
-    ``.num_images`` entries make one pass.
-
-    Start the queues with ``start(sess)`` (or
-    ``tf.train.start_queue_runners(sess, coord)``) before fetching. When a
+    Start the queues with ``start(sess)`` before fetching. When a
     ``sess.run`` fails with a ``tf.errors.OpError``, call
     ``raise_if_failed()`` to get the file error that caused it.
 
     Args:
       data_dir, data_list: see ``read_labeled_image_list``.
-      input_size: (height, width) crop for training, or None for evaluation.
-      random_scale, random_mirror: augmentations (training only).
-      scale_set: random scales drawn from these factors instead of
-        ``random_scale``'s uniform 0.5-1.5 (training only).
-      ignore_label: label value that pads crops (and is left out of the loss).
+      shuffle: shuffle the list every pass (False: the list's order).
+      ignore_label: label value left out of the loss and the scores.
       coord: the ``tf.train.Coordinator`` the reader threads report to (a new
         one by default).
-      shuffle: shuffle the list every pass. With False the list order is
-        kept, batches included (one reader thread is used for that).
-      num_threads: reader threads filling the batch queue.
       num_classes: when given, a label value that is neither a class id below
         it nor ``ignore_label`` is an error naming the file.
       label_map: --label-map: a file (see ``label_maps.read_label_map``), a
@@ -226,18 +154,14 @@ class ImageReader(object):
         ``label_maps.read_label_map``.
     """
 
-    def __init__(self, data_dir, data_list, *, input_size=None, random_scale=False,
-                 scale_set=None,
-                 random_mirror=False, ignore_label=IGNORE_LABEL, coord=None,
-                 shuffle=True, num_threads=4, num_classes=None, label_map=None,
-                 skip_bad_images=False, shard=None):
+    def __init__(self, data_dir, data_list, *, shuffle, ignore_label=IGNORE_LABEL,
+                 coord=None, num_classes=None, label_map=None, skip_bad_images=False,
+                 shard=None):
         self.data_dir = data_dir
         self.data_list = data_list
-        self.input_size = tuple(input_size) if input_size is not None else None
         self.ignore_label = ignore_label
         self.coord = coord if coord is not None else tf.train.Coordinator()
         self.shuffle = shuffle
-        self.num_threads = num_threads if shuffle else 1
         self.num_classes = num_classes
         self.label_map = label_maps.read_label_map(label_map, num_classes, ignore_label)
         self.skip_bad_images = skip_bad_images
@@ -245,7 +169,10 @@ class ImageReader(object):
         self._skipped = set()
         self._lock = threading.Lock()
         self._read_list(shard)
-        self._build_queues(random_scale, scale_set, random_mirror)
+        first_runner = len(tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS))
+        with tf.name_scope("image_reader"):
+            self._build(*self._decoded())
+        self._runners = tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS)[first_runner:]
 
     def _read_list(self, shard):
         """The list's pairs (this worker's ``shard`` of them), checked to exist."""
@@ -263,44 +190,21 @@ class ImageReader(object):
         self._index = {path: i for i, path in enumerate(self.image_list)}
         self.num_images = len(self.image_list)
 
-    def _build_queues(self, random_scale, scale_set, random_mirror):
-        """The graph that reads, augments and queues one example at a time."""
-        first_runner = len(tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS))
-        with tf.name_scope("image_reader"):
-            self.image_path, label_path = tf.train.slice_input_producer(
-                [tf.convert_to_tensor(self.image_list, dtype=tf.string),
-                 tf.convert_to_tensor(self.label_list, dtype=tf.string)],
-                shuffle=self.shuffle)
-            image, label = tf.numpy_function(self._load, [self.image_path, label_path],
-                                             [tf.uint8, tf.uint8], name="load_pair")
-            image.set_shape([None, None, 3])
-            label.set_shape([None, None])
-            # RGB -> BGR, minus the mean: what the Caffe model was trained on.
-            image = bgr_minus_mean(tf.cast(image, tf.float32))
-            label = tf.expand_dims(label, axis=2)
-            if self.input_size is not None:
-                if random_scale or scale_set:
-                    image, label = image_scaling(image, label, scale_set=scale_set)
-                if random_mirror:
-                    image, label = image_mirroring(image, label)
-                image, label = random_crop_and_pad_image_and_labels(
-                    image, label, self.input_size[0], self.input_size[1],
-                    self.ignore_label)
-            else:
-                # A thread of its own decodes the next images while the
-                # network runs on this one (training's batch queue does the
-                # same); one thread keeps the list order.
-                prefetch = tf.FIFOQueue(EVAL_PREFETCH, [tf.string, tf.float32, tf.uint8],
-                                        name="prefetch")
-                tf.train.add_queue_runner(tf.train.QueueRunner(
-                    prefetch, [prefetch.enqueue([self.image_path, image, label])]))
-                self.image_path, image, label = prefetch.dequeue()
-                image.set_shape([None, None, 3])
-                label.set_shape([None, None, 1])
-        self._runners = tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS)[first_runner:]
-        self._example = (image, label)
-        self.image = tf.expand_dims(image, axis=0)
-        self.label = tf.expand_dims(label, axis=0)
+    def _decoded(self):
+        """One listed pair at a time, decoded and checked: (image, label)."""
+        self.image_path, label_path = tf.train.slice_input_producer(
+            [tf.convert_to_tensor(self.image_list, dtype=tf.string),
+             tf.convert_to_tensor(self.label_list, dtype=tf.string)],
+            shuffle=self.shuffle)
+        image, label = tf.numpy_function(self._load, [self.image_path, label_path],
+                                         [tf.uint8, tf.uint8], name="load_pair")
+        image.set_shape([None, None, 3])
+        label.set_shape([None, None])
+        # RGB -> BGR, minus the mean: what the Caffe model was trained on.
+        return bgr_minus_mean(tf.cast(image, tf.float32)), tf.expand_dims(label, axis=2)
+
+    def _build(self, image, label):
+        raise NotImplementedError
 
     def check(self, sample_size=1000, seed=0):
         """Scan a sample of the pairs now, so bad files fail before training.
@@ -385,29 +289,6 @@ class ImageReader(object):
             log.warning("skipping line %d of %s (--skip-bad-images): %s",
                         self.line_numbers[index], self.data_list, err)
 
-    def dequeue(self, num_elements):
-        """A batch of ``num_elements`` training pairs.
-
-        Returns:
-          (image_batch float32 [N, h, w, 3] BGR minus mean,
-           label_batch uint8 [N, h, w, 1]).
-        Raises:
-          ValueError: batches of several images need ``input_size``, since
-            images of their own sizes cannot be stacked.
-        """
-        if self.input_size is None:
-            if num_elements != 1:
-                raise ValueError("Images of different sizes cannot be batched; "
-                                 "give the reader an input_size to crop them.")
-            return self.image, self.label
-        first_runner = len(tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS))
-        batch = tf.train.batch(list(self._example), num_elements,
-                               num_threads=self.num_threads,
-                               capacity=max(32, 4 * num_elements),
-                               name="image_reader_batch")
-        self._runners += tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS)[first_runner:]
-        return batch
-
     def start(self, sess):
         """Start this reader's queue threads for ``sess``; returns them for
         ``coord.join``. Other readers' threads in the graph stay stopped: a
@@ -432,3 +313,80 @@ class ImageReader(object):
                  " It is line %d of %s." % (self.line_numbers[index], self.data_list))
         kind = IOError if isinstance(failure, (IOError, OSError)) else ValueError
         raise kind("%s%s%s" % (text, where, advice)) from failure
+
+
+class TrainingReader(ListReader):
+    """Training pairs: each augmented and cropped to ``input_size``, batched
+    by ``dequeue(n)`` from ``num_threads`` reader threads.
+
+    Args:
+      input_size: (height, width) of the crops; smaller images are padded
+        (see ``random_crop_and_pad_image_and_labels``).
+      random_scale, random_mirror: augmentations.
+      scale_set: random scales drawn from these factors instead of
+        ``random_scale``'s uniform 0.5-1.5.
+      shuffle: with False the list order is kept, batches included (one
+        reader thread is used for that).
+      num_threads: reader threads filling the batch queue.
+      Others: see ``ListReader``.
+    """
+
+    def __init__(self, data_dir, data_list, *, input_size, random_scale=False,
+                 scale_set=None, random_mirror=False, shuffle=True, num_threads=4,
+                 **options):
+        self.input_size = tuple(input_size)
+        self.num_threads = num_threads if shuffle else 1
+        self._augment = (random_scale, scale_set, random_mirror)
+        super().__init__(data_dir, data_list, shuffle=shuffle, **options)
+
+    def _build(self, image, label):
+        random_scale, scale_set, random_mirror = self._augment
+        if random_scale or scale_set:
+            image, label = image_scaling(image, label, scale_set=scale_set)
+        if random_mirror:
+            image, label = image_mirroring(image, label)
+        self._example = random_crop_and_pad_image_and_labels(
+            image, label, self.input_size[0], self.input_size[1], self.ignore_label)
+
+    def dequeue(self, num_elements):
+        """A batch of ``num_elements`` training pairs.
+
+        Returns:
+          (image_batch float32 [N, h, w, 3] BGR minus mean,
+           label_batch uint8 [N, h, w, 1]).
+        """
+        first_runner = len(tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS))
+        batch = tf.train.batch(list(self._example), num_elements,
+                               num_threads=self.num_threads,
+                               capacity=max(32, 4 * num_elements),
+                               name="image_reader_batch")
+        self._runners += tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS)[first_runner:]
+        return batch
+
+
+class EvaluationReader(ListReader):
+    """Whole images in list order, for evaluation: no augmentation, each at
+    its own size.
+
+    ``.image`` [1, H, W, 3], ``.label`` [1, H, W, 1] and ``.image_path`` (a
+    string scalar) come from the same list entry each time they are fetched
+    in one ``sess.run``. The list repeats forever; ``.num_images`` entries
+    make one pass. Arguments: see ``ListReader``.
+    """
+
+    def __init__(self, data_dir, data_list, **options):
+        super().__init__(data_dir, data_list, shuffle=False, **options)
+
+    def _build(self, image, label):
+        # A thread of its own decodes the next images while the network runs
+        # on this one (training's batch queue does the same); one thread
+        # keeps the list order.
+        prefetch = tf.FIFOQueue(EVAL_PREFETCH, [tf.string, tf.float32, tf.uint8],
+                                name="prefetch")
+        tf.train.add_queue_runner(tf.train.QueueRunner(
+            prefetch, [prefetch.enqueue([self.image_path, image, label])]))
+        self.image_path, image, label = prefetch.dequeue()
+        image.set_shape([None, None, 3])
+        label.set_shape([None, None, 1])
+        self.image = tf.expand_dims(image, axis=0)
+        self.label = tf.expand_dims(label, axis=0)

@@ -20,7 +20,7 @@ from deeplab_resnet.progress import Progress
 from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.crf.pool import CrfPool
 from deeplab_resnet.data.lists import read_labeled_image_list
-from deeplab_resnet.data.reader import ImageReader
+from deeplab_resnet.data.reader import EvaluationReader
 from deeplab_resnet.evaluation.predict import PredictConfig
 from deeplab_resnet.images import inv_preprocess, label_dtype_for
 from deeplab_resnet.runtime import session_config, tf
@@ -112,9 +112,9 @@ def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_L
     _check_enough_images(task, data_dir, data_list)
     collectives = _connect(task, session_config(intra_op_threads, inter_op_threads),
                            timeout)
-    reader = ImageReader(data_dir, data_list, ignore_label=ignore_label, shuffle=False,
-                         num_classes=num_classes, label_map=label_map,
-                         shard=collectives.shard)
+    reader = EvaluationReader(data_dir, data_list, ignore_label=ignore_label,
+                              num_classes=num_classes, label_map=label_map,
+                              shard=collectives.shard)
     index, count = collectives.shard
     num_steps = len(range(index, _listed_steps(num_images, reader.num_listed), count))
     if save_dir:

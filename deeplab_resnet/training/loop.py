@@ -18,7 +18,7 @@ import numpy as np
 
 from deeplab_resnet import distributed
 from deeplab_resnet.progress import Progress
-from deeplab_resnet.data.reader import ImageReader
+from deeplab_resnet.data.reader import TrainingReader
 from deeplab_resnet.images import decode_labels, inv_preprocess
 from deeplab_resnet.runtime import session_config, tf
 from deeplab_resnet.training import agreement, gradients
@@ -174,13 +174,16 @@ def train_with(config, collectives, devices=None):
 
 
 def _reader(config, shard):
-    return ImageReader(config.data.data_dir, config.data.data_list, input_size=config.data.input_size,
-                       random_scale=config.data.random_scale, scale_set=config.data.scale_set,
-                       random_mirror=config.data.random_mirror,
-                       ignore_label=config.data.ignore_label, num_classes=config.network.num_classes,
-                       label_map=config.data.label_map,
-                       skip_bad_images=config.data.skip_bad_images, shuffle=config.data.shuffle,
-                       num_threads=config.data.reader_threads, shard=shard)
+    return TrainingReader(config.data.data_dir, config.data.data_list,
+                          input_size=config.data.input_size,
+                          random_scale=config.data.random_scale, scale_set=config.data.scale_set,
+                          random_mirror=config.data.random_mirror,
+                          ignore_label=config.data.ignore_label,
+                          num_classes=config.network.num_classes,
+                          label_map=config.data.label_map,
+                          skip_bad_images=config.data.skip_bad_images,
+                          shuffle=config.data.shuffle,
+                          num_threads=config.data.reader_threads, shard=shard)
 
 
 def _trainer(config, reader, devices, collectives):
@@ -263,7 +266,7 @@ class Run(object):
     """
     sess: tf.Session
     trainer: Trainer
-    reader: ImageReader
+    reader: TrainingReader
     snapshots: Snapshots
     duties: WorkerDuties
     collectives: distributed.Collectives

@@ -8,7 +8,7 @@ import numpy as np
 
 from deeplab_resnet import files, metrics
 from deeplab_resnet.constants import MODEL_CONFIG_FILE
-from deeplab_resnet.data.reader import ImageReader
+from deeplab_resnet.data.reader import EvaluationReader
 from deeplab_resnet.evaluation.evaluate import evaluate
 from deeplab_resnet.runtime import tf
 
@@ -51,10 +51,10 @@ class Validation(object):
         """
         try:
             with tf.Graph().as_default():
-                ImageReader(self.data_dir, self.config.val_list, shuffle=False,
-                            num_classes=self.num_classes,
-                            ignore_label=self.data.ignore_label,
-                            label_map=self.data.label_map).check(sample_size)
+                EvaluationReader(self.data_dir, self.config.val_list,
+                                 num_classes=self.num_classes,
+                                 ignore_label=self.data.ignore_label,
+                                 label_map=self.data.label_map).check(sample_size)
         except (IOError, ValueError) as err:
             message = ("--val-list: %s" % err).replace("--data-list", "--val-list")
             message = message.replace("--data-dir", "--val-data-dir")
