@@ -65,8 +65,7 @@ def main(argv=None):
         return 2
     prepared = download.prepare_voc(
         args.root, mirror=args.mirror, archives_dir=args.archives,
-        delete_archives=args.delete_archives, retries=args.retries,
-        progressbar=sys.stderr.isatty())
+        delete_archives=args.delete_archives, retries=args.retries)
     for name, reason in prepared.skipped:
         print("skipped %s: %s" % (name, reason))
     counts = prepared.counts

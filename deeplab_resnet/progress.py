@@ -1,7 +1,7 @@
-"""Rate and ETA of loops of known length, for progress lines in the log.
+"""Rate and ETA of loops of known length, and of byte transfers, for progress lines in the log.
 
-Standard library only: training, evaluation, inference and the dataset tools
-all report progress the same way.
+Standard library only: training, evaluation, inference, downloads and the
+dataset tools all report progress the same way.
 """
 import time
 
@@ -14,6 +14,18 @@ def format_duration(seconds):
     if seconds < 3600:
         return "%dm%02ds" % divmod(seconds, 60)
     return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+
+
+def format_bytes(size):
+    """812 B, 4.2 KiB, 1.9 GiB: binary units, those of the download sizes
+    people quote."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            break
+        size /= 1024.0
+    else:
+        unit = "TiB"
+    return "%d B" % size if unit == "B" else "%.1f %s" % (size, unit)
 
 
 class Progress(object):
@@ -43,13 +55,56 @@ class Progress(object):
             return None
         return count * per_item / elapsed
 
+    def eta(self, done):
+        """'2h13m' to go at the rate so far; '--' before there is a rate or
+        without a total."""
+        rate = self.rate(done)
+        if rate is None or self.total is None:
+            return "--"
+        return format_duration((self.total - done) / rate)
+
     def line(self, done):
         rate = self.rate(done)
         if rate is None:
             return "ETA --"
-        per_item = 1.0 / rate
-        return "%.3g s/%s ETA %s" % (per_item, self.unit,
-                                     format_duration(per_item * (self.total - done)))
+        return "%.3g s/%s ETA %s" % (1.0 / rate, self.unit, self.eta(done))
+
+
+class ByteProgress(Progress):
+    """Rate and ETA of a transfer of ``total`` bytes (None: size unknown).
+
+    ``line(done)`` gives e.g. ``45% 860.2 MiB/1.9 GiB 12.4 MiB/s ETA 1m25s``.
+    The rate counts the bytes since the first ``update``: those a resumed
+    download had before are not this run's.
+    """
+
+    def __init__(self, total):
+        super().__init__(total, unit="B")
+
+    def line(self, done):
+        if self.total is None:
+            size = format_bytes(done)
+        else:
+            size = "%d%% %s/%s" % (100 * done // max(self.total, 1), format_bytes(done),
+                                   format_bytes(self.total))
+        rate = self.rate(done)
+        speed = "-- B/s" if rate is None else format_bytes(rate) + "/s"
+        return "%s %s ETA %s" % (size, speed, self.eta(done))
+
+
+class Every(object):
+    """``due()`` is True once every ``interval`` seconds: when a progress
+    line is next due."""
+
+    def __init__(self, interval):
+        self.interval = interval
+        self.last = time.time()
+
+    def due(self):
+        if time.time() - self.last < self.interval:
+            return False
+        self.last = time.time()
+        return True
 
 
 def logged_progress(items, what, log, unit="file", interval=5.0):
@@ -61,9 +116,8 @@ def logged_progress(items, what, log, unit="file", interval=5.0):
     total = len(items)
     progress = Progress(total, unit=unit)
     progress.update(0)
-    last_log = time.time()
+    every = Every(interval)
     for done, item in enumerate(items, 1):
         yield item
-        if done == total or time.time() - last_log >= interval:
+        if every.due() or done == total:
             log.info("%s %d/%d %s", what, done, total, progress.line(done))
-            last_log = time.time()

@@ -11,9 +11,10 @@ under its final name only once its hash matched, and deletes it otherwise).
 Its own HTTP downloader starts over after a cut; ours keeps the bytes in
 ``<name>.part`` and asks for the rest with an HTTP Range header, so a 2 GB
 download interrupted at 1.9 GB resumes, and a half file never carries the
-archive's name. ``pooch``, ``requests`` and ``tqdm`` are optional
-(requirements-download.txt): this module imports without them, and
-``require_dependencies`` says what to install.
+archive's name. Progress lines (bytes, rate, ETA) come from
+``progress.ByteProgress``, every ``progress_interval`` seconds. ``pooch``
+and ``requests`` are optional (requirements-download.txt): this module
+imports without them, and ``require_dependencies`` says what to install.
 """
 import collections
 import dataclasses
@@ -27,14 +28,14 @@ import urllib.parse
 from deeplab_resnet.data import voc_aug
 from deeplab_resnet.data.safe_tar import members_within
 from deeplab_resnet.files import write_text
+from deeplab_resnet.progress import ByteProgress, Every, format_bytes
 
 try:
     import pooch
     import requests
-    import tqdm
     import urllib3
 except ImportError as _error:  # optional: see require_dependencies
-    pooch = requests = tqdm = urllib3 = None
+    pooch = requests = urllib3 = None
     _IMPORT_ERROR = _error
 else:
     _IMPORT_ERROR = None
@@ -73,49 +74,10 @@ Prepared = collections.namedtuple(
 
 
 def require_dependencies():
-    """Raise ImportError naming what to install when pooch, requests or tqdm is missing."""
+    """Raise ImportError naming what to install when pooch or requests is missing."""
     if _IMPORT_ERROR is not None:
-        raise ImportError("downloading VOC and SBD needs pooch, requests and tqdm "
+        raise ImportError("downloading VOC and SBD needs pooch and requests "
                           "(%s): %s" % (_IMPORT_ERROR, INSTALL_HINT))
-
-
-def _mib(size):
-    return "%.1f MiB" % (size / 2.0 ** 20) if size >= 2 ** 20 else "%d bytes" % size
-
-
-class _ByteProgress(object):
-    """Bytes received, with rate and ETA: a tqdm bar on a terminal, else a
-    log line every ``interval`` seconds in tqdm's words (a log file gets no
-    carriage returns)."""
-
-    FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}B/{total_fmt}B [{elapsed}<{remaining}, {rate_fmt}]"
-
-    def __init__(self, name, total, initial, bar, interval):
-        self.name, self.total, self.done = name, total, initial
-        self.initial, self.interval = initial, interval
-        self.start = self.last = time.time()
-        self.bar = (tqdm.tqdm(desc=name, total=total, initial=initial, unit="B",
-                              unit_scale=True, unit_divisor=1024) if bar else None)
-
-    def update(self, count):
-        self.done += count
-        if self.bar is not None:
-            self.bar.update(count)
-        elif time.time() - self.last >= self.interval:
-            self.log()
-
-    def log(self):
-        self.last = time.time()
-        log.info("%s", tqdm.tqdm.format_meter(
-            self.done, self.total, self.last - self.start, prefix=self.name,
-            unit="B", unit_scale=True, unit_divisor=1024, initial=self.initial,
-            bar_format=self.FORMAT))
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        else:
-            self.log()
 
 
 def _content_range(content_range):
@@ -138,12 +100,11 @@ class ResumingDownloader(object):
     resuming where it stopped.
     """
 
-    def __init__(self, part_path, retries=3, timeout=60.0, progressbar=False,
-                 progress_interval=10.0, chunk_size=1 << 20):
+    def __init__(self, part_path, retries=3, timeout=60.0, progress_interval=10.0,
+                 chunk_size=1 << 20):
         self.part_path = part_path
         self.retries = retries
         self.timeout = timeout
-        self.progressbar = progressbar
         self.progress_interval = progress_interval
         self.chunk_size = chunk_size
         self.used = False  # whether pooch asked for a download
@@ -166,10 +127,10 @@ class ResumingDownloader(object):
                 if attempt == self.retries:
                     raise IOError(
                         "Downloading %s stopped after %s (%s). Run the same command "
-                        "again: it resumes from %s." % (url, _mib(have), err, self.part_path))
+                        "again: it resumes from %s." % (url, format_bytes(have), err, self.part_path))
                 wait = min(2 ** attempt, 30)
                 log.warning("%s: connection lost after %s (%s); resuming in %d s",
-                            os.path.basename(self.part_path), _mib(have), err, wait)
+                            os.path.basename(self.part_path), format_bytes(have), err, wait)
                 time.sleep(wait)
         os.replace(self.part_path, output_file)
 
@@ -192,22 +153,31 @@ class ResumingDownloader(object):
                 have = 0
             length = response.headers.get("Content-Length")
             total = have + int(length) if length is not None else None
-            progress = _ByteProgress(os.path.basename(self.part_path)[:-len(PART_SUFFIX)],
-                                     total, have, self.progressbar, self.progress_interval)
-            try:
-                with open(self.part_path, "ab" if have else "wb") as f:
-                    # read1 hands over what has arrived, so a cut keeps it all
-                    # (iter_content drops a half-read chunk); raw bytes: the file
-                    # as stored even if a server marks it gzip-encoded.
-                    chunk = response.raw.read1(self.chunk_size, decode_content=False)
-                    while chunk:
-                        f.write(chunk)
-                        progress.update(len(chunk))
-                        chunk = response.raw.read1(self.chunk_size, decode_content=False)
-            finally:
-                progress.close()
+            self._receive(response, have, total)
         if total is not None and _size(self.part_path) != total:
             raise IOError("the server sent %d of %d bytes" % (_size(self.part_path), total))
+
+
+    def _receive(self, response, have, total):
+        """Append the response's bytes to the .part file, with a progress line
+        every ``progress_interval`` seconds and one at the end (or the cut)."""
+        name = os.path.basename(self.part_path)[:-len(PART_SUFFIX)]
+        progress, every, done = ByteProgress(total), Every(self.progress_interval), have
+        progress.update(have)
+        try:
+            with open(self.part_path, "ab" if have else "wb") as f:
+                # read1 hands over what has arrived, so a cut keeps it all
+                # (iter_content drops a half-read chunk); raw bytes: the file
+                # as stored even if a server marks it gzip-encoded.
+                chunk = response.raw.read1(self.chunk_size, decode_content=False)
+                while chunk:
+                    f.write(chunk)
+                    done += len(chunk)
+                    if every.due():
+                        log.info("%s: %s", name, progress.line(done))
+                    chunk = response.raw.read1(self.chunk_size, decode_content=False)
+        finally:
+            log.info("%s: %s", name, progress.line(done))
 
 
 def _size(path):
@@ -236,7 +206,7 @@ def fetch_archive(archive, download_dir, mirror=None, **downloader_kwargs):
       mirror: base URL that holds the archive under its own name, instead of
         the canonical host.
       downloader_kwargs: ``ResumingDownloader``'s retries, timeout,
-        progressbar, progress_interval.
+        progress_interval.
     Returns:
       (path, downloaded): whether anything was fetched from the server.
     Raises:
@@ -299,14 +269,13 @@ def check_local_archive(archive, archives_dir):
 
 def _logged_members(tar, name, interval):
     """Yield the members of ``tar`` as it is read, logging files and bytes so far."""
-    count, size, last = 0, 0, time.time()
+    count, size, every = 0, 0, Every(interval)
     for member in tar:
         yield member
         count, size = count + 1, size + member.size
-        if time.time() - last >= interval:
-            log.info("unpacking %s: %d files, %s", name, count, _mib(size))
-            last = time.time()
-    log.info("unpacked %s: %d files, %s", name, count, _mib(size))
+        if every.due():
+            log.info("unpacking %s: %d files, %s", name, count, format_bytes(size))
+    log.info("unpacked %s: %d files, %s", name, count, format_bytes(size))
 
 
 def unpack(archive, path, root, progress_interval=10.0):
@@ -349,8 +318,7 @@ def _check_sources(root, archives, mirror, archives_dir):
 
 
 def prepare_voc(root, mirror=None, archives_dir=None, delete_archives=False,
-                archives=None, retries=3, timeout=60.0, progressbar=False,
-                progress_interval=10.0):
+                archives=None, retries=3, timeout=60.0, progress_interval=10.0):
     """Download, check and unpack VOC 2012 and SBD into ``root``; build train_aug.
 
     A rerun skips each archive already unpacked (its marker holds its MD5)
@@ -367,7 +335,7 @@ def prepare_voc(root, mirror=None, archives_dir=None, delete_archives=False,
         (never those in ``archives_dir``).
       archives: the ``Archive`` pair, VOC then SBD (default ``ARCHIVES``,
         the published ones; tests pass small ones).
-      retries, timeout, progressbar, progress_interval: see ``ResumingDownloader``.
+      retries, timeout, progress_interval: see ``ResumingDownloader``.
     Returns:
       ``Prepared(voc_dir, train_list, val_list, downloaded, skipped, counts)``:
       the --data-dir, the two list files, the archive names downloaded and
@@ -389,7 +357,7 @@ def prepare_voc(root, mirror=None, archives_dir=None, delete_archives=False,
             path = check_local_archive(archive, archives_dir)
         else:
             path, fetched = fetch_archive(archive, download_dir, mirror, retries=retries,
-                                          timeout=timeout, progressbar=progressbar,
+                                          timeout=timeout,
                                           progress_interval=progress_interval)
             if fetched:
                 downloaded.append(archive.name)
