@@ -24,6 +24,7 @@ import argparse
 # and need numpy only.
 from deeplab_resnet import cli, kernels, metrics
 from deeplab_resnet.data import label_maps
+from deeplab_resnet.data.config import EvalDataConfig
 
 # The kernel family TensorFlow will run, fixed at its import in main().
 kernels.choose("inference")
@@ -61,16 +62,15 @@ def main(argv=None):
         cli.check_writable_file(args.save_confusion, "--save-confusion")
     crf = cli.crf_config(args)
     from deeplab_resnet import distributed
-    from deeplab_resnet.evaluation.evaluate import evaluate
+    from deeplab_resnet.evaluation.evaluate import CrfStage, EvalRuntime, evaluate
     task = distributed.task_from_env()
+    data = EvalDataConfig(args.data_dir, args.data_list, num_classes=args.num_classes,
+                          ignore_label=args.ignore_label, label_map=args.label_map,
+                          num_images=args.num_steps)
     confusion = evaluate(
-        args.data_dir, args.data_list, args.restore_from, num_classes=args.num_classes,
-        ignore_label=args.ignore_label, label_map=args.label_map,
-        num_images=args.num_steps, predict=cli.predict_config(args), crf=crf,
-        crf_workers=cli.crf_workers(args) if crf else 0, crf_backend=args.crf_backend,
-        save_dir=args.save_dir,
-        intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads,
-        task=task)
+        data, args.restore_from, predict=cli.predict_config(args),
+        crf=CrfStage(crf, args.crf_backend, cli.crf_workers(args)) if crf else None,
+        runtime=EvalRuntime(*cli.threads(args)), save_dir=args.save_dir, task=task)
     if task is not None and not task.is_chief:
         return 0
     if args.save_confusion:

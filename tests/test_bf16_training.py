@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-from conftest import TINY_CONFIG
 from deeplab_resnet import checkpoints
 from deeplab_resnet.data import demo
 from deeplab_resnet.images import bgr_minus_mean
 from deeplab_resnet.training import Trainer, gradients
-from helpers.training import run_train, train_argv
+from deeplab_resnet.training.config import SolverConfig
+from helpers.training import run_train, tiny_network, train_argv
 
 # bfloat16 keeps 8 significant bits (rounding error 2^-9 = 0.2%); through
 # the tiny network the global gradient moved 1.4% of its norm (measured),
@@ -30,14 +30,14 @@ def demo_batch(count=4, size=64):
     return images, np.stack([label[..., None] for _, label in pairs])
 
 
-def train_losses(compute_dtype, init=None, steps=50):
+def train_losses(bf16, init=None, steps=50):
     """(losses of ``steps`` updates, initial gradients, initial variables)."""
     images, labels = demo_batch()
     with tf.Graph().as_default():
         tf.set_random_seed(0)
-        trainer = Trainer(tf.constant(images), tf.constant(labels), 5, config=TINY_CONFIG,
-                          compute_dtype=compute_dtype, is_training=True,
-                          learning_rate=0.002)
+        trainer = Trainer(tf.constant(images), tf.constant(labels),
+                          tiny_network(5, bf16=bf16, is_training=True),
+                          solver=SolverConfig(learning_rate=0.002))
         variables = tf.global_variables()
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
@@ -54,8 +54,8 @@ def train_losses(compute_dtype, init=None, steps=50):
 
 
 def test_bf16_training_follows_float32():
-    fp32, fp32_grads, init = train_losses(tf.float32)
-    bf16, bf16_grads, _ = train_losses(tf.bfloat16, init)
+    fp32, fp32_grads, init = train_losses(False)
+    bf16, bf16_grads, _ = train_losses(True, init)
     flat = lambda grads: np.concatenate([g.ravel() for g in grads])
     error = (np.linalg.norm(flat(bf16_grads) - flat(fp32_grads))
              / np.linalg.norm(flat(fp32_grads)))
@@ -105,7 +105,7 @@ def test_towers_on_gpus_use_tensorflows_own_gradients():
     """No GPU here: the graph built for /gpu:0 towers is inspected instead."""
     images = tf.zeros([2, 33, 33, 3])
     labels = tf.zeros([2, 33, 33, 1], tf.uint8)
-    Trainer(images, labels, 5, config=TINY_CONFIG, devices=["/gpu:0", "/gpu:1"])
+    Trainer(images, labels, tiny_network(5), devices=["/gpu:0", "/gpu:1"])
     ops = tf.get_default_graph().get_operations()
     tower_grads = [op for op in ops if op.name.startswith("tower_") and
                    "gradients" in op.name]

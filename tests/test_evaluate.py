@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from deeplab_resnet import constants
+from deeplab_resnet.data.config import EvalDataConfig
+from deeplab_resnet.data.lists import read_labeled_image_list
 
 from conftest import REPO_ROOT, load_script, save_tiny_model, write_voc_pair
 
@@ -174,10 +176,34 @@ def test_num_images_errors_name_what_the_caller_passed(voc_dataset, tiny_model, 
     from deeplab_resnet.evaluation.evaluate import evaluate
     data_dir, list_path, _ = voc_dataset
     with pytest.raises(ValueError, match="num_images must be at least 1") as error:
-        evaluate(data_dir, list_path, tiny_model.directory,
-                 num_classes=constants.NUM_CLASSES, num_images=0)
+        evaluate(EvalDataConfig(data_dir, list_path, num_images=0), tiny_model.directory)
     assert "--num-steps" not in str(error.value)
     with pytest.raises(SystemExit):
         load_script("evaluate").get_arguments(["--restore-from", tiny_model.npz,
                                                "--num-steps", "0"])
     assert "argument --num-steps" in capsys.readouterr().err
+
+
+def test_quiet_evaluation_logs_no_progress_and_scores_the_same(voc_dataset, tiny_model,
+                                                               caplog):
+    """Validation during training evaluates quietly: the same confusion
+    matrix, without the progress lines."""
+    import logging
+    import tensorflow.compat.v1 as tf
+    from deeplab_resnet.evaluation.evaluate import evaluate
+    data_dir, list_path, _ = voc_dataset
+    data = EvalDataConfig(data_dir, list_path, num_images=3)
+    caplog.set_level(logging.INFO, logger="deeplab_resnet.evaluation.evaluate")
+    confusions, progress_lines = [], []
+    for quiet in (False, True):
+        caplog.clear()
+        with tf.Graph().as_default():
+            confusions.append(evaluate(data, tiny_model.directory, quiet=quiet))
+        progress_lines.append([r.getMessage() for r in caplog.records
+                               if r.getMessage().startswith("step ")])
+    np.testing.assert_array_equal(confusions[0], confusions[1])
+    assert confusions[0].sum() == 3 * 33 * 33 - np.sum(
+        [np.sum(np.array(Image.open(p)) == 255) for p in
+         read_labeled_image_list(data_dir, list_path)[1][:3]])
+    assert [line.split(" mIoU")[0] for line in progress_lines[0]] == ["step 3/3"]
+    assert progress_lines[1] == []

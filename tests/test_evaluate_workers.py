@@ -6,6 +6,7 @@ from conftest import write_voc_dataset
 from deeplab_resnet import constants, distributed
 from deeplab_resnet.distributed import watchdog
 from deeplab_resnet.distributed.task import WorkerTask
+from deeplab_resnet.data.config import EvalDataConfig
 from deeplab_resnet.evaluation.evaluate import evaluate
 
 
@@ -17,8 +18,8 @@ def test_fewer_images_than_workers_is_one_line_before_any_server(tiny_model, tmp
     with pytest.raises(ValueError, match=r"lists 2 image\(s\), fewer than the 3 workers of "
                                          r"TF_CONFIG. Evaluate in one process \(no TF_CONFIG\) "
                                          r"or on at most 2 workers"):
-        evaluate(str(tmp_path / "data"), list_path, tiny_model.npz,
-                 num_classes=constants.NUM_CLASSES, task=task)
+        evaluate(EvalDataConfig(str(tmp_path / "data"), list_path,
+                                num_classes=constants.NUM_CLASSES), tiny_model.npz, task=task)
 
 
 def test_the_restart_advice_fits_evaluation_too():

@@ -10,6 +10,7 @@ from conftest import write_voc_pair
 from deeplab_resnet.data.reader import (
     EvaluationReader, TrainingReader, load_image, load_label, read_labeled_image_list)
 from deeplab_resnet.data.augment import image_mirroring, image_scaling
+from deeplab_resnet.data.config import DataConfig, EvalDataConfig
 from deeplab_resnet import constants
 from deeplab_resnet.data import label_checks
 
@@ -171,7 +172,8 @@ def test_unreadable_image_names_the_file(tmp_path):
 def test_evaluation_reader_is_bgr_minus_mean_in_list_order(voc_dataset, session):
     data_dir, list_path, names = voc_dataset
     coord, start = session
-    reader = EvaluationReader(data_dir, list_path, ignore_label=255, coord=coord)
+    reader = EvaluationReader(EvalDataConfig(data_dir, list_path, ignore_label=255),
+                              coord=coord)
     assert reader.num_images == 4
     assert reader.image.get_shape().as_list() == [1, None, None, 3]
     sess = start(reader)
@@ -197,7 +199,8 @@ def test_shared_palette_and_gray_labels_through_the_reader(shared_sample, tmp_pa
                 "/" + os.path.basename(shared_sample[key]))
                for key in ("label", "label_gray")]
     list_path = write_list(str(tmp_path / "list.txt"), entries)
-    reader = EvaluationReader(data_dir, list_path, ignore_label=255, coord=coord)
+    reader = EvaluationReader(EvalDataConfig(data_dir, list_path, ignore_label=255),
+                              coord=coord)
     sess = start(reader)
     first, second = (run(sess, reader.label)[0, ..., 0] for _ in range(2))
     np.testing.assert_array_equal(first, second)
@@ -208,8 +211,8 @@ def test_training_batches_pad_with_mean_and_ignore(voc_dataset, session):
     """A 41x41 crop of a 33x33 pair: the pair sits top-left, the rest is padding."""
     data_dir, list_path, names = voc_dataset
     coord, start = session
-    reader = TrainingReader(data_dir, list_path, input_size=(41, 41), ignore_label=255,
-                            coord=coord, shuffle=False)
+    reader = TrainingReader(DataConfig(data_dir, list_path, input_size=(41, 41),
+                                       ignore_label=255, shuffle=False), coord=coord)
     image_batch, label_batch = reader.dequeue(2)
     assert image_batch.get_shape().as_list() == [2, 41, 41, 3]
     assert label_batch.get_shape().as_list() == [2, 41, 41, 1]
@@ -234,9 +237,9 @@ def test_augmented_labels_stay_in_the_label_set(voc_dataset, session):
     for name in names:
         label_set |= set(np.unique(label_from_file(
             os.path.join(data_dir, "SegmentationClassAug", name + ".png"))).tolist())
-    reader = TrainingReader(data_dir, list_path, input_size=(21, 25), random_scale=True,
-                            random_mirror=True, ignore_label=255, coord=coord,
-                            num_threads=2)
+    reader = TrainingReader(DataConfig(data_dir, list_path, input_size=(21, 25),
+                                       random_scale=True, random_mirror=True,
+                                       ignore_label=255, reader_threads=2), coord=coord)
     image_batch, label_batch = reader.dequeue(4)
     sess = start(reader)
     for _ in range(5):
@@ -278,8 +281,8 @@ def test_bad_label_met_by_reader_threads_fails_instead_of_hanging(voc_dataset, s
     entries = pair_entries(names) + [("/JPEGImages/%s.jpg" % names[0],
                                       "/SegmentationClassAug/wrong.png")]
     write_list(list_path, entries)
-    reader = TrainingReader(data_dir, list_path, input_size=(17, 17), ignore_label=255,
-                            coord=coord, shuffle=False)
+    reader = TrainingReader(DataConfig(data_dir, list_path, input_size=(17, 17),
+                                       ignore_label=255, shuffle=False), coord=coord)
     image_batch, _ = reader.dequeue(5)
     sess = start(reader)
     with pytest.raises(tf.errors.OpError):
@@ -292,8 +295,8 @@ def test_bad_label_met_by_reader_threads_fails_instead_of_hanging(voc_dataset, s
 def test_label_values_checked_against_num_classes(voc_dataset, session):
     data_dir, list_path, names = voc_dataset
     coord, start = session
-    reader = EvaluationReader(data_dir, list_path, ignore_label=255, coord=coord,
-                              num_classes=2)
+    reader = EvaluationReader(EvalDataConfig(data_dir, list_path, ignore_label=255,
+                                             num_classes=2), coord=coord)
     sess = start(reader)
     with pytest.raises(tf.errors.OpError):
         run(sess, reader.label)
@@ -305,8 +308,9 @@ def test_label_values_checked_against_num_classes(voc_dataset, session):
 def test_check_reads_a_sample_of_pairs_and_names_a_bad_one(voc_dataset, monkeypatch):
     data_dir, list_path, names = voc_dataset
     coord = tf.train.Coordinator()
-    reader = TrainingReader(data_dir, list_path, input_size=(33, 33), ignore_label=255,
-                            coord=coord, num_classes=constants.NUM_CLASSES)
+    reader = TrainingReader(DataConfig(data_dir, list_path, input_size=(33, 33),
+                                       ignore_label=255), coord=coord,
+                            num_classes=constants.NUM_CLASSES)
     reader.check()
     read = []
     original = label_checks.inspect_pair

@@ -92,12 +92,13 @@ def test_a_process_that_declares_no_job_never_assumes_frozen_weights():
 
 def test_training_is_refused_where_weights_are_assumed_frozen(monkeypatch):
     from deeplab_resnet.training import Trainer
+    from deeplab_resnet.training.config import NetworkConfig
     monkeypatch.setenv(kernels.FROZEN_ENV, "1")
     with tf.Graph().as_default():
         images = tf.zeros([1, 33, 33, 3])
         labels = tf.zeros([1, 33, 33, 1], tf.uint8)
         with pytest.raises(RuntimeError, match="assumes frozen weights"):
-            Trainer(images, labels, 3)
+            Trainer(images, labels, NetworkConfig(num_classes=3))
 
 
 def test_frozen_weights_give_the_same_logits_at_every_size(tmp_path):

@@ -11,6 +11,7 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 
 from conftest import TINY_CONFIG, load_script, save_tiny_model, write_voc_pair
+from deeplab_resnet.data.config import DataConfig, EvalDataConfig
 from deeplab_resnet.data.reader import EvaluationReader, TrainingReader, load_pair
 from deeplab_resnet import checkpoints
 from deeplab_resnet import constants
@@ -145,9 +146,9 @@ def fetch_labels(reader, count, fetch):
 
 def test_reader_maps_labels_as_it_reads_them(city_dataset):
     root, train_list, source_list, map_path = city_dataset
-    reader = EvaluationReader(root, source_list, ignore_label=255,
-                              coord=tf.train.Coordinator(), num_classes=5,
-                              label_map=map_path)
+    reader = EvaluationReader(EvalDataConfig(root, source_list, ignore_label=255,
+                                             num_classes=5, label_map=map_path),
+                              coord=tf.train.Coordinator())
     reader.check()
     fetched = fetch_labels(reader, 3, reader.label)
     for label, path in zip(fetched, reader.label_list):
@@ -161,9 +162,10 @@ def test_reader_maps_labels_as_it_reads_them(city_dataset):
 
 def test_training_reader_maps_and_pads_with_ignore(city_dataset):
     root, _, source_list, map_path = city_dataset
-    reader = TrainingReader(root, source_list, input_size=(40, 40), random_mirror=True,
-                            ignore_label=255, coord=tf.train.Coordinator(), num_classes=5,
-                            label_map=map_path)
+    reader = TrainingReader(DataConfig(root, source_list, input_size=(40, 40),
+                                       random_mirror=True, ignore_label=255,
+                                       label_map=map_path), coord=tf.train.Coordinator(),
+                            num_classes=5)
     _, label_batch = reader.dequeue(3)
     for batch in fetch_labels(reader, 2, label_batch):
         assert set(np.unique(batch)) <= {0, 1, 2, 3, 4, 255}
@@ -175,9 +177,9 @@ def test_training_reader_maps_and_pads_with_ignore(city_dataset):
 def test_unmapped_values_are_errors_naming_the_file(city_dataset, tmp_path):
     root, _, source_list, _ = city_dataset
     partial = write(tmp_path / "partial.txt", "7 0\n8 1\n11 2\n12 3\n13 4\n")
-    reader = EvaluationReader(root, source_list, ignore_label=255,
-                              coord=tf.train.Coordinator(), num_classes=5,
-                              label_map=partial)
+    reader = EvaluationReader(EvalDataConfig(root, source_list, ignore_label=255,
+                                             num_classes=5, label_map=partial),
+                              coord=tf.train.Coordinator())
     with pytest.raises(ValueError, match=r"im0.png has values \[.*\] that "
                                          r"--label-map .*partial.txt does not list"
                                          r".*'\* 255'"):

@@ -20,7 +20,7 @@ NUMPY_ONLY = (
     "deeplab_resnet.caffe.prototxt", "deeplab_resnet.data.lists",
     "deeplab_resnet.data.label_maps", "deeplab_resnet.data.label_files",
     "deeplab_resnet.data.label_checks", "deeplab_resnet.data.voc_aug",
-    "deeplab_resnet.data.demo")
+    "deeplab_resnet.data.demo", "deeplab_resnet.data.config")
 
 
 def run_python(code):

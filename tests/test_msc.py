@@ -15,7 +15,7 @@ from deeplab_resnet.data.augment import image_scaling
 from deeplab_resnet.model import build_model
 from deeplab_resnet.training import Trainer
 from deeplab_resnet.training.loss import FUSED
-from helpers.training import random_batch, run_train, train_argv, write_dataset
+from helpers.training import random_batch, run_train, tiny_network, train_argv, write_dataset
 
 SCALES = (1.0, 0.75, 0.5)
 
@@ -55,8 +55,8 @@ def test_msc_loss_equals_an_independent_computation_of_the_four_losses():
     rng = np.random.RandomState(0)
     images, labels = random_batch(rng, 2, 5, size=33)
     labels[:, :4] = constants.IGNORE_LABEL
-    trainer = Trainer(tf.constant(images), tf.constant(labels), 5, config=TINY_CONFIG,
-                      scales=SCALES)
+    trainer = Trainer(tf.constant(images), tf.constant(labels),
+                      tiny_network(5, train_scales=SCALES))
     names = [out.name for out in trainer.tower.outputs]
     assert names == ["1", "0.75", "0.5", FUSED]
     fetch = [out.logits for out in trainer.tower.outputs]

@@ -212,9 +212,10 @@ def test_frozen_batch_norm_gradients_equal_tensorflows_own():
 def test_training_with_frozen_batch_norm_takes_no_batch_norm_gradient():
     from deeplab_resnet.testing import TINY_CONFIG
     from deeplab_resnet.training import Trainer
+    from deeplab_resnet.training.config import NetworkConfig
     images = tf.zeros([1, 33, 33, 3])
     labels = tf.zeros([1, 33, 33, 1], tf.uint8)
-    Trainer(images, labels, 5, config=TINY_CONFIG)
+    Trainer(images, labels, NetworkConfig(num_classes=5, model=TINY_CONFIG))
     kinds = {op.type for op in tf.get_default_graph().get_operations()}
     assert "FusedBatchNormV3" in kinds
     assert not any(kind.startswith("FusedBatchNormGrad") for kind in kinds)

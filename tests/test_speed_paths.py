@@ -29,6 +29,7 @@ from deeplab_resnet import checkpoints
 from deeplab_resnet import constants
 from deeplab_resnet.data import label_files
 from deeplab_resnet.data import reader as data_reader
+from deeplab_resnet.data.config import EvalDataConfig
 from deeplab_resnet.evaluation import predict
 from deeplab_resnet.images import preprocess
 from deeplab_resnet.model import build_model
@@ -344,8 +345,7 @@ def test_evaluation_reader_decodes_ahead_of_the_network(voc_dataset):
     fetched, so decoding overlaps the network instead of preceding it."""
     data_dir, list_path, names = voc_dataset
     coord = tf.train.Coordinator()
-    reader = data_reader.EvaluationReader(data_dir, list_path,
-                                          ignore_label=constants.IGNORE_LABEL, coord=coord)
+    reader = data_reader.EvaluationReader(EvalDataConfig(data_dir, list_path), coord=coord)
     queue = tf.get_default_graph().get_operation_by_name("image_reader/prefetch")
     size = tf.raw_ops.QueueSizeV2(handle=queue.outputs[0])
     with tf.Session() as sess:
@@ -371,8 +371,7 @@ def test_a_stale_reader_in_the_graph_does_not_stop_the_live_one(voc_dataset):
     with open(bad_list, "w") as f:
         f.write("/JPEGImages/img0.jpg /JPEGImages/img1.jpg\n")
     make = lambda path, coord: data_reader.EvaluationReader(
-        data_dir, path, ignore_label=constants.IGNORE_LABEL, coord=coord,
-        num_classes=constants.NUM_CLASSES)
+        EvalDataConfig(data_dir, path, num_classes=constants.NUM_CLASSES), coord=coord)
     make(bad_list, tf.train.Coordinator())
     coord = tf.train.Coordinator()
     reader = make(list_path, coord)

@@ -18,10 +18,10 @@ import pytest
 import tensorflow.compat.v1 as tf
 from deeplab_resnet import training
 from deeplab_resnet.training import towers
+from deeplab_resnet.training.config import SolverConfig
 
-from conftest import TINY_CONFIG
-from helpers.training import (random_batch, run_train, train_argv, train_script,
-                        write_dataset)
+from helpers.training import (random_batch, run_train, tiny_network, train_argv, train_script,
+                              write_dataset)
 
 NUM_CLASSES = 5
 
@@ -39,11 +39,11 @@ def build(batch, devices=None, grad_update_every=1, is_training=False,
     with graph.as_default():
         images = tf.placeholder(tf.float32, [batch, 33, 33, 3])
         labels = tf.placeholder(tf.uint8, [batch, 33, 33, 1])
-        trainer = training.Trainer(images, labels, NUM_CLASSES, config=TINY_CONFIG,
-                                   is_training=is_training, learning_rate=1.0,
-                                   weight_decay=weight_decay,
-                                   grad_update_every=grad_update_every,
-                                   devices=devices)
+        trainer = training.Trainer(
+            images, labels, tiny_network(NUM_CLASSES, is_training=is_training),
+            solver=SolverConfig(learning_rate=1.0, weight_decay=weight_decay,
+                                grad_update_every=grad_update_every),
+            devices=devices)
         init = tf.group(tf.global_variables_initializer(),
                         tf.local_variables_initializer())
     sess = cpu_session(graph, len(devices or [None]))
@@ -181,8 +181,7 @@ def test_a_batch_that_does_not_split_evenly_is_refused():
     labels = tf.placeholder(tf.uint8, [5, 33, 33, 1])
     with pytest.raises(ValueError, match="batch of 5 images does not split evenly "
                                          "over 2 devices"):
-        training.Trainer(images, labels, NUM_CLASSES, config=TINY_CONFIG,
-                         devices=cpu_devices(2))
+        training.Trainer(images, labels, tiny_network(NUM_CLASSES), devices=cpu_devices(2))
 
 
 def test_flags_refuse_uneven_batches_and_missing_gpus(tmp_path, capsys, caplog):

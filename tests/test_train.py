@@ -17,10 +17,11 @@ from deeplab_resnet import training
 from deeplab_resnet.training import gradients
 from deeplab_resnet.training import loop as training_loop
 from deeplab_resnet.training.loss import prepare_label
+from deeplab_resnet.training.config import DataConfig, SolverConfig
 from deeplab_resnet.training.snapshots import SnapshotLock
 from deeplab_resnet.training.solver import ReportedSums
 from helpers.training import (SignalOnLine, random_batch, read_events, run_signalled,
-                              run_train, script, train_argv, write_dataset)
+                              run_train, script, tiny_network, train_argv, write_dataset)
 
 # ------------------------------------------------------------------ solver
 def thread_count():
@@ -76,9 +77,9 @@ def test_one_step_applies_lr_multipliers_weight_decay_and_poly_rate():
     num_classes, lr, decay, num_steps = 5, 0.01, 0.1, 10
     images = tf.placeholder(tf.float32, [2, 33, 33, 3])
     labels = tf.placeholder(tf.uint8, [2, 33, 33, 1])
-    trainer = training.Trainer(images, labels, num_classes, config=TINY_CONFIG,
-                               learning_rate=lr, momentum=0.0, power=0.9,
-                               num_steps=num_steps, weight_decay=decay)
+    trainer = training.Trainer(images, labels, tiny_network(num_classes),
+                               solver=SolverConfig(learning_rate=lr, momentum=0.0, power=0.9,
+                                                   num_steps=num_steps, weight_decay=decay))
     # The loss written out independently: mean -log softmax over labelled pixels.
     logits = trainer.tower.logits
     label = prepare_label(labels, tf.unstack(tf.shape(logits)[1:3]))
@@ -124,8 +125,8 @@ def build_trainer(grad_update_every):
     with graph.as_default():
         images = tf.placeholder(tf.float32, [None, 33, 33, 3])
         labels = tf.placeholder(tf.uint8, [None, 33, 33, 1])
-        trainer = training.Trainer(images, labels, 5, config=TINY_CONFIG,
-                                   grad_update_every=grad_update_every)
+        trainer = training.Trainer(images, labels, tiny_network(5),
+                                   solver=SolverConfig(grad_update_every=grad_update_every))
         init = tf.group(tf.global_variables_initializer(),
                         tf.local_variables_initializer())
     sess = tf.Session(graph=graph)
@@ -167,13 +168,13 @@ def test_short_training_run_lowers_the_loss(voc_dataset):
     data_dir, list_path, _ = voc_dataset
     tf.set_random_seed(0)
     coord = tf.train.Coordinator()
-    reader = TrainingReader(data_dir, list_path, input_size=(33, 33), random_mirror=True,
-                            ignore_label=255, coord=coord,
+    reader = TrainingReader(DataConfig(data_dir, list_path, input_size=(33, 33),
+                                       random_mirror=True, ignore_label=255), coord=coord,
                             num_classes=constants.NUM_CLASSES)
     image_batch, label_batch = reader.dequeue(4)
-    trainer = training.Trainer(image_batch, label_batch, constants.NUM_CLASSES,
-                               is_training=True, config=TINY_CONFIG,
-                               learning_rate=1e-3, num_steps=30)
+    trainer = training.Trainer(image_batch, label_batch,
+                               tiny_network(constants.NUM_CLASSES, is_training=True),
+                               solver=SolverConfig(learning_rate=1e-3, num_steps=30))
     with tf.Session() as sess:
         sess.run(tf.global_variables_initializer())
         threads = reader.start(sess)

@@ -14,8 +14,8 @@ from deeplab_resnet.training import loop as training_loop
 from deeplab_resnet.data.reader import TrainingReader
 from deeplab_resnet.training import towers
 
-from conftest import TINY_CONFIG
-from helpers.training import random_batch, read_events, run_train, train_argv, write_dataset
+from helpers.training import (random_batch, read_events, run_train, tiny_network, train_argv,
+                              write_dataset)
 
 BN_WARNING = "--is-training updates BatchNorm statistics from"
 
@@ -113,7 +113,7 @@ def test_label_values_that_reach_the_loss_are_counted_not_trained_on():
     num_classes = 5
     images = tf.placeholder(tf.float32, [2, 33, 33, 3])
     labels = tf.placeholder(tf.uint8, [2, 33, 33, 1])
-    trainer = training.Trainer(images, labels, num_classes, config=TINY_CONFIG)
+    trainer = training.Trainer(images, labels, tiny_network(num_classes))
     image_values, label_values = random_batch(np.random.RandomState(0), 2,
                                               num_classes)
     bad_values = label_values.copy()

@@ -17,8 +17,10 @@ from PIL import Image
 
 from conftest import write_voc_pair
 from deeplab_resnet import files
+from deeplab_resnet.data.config import EvalDataConfig
 from deeplab_resnet.evaluation.evaluate import evaluate
 from deeplab_resnet.training import loop as training_loop
+from deeplab_resnet.training import towers
 from helpers.training import SignalOnLine, run_signalled, run_train, script, train_argv, write_dataset
 
 NUM_CLASSES = 5
@@ -138,7 +140,7 @@ def validated_run(tmp_path, caplog, *extra):
 
 
 def miou_of(data_dir, list_path, snapshot):
-    confusion = evaluate(data_dir, list_path, snapshot, num_classes=NUM_CLASSES)
+    confusion = evaluate(EvalDataConfig(data_dir, list_path, num_classes=NUM_CLASSES), snapshot)
     with np.errstate(invalid="ignore"):  # 0/0: a class neither labelled nor predicted
         iou = np.diag(confusion) / (confusion.sum(0) + confusion.sum(1)
                                     - np.diag(confusion))
@@ -261,9 +263,9 @@ def test_bf16_warns_exactly_where_the_cpu_emulates_bfloat16(train_paths, caplog,
                                                           monkeypatch, native):
     """None: this machine as it is (the warning iff BF16_BY_CPU_FLAGS says its
     CPU emulates bfloat16 and there is no GPU); True: a CPU with native
-    bfloat16, as the loop sees it."""
+    bfloat16, as the towers see it."""
     if native is not None:
-        monkeypatch.setattr(training_loop, "gradients", type(
+        monkeypatch.setattr(towers, "gradients", type(
             "NativeBf16", (), {"onednn_handles": staticmethod(lambda dtype: native)}))
         emulated = False
     else:

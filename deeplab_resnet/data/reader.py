@@ -316,34 +316,31 @@ class ListReader(object):
 
 
 class TrainingReader(ListReader):
-    """Training pairs: each augmented and cropped to ``input_size``, batched
-    by ``dequeue(n)`` from ``num_threads`` reader threads.
+    """Training pairs: each augmented and cropped to ``data.input_size``,
+    batched by ``dequeue(n)`` from ``data.reader_threads`` reader threads.
 
     Args:
-      input_size: (height, width) of the crops; smaller images are padded
-        (see ``random_crop_and_pad_image_and_labels``).
-      random_scale, random_mirror: augmentations.
-      scale_set: random scales drawn from these factors instead of
-        ``random_scale``'s uniform 0.5-1.5.
-      shuffle: with False the list order is kept, batches included (one
-        reader thread is used for that).
-      num_threads: reader threads filling the batch queue.
-      Others: see ``ListReader``.
+      data: ``data.config.DataConfig``: the list, its labels, the crops
+        (smaller images are padded, see
+        ``random_crop_and_pad_image_and_labels``) and their augmentation.
+        With ``shuffle`` False the list order is kept, batches included
+        (one reader thread is used for that).
+      num_classes, coord, shard: see ``ListReader``.
     """
 
-    def __init__(self, data_dir, data_list, *, input_size, random_scale=False,
-                 scale_set=None, random_mirror=False, shuffle=True, num_threads=4,
-                 **options):
-        self.input_size = tuple(input_size)
-        self.num_threads = num_threads if shuffle else 1
-        self._augment = (random_scale, scale_set, random_mirror)
-        super().__init__(data_dir, data_list, shuffle=shuffle, **options)
+    def __init__(self, data, *, num_classes=None, coord=None, shard=None):
+        self.input_size = tuple(data.input_size)
+        self.num_threads = data.reader_threads if data.shuffle else 1
+        self.data = data
+        super().__init__(data.data_dir, data.data_list, shuffle=data.shuffle,
+                         ignore_label=data.ignore_label, coord=coord,
+                         num_classes=num_classes, label_map=data.label_map,
+                         skip_bad_images=data.skip_bad_images, shard=shard)
 
     def _build(self, image, label):
-        random_scale, scale_set, random_mirror = self._augment
-        if random_scale or scale_set:
-            image, label = image_scaling(image, label, scale_set=scale_set)
-        if random_mirror:
+        if self.data.random_scale or self.data.scale_set:
+            image, label = image_scaling(image, label, scale_set=self.data.scale_set)
+        if self.data.random_mirror:
             image, label = image_mirroring(image, label)
         self._example = random_crop_and_pad_image_and_labels(
             image, label, self.input_size[0], self.input_size[1], self.ignore_label)
@@ -371,11 +368,18 @@ class EvaluationReader(ListReader):
     ``.image`` [1, H, W, 3], ``.label`` [1, H, W, 1] and ``.image_path`` (a
     string scalar) come from the same list entry each time they are fetched
     in one ``sess.run``. The list repeats forever; ``.num_images`` entries
-    make one pass. Arguments: see ``ListReader``.
+    make one pass.
+
+    Args:
+      data: ``data.config.EvalDataConfig``: the list and its labels
+        (its ``num_images`` is the caller's to count).
+      coord, shard: see ``ListReader``.
     """
 
-    def __init__(self, data_dir, data_list, **options):
-        super().__init__(data_dir, data_list, shuffle=False, **options)
+    def __init__(self, data, *, coord=None, shard=None):
+        super().__init__(data.data_dir, data.data_list, shuffle=False,
+                         ignore_label=data.ignore_label, coord=coord,
+                         num_classes=data.num_classes, label_map=data.label_map, shard=shard)
 
     def _build(self, image, label):
         # A thread of its own decodes the next images while the network runs

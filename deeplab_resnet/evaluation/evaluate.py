@@ -9,7 +9,12 @@ order. The benchmark, the tests and evaluate.py all call ``evaluate``.
 Several workers (TF_CONFIG, ``distributed``) each score rows i::N of the
 list and add up their confusion matrices, integers, so the result is exactly
 that of one process scoring the whole list.
+
+``evaluate`` takes its settings in parts: the data
+(``data.config.EvalDataConfig``), the prediction (``predict.PredictConfig``),
+the CRF (``CrfStage``) and the runtime (``EvalRuntime``).
 """
+import dataclasses
 import logging
 import os
 
@@ -17,7 +22,7 @@ import numpy as np
 
 from deeplab_resnet import checkpoints, distributed, files, metrics
 from deeplab_resnet.progress import Progress
-from deeplab_resnet.constants import IGNORE_LABEL
+from deeplab_resnet.crf.params import CrfConfig
 from deeplab_resnet.crf.pool import CrfPool
 from deeplab_resnet.data.lists import read_labeled_image_list
 from deeplab_resnet.data.reader import EvaluationReader
@@ -29,6 +34,30 @@ log = logging.getLogger(__name__)
 
 # Progress is logged every this many images, and after the last.
 LOG_EVERY = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class CrfStage:
+    """The dense CRF on each prediction, and where it runs.
+
+    params: ``crf.CrfConfig``.
+    backend: 'pydensecrf' or 'tensorflow' (``crf.dense_crf``).
+    workers: processes (threads for 'tensorflow') running the CRF beside
+      the network; 0: in this process, between images.
+    """
+    params: CrfConfig
+    backend: str = "pydensecrf"
+    workers: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRuntime:
+    """The session's threads (``runtime.session_config``), and with several
+    workers the seconds to wait for the others to start and for the slowest
+    to finish its share."""
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    timeout: float = 1800.0
 
 
 def check_save_dir(reader, save_dir):
@@ -73,60 +102,54 @@ def _predictions(sess, fetches, num_steps, reader, crf_pool=None):
         yield tag + (pred,)
 
 
-def evaluate(data_dir, data_list, weights, *, num_classes, ignore_label=IGNORE_LABEL,
-             label_map=None, num_images=None, predict=None, crf=None, crf_workers=0,
-             crf_backend="pydensecrf", save_dir=None, intra_op_threads=0,
-             inter_op_threads=0, on_image=None, log_every=LOG_EVERY, task=None,
-             timeout=1800.0):
+def evaluate(data, weights, *, predict=None, crf=None, runtime=None, save_dir=None,
+             on_image=None, quiet=False, task=None):
     """Score the weights on a list: the confusion matrix of all its images.
 
     Args:
-      data_dir, data_list: the dataset (see ``data.lists``).
+      data: ``data.config.EvalDataConfig``: the list (see ``data.lists``), its
+        classes, ignore label and label map (as for training), and how many
+        of its images, from the top (``num_images``; None: all).
       weights: .npz, checkpoint prefix or directory (``checkpoints``).
-      num_classes, ignore_label, label_map: as for training.
-      num_images: evaluate the first ``num_images`` of the list (all: None).
       predict: ``predict.PredictConfig`` (scales, flip, bf16); None for one
         scale, no flip, float32.
-      crf: ``crf.CrfConfig`` to refine each prediction, or None.
-      crf_backend: 'pydensecrf' or 'tensorflow' (``crf.dense_crf``).
-      crf_workers: processes running the CRF beside the network (0: in this
-        process).
+      crf: ``CrfStage`` to refine each prediction, or None.
+      runtime: ``EvalRuntime`` (None: its defaults).
       save_dir: write each prediction as ``<save_dir>/<image name>.png``.
       on_image: called as ``on_image(step, path, pred)`` after each image
         (the benchmark times the loop with it).
-      log_every: images between progress lines (None: none).
+      quiet: log no progress lines (validation during training, which
+        reports the scores itself); otherwise one every ``LOG_EVERY`` images
+        and one after the last.
       task: a ``distributed.WorkerTask``: score this worker's share of the
         (first ``num_images`` of the) list, rows i::N, every worker reading
         ``weights`` itself (shared storage), and return the confusion matrix
         summed over the workers, on every worker.
-      timeout: with ``task``, seconds to wait for the other workers to
-        start, and for the slowest to finish its share.
     Returns:
       int64 [num_classes, num_classes]: rows ground truth, columns prediction.
     Raises:
       IOError, ValueError: bad data, weights or arguments; IOError: a worker
         was lost.
     """
-    predict = predict or PredictConfig()
-    path, config = checkpoints.resolve_model(weights, num_classes)
-    _check_enough_images(task, data_dir, data_list)
-    collectives = _connect(task, session_config(intra_op_threads, inter_op_threads),
-                           timeout)
-    reader = EvaluationReader(data_dir, data_list, ignore_label=ignore_label,
-                              num_classes=num_classes, label_map=label_map,
-                              shard=collectives.shard)
+    predict, runtime = predict or PredictConfig(), runtime or EvalRuntime()
+    threads = (runtime.intra_op_threads, runtime.inter_op_threads)
+    path, config = checkpoints.resolve_model(weights, data.num_classes)
+    _check_enough_images(task, data.data_dir, data.data_list)
+    collectives = _connect(task, session_config(*threads), runtime.timeout)
+    reader = EvaluationReader(data, shard=collectives.shard)
     index, count = collectives.shard
-    num_steps = len(range(index, _listed_steps(num_images, reader.num_listed), count))
+    num_steps = len(range(index, _listed_steps(data.num_images, reader.num_listed), count))
     if save_dir:
         check_save_dir(reader, save_dir)
-    scorer = _Scorer(num_classes, ignore_label, save_dir, on_image, log_every)
+    scorer = _Scorer(data, save_dir, on_image, None if quiet else LOG_EVERY)
     # Before the graph: CRF workers start while it is built.
-    crf_pool = CrfPool(crf, crf_workers, backend=crf_backend) if crf is not None else None
+    crf_pool = (CrfPool(crf.params, crf.workers, backend=crf.backend) if crf is not None
+                else None)
     try:
-        net, prediction = predict.build(reader.image, num_classes, config)
+        net, prediction = predict.build(reader.image, data.num_classes, config)
         fetches = _fetches(reader, prediction, with_crf=crf is not None)
-        sess = checkpoints.open_session(net, path, intra_op_threads, inter_op_threads)
-        log.info("Evaluating %s on %d images of %s (%s%s)", path, num_steps, data_list,
+        sess = checkpoints.open_session(net, path, *threads)
+        log.info("Evaluating %s on %d images of %s (%s%s)", path, num_steps, data.data_list,
                  predict.describe(), ", CRF" if crf else "")
         confusion = scorer.score(sess, fetches, num_steps, reader, crf_pool)
     finally:
@@ -200,9 +223,9 @@ def _collective(collectives, run):
 class _Scorer(object):
     """The loop over the predictions: confusion matrix, saved labels, progress."""
 
-    def __init__(self, num_classes, ignore_label, save_dir, on_image, log_every):
-        self.num_classes = num_classes
-        self.ignore_label = ignore_label
+    def __init__(self, data, save_dir, on_image, log_every):
+        self.num_classes = data.num_classes
+        self.ignore_label = data.ignore_label
         self.save_dir = save_dir
         self.on_image = on_image
         self.log_every = log_every

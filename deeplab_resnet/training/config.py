@@ -3,30 +3,16 @@
 The defaults are DeepLab-v2's recipe; train.py's flags map one to one onto
 the fields (``--batch-size`` -> ``solver.batch_size``) and show these
 defaults. Each part goes to the code that needs it alone (``Snapshots``
-takes ``SnapshotConfig``, ``Validation`` its ``ValidationConfig``).
+takes ``SnapshotConfig``, ``Validation`` its ``ValidationConfig``, the
+``TrainingReader`` the ``DataConfig``, defined in ``data.config`` beside
+the readers, the ``Trainer`` ``NetworkConfig`` and ``SolverConfig``).
 """
 import dataclasses
 from typing import Optional, Tuple
 
-from deeplab_resnet.constants import IGNORE_LABEL, NUM_CLASSES
+from deeplab_resnet.constants import NUM_CLASSES
+from deeplab_resnet.data.config import DataConfig
 from deeplab_resnet.model import ModelConfig
-
-
-@dataclasses.dataclass
-class DataConfig:
-    """The training list, its labels, and the random crops taken from it."""
-    data_dir: str = "."
-    data_list: str = "dataset/train.txt"
-    ignore_label: int = IGNORE_LABEL
-    label_map: Optional[str] = None
-    input_size: Tuple[int, int] = (321, 321)
-    random_scale: bool = False
-    scale_set: Optional[Tuple[float, ...]] = None
-    random_mirror: bool = False
-    random_seed: int = 1234
-    skip_bad_images: bool = False
-    shuffle: bool = True
-    reader_threads: int = 4
 
 
 @dataclasses.dataclass

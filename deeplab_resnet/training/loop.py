@@ -21,7 +21,7 @@ from deeplab_resnet.progress import Progress
 from deeplab_resnet.data.reader import TrainingReader
 from deeplab_resnet.images import decode_labels, inv_preprocess
 from deeplab_resnet.runtime import session_config, tf
-from deeplab_resnet.training import agreement, gradients
+from deeplab_resnet.training import agreement
 from deeplab_resnet.training.config import TrainConfig
 from deeplab_resnet.training.duties import WorkerDuties, duties_for
 from deeplab_resnet.training.snapshots import Snapshots, divergence_message, make_saver
@@ -174,30 +174,16 @@ def train_with(config, collectives, devices=None):
 
 
 def _reader(config, shard):
-    return TrainingReader(config.data.data_dir, config.data.data_list,
-                          input_size=config.data.input_size,
-                          random_scale=config.data.random_scale, scale_set=config.data.scale_set,
-                          random_mirror=config.data.random_mirror,
-                          ignore_label=config.data.ignore_label,
-                          num_classes=config.network.num_classes,
-                          label_map=config.data.label_map,
-                          skip_bad_images=config.data.skip_bad_images,
-                          shuffle=config.data.shuffle,
-                          num_threads=config.data.reader_threads, shard=shard)
+    return TrainingReader(config.data, num_classes=config.network.num_classes, shard=shard)
 
 
 def _trainer(config, reader, devices, collectives):
     """The ``Trainer`` on this worker's share of the batch, with the warnings."""
     workers = collectives.num_workers
     image_batch, label_batch = reader.dequeue(config.solver.batch_size // workers)
-    trainer = Trainer(image_batch, label_batch, config.network.num_classes,
-                      ignore_label=config.data.ignore_label, is_training=config.network.is_training,
-                      config=config.network.model, learning_rate=config.solver.learning_rate,
-                      momentum=config.solver.momentum, power=config.solver.power,
-                      num_steps=config.solver.num_steps, weight_decay=config.solver.weight_decay,
-                      grad_update_every=config.solver.grad_update_every, devices=devices,
-                      scales=config.network.train_scales, last_only=config.network.train_last_only,
-                      collectives=collectives, compute_dtype=_compute_dtype(config.network.bf16))
+    trainer = Trainer(image_batch, label_batch, config.network, solver=config.solver,
+                      ignore_label=config.data.ignore_label, devices=devices,
+                      collectives=collectives)
     if devices:
         log.info("%d towers on %s, %d images each; variables on %s", len(devices),
                  ", ".join(devices), config.solver.batch_size // workers // len(devices),
@@ -400,14 +386,3 @@ def _images_per_second(progress, done, images_per_step):
     rate = progress.rate(done, images_per_step)
     return "-- img/s" if rate is None else "%.3g img/s" % rate
 
-
-def _compute_dtype(bf16):
-    """bfloat16 for --bf16, with a warning where the CPU would emulate it."""
-    if not bf16:
-        return tf.float32
-    if not tf.config.list_physical_devices("GPU") and not gradients.onednn_handles(
-            "bfloat16"):
-        log.warning("--bf16 on a CPU without native bfloat16 (AVX512_BF16 or AMX): "
-                    "training stays correct (backprops run in float32) but will be "
-                    "slower than float32.")
-    return tf.bfloat16

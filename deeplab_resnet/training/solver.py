@@ -41,6 +41,7 @@ from deeplab_resnet.constants import IGNORE_LABEL
 from deeplab_resnet.distributed.collectives import Local
 from deeplab_resnet.runtime import tf
 from deeplab_resnet.training import soundness
+from deeplab_resnet.training.config import SolverConfig
 from deeplab_resnet.training.towers import build_towers, on_variable_device, total
 
 
@@ -56,16 +57,21 @@ class Trainer(object):
     Args:
       image_batch, label_batch: the batch tensors (a reader's ``dequeue``, or
         placeholders); each forward pass takes a new batch.
-      num_classes, ignore_label, is_training, config: see ``tower_loss``.
-      learning_rate, momentum, power, num_steps: the poly SGD schedule.
-      weight_decay: L2 factor on convolution weights.
-      grad_update_every: batches accumulated per update.
+      network: ``training.config.NetworkConfig``, the network trained (see
+        ``towers.build_towers``): its classes and ``model``; ``is_training``;
+        ``train_scales``, several for MSC training (``loss.tower_loss``);
+        ``train_last_only``, the classifier alone (``towers.trained_params``);
+        ``bf16``, mixed precision (``loss.tower_loss``: variables, gradients
+        and the update stay float32).
+      solver: ``training.config.SolverConfig`` (default: DeepLab-v2's): the
+        poly SGD schedule (``learning_rate``, ``momentum``, ``power``,
+        ``num_steps``), ``weight_decay`` (the L2 factor on convolution
+        weights) and ``grad_update_every`` (batches accumulated per update).
+        Its batch and device fields are the caller's: the batch comes as
+        tensors, the devices as ``devices``.
+      ignore_label: see ``tower_loss``.
       devices: one tower per device on an equal share of each batch (see
         ``towers.build_towers``); None for one tower.
-      scales: input scales, several for MSC training (``loss.tower_loss``).
-      last_only: train the classifier alone (``towers.trained_params``).
-      compute_dtype: tf.bfloat16 for mixed-precision training (see
-        ``loss.tower_loss``); variables, gradients and the update stay float32.
       collectives: ``distributed.Cluster`` to train synchronously with other
         workers, each on its own batch: the sums of every worker are added
         up before the one division, so an update is that of one process
@@ -96,14 +102,12 @@ class Trainer(object):
         momentum_statistics: the same of the momentum.
     """
 
-    def __init__(self, image_batch, label_batch, num_classes, *,
-                 ignore_label=IGNORE_LABEL, is_training=False, config=None,
-                 learning_rate=2.5e-4, momentum=0.9, power=0.9, num_steps=20001,
-                 weight_decay=5e-4, grad_update_every=1, devices=None, scales=(1.0,),
-                 last_only=False, collectives=None, compute_dtype=tf.float32):
-        if grad_update_every < 1:
+    def __init__(self, image_batch, label_batch, network, *, solver=None,
+                 ignore_label=IGNORE_LABEL, devices=None, collectives=None):
+        solver = solver or SolverConfig()
+        if solver.grad_update_every < 1:
             raise ValueError("--grad-update-every must be at least 1, got %d."
-                             % grad_update_every)
+                             % solver.grad_update_every)
         if kernels.frozen_weights():
             # oneDNN would keep convolving with the first step's filters.
             raise RuntimeError(
@@ -111,32 +115,30 @@ class Trainer(object):
                 "so its convolutions would not see the updates. Declare the job "
                 "before TensorFlow is imported (deeplab_resnet.kernels.choose('train')), "
                 "or unset %s." % (kernels.FROZEN_ENV, kernels.FROZEN_ENV))
-        if last_only and is_training:
+        if network.train_last_only and network.is_training:
             raise ValueError("--train-last-only trains the classifier alone, with the "
                              "body (its BatchNorm statistics included) left as it is; "
                              "leave out --is-training.")
         collectives = collectives or Local()
-        self.grad_update_every = grad_update_every
+        self.grad_update_every = solver.grad_update_every
         self.global_step = tf.train.get_or_create_global_step()
-        sums = build_towers(
-            image_batch, label_batch, num_classes, ignore_label=ignore_label,
-            is_training=is_training, config=config, devices=devices, scales=scales,
-            last_only=last_only, collectives=collectives, compute_dtype=compute_dtype)
+        sums = build_towers(image_batch, label_batch, network, ignore_label=ignore_label,
+                            devices=devices, collectives=collectives)
         self.towers, self.params = sums.towers, sums.params
         self.tower = self.towers[0]
         with on_variable_device(devices):
             self._add_reported_sums()
         variables = [p.var for p in self.params]
-        self.learning_rate = poly_learning_rate(learning_rate, self.global_step,
-                                                num_steps, power)
-        optimizer = tf.train.MomentumOptimizer(self.learning_rate, momentum)
+        self.learning_rate = poly_learning_rate(solver.learning_rate, self.global_step,
+                                                solver.num_steps, solver.power)
+        optimizer = tf.train.MomentumOptimizer(self.learning_rate, solver.momentum)
         with on_variable_device(devices):
             local, resets, before = self._accumulate(sums)
             grads, count, stats, largest = _reduce(collectives, local, before,
                                                    sum_count=not sums.per_pass)
             with tf.control_dependencies(before):
-                self.gradients, self.l2_loss = self._update_gradients(grads, count,
-                                                                      weight_decay)
+                self.gradients, self.l2_loss = self._update_gradients(
+                    grads, count, solver.weight_decay)
             apply_op = optimizer.apply_gradients(zip(self.gradients, variables),
                                                  global_step=self.global_step)
             # Reset only once the update and the reported sums have read them.

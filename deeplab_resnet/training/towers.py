@@ -13,11 +13,13 @@ every iteration.
 """
 import collections
 import contextlib
+import logging
 import os
 
 from deeplab_resnet.constants import CLASSIFIER_PREFIX, IGNORE_LABEL
 from deeplab_resnet.network import VARIABLE_OPS
 from deeplab_resnet.runtime import tf
+from deeplab_resnet.training import gradients
 from deeplab_resnet.training.loss import tower_loss
 from deeplab_resnet.training.soundness import is_trained
 
@@ -29,6 +31,8 @@ VARIABLE_DEVICE = "/cpu:0"
 # Below this many images per device, batch statistics are noisy estimates of
 # the moving averages they update; DeepLab-v2 trained with 10 on one GPU.
 MIN_BATCHNORM_BATCH = 8
+
+log = logging.getLogger(__name__)
 
 Param = collections.namedtuple("Param", ["var", "lr_mult", "decay"])
 TowerSums = collections.namedtuple(
@@ -63,9 +67,8 @@ def check_batch_split(batch_size, parts, subject, over):
                                           max(parts, batch_size // parts * parts)))
 
 
-def build_towers(image_batch, label_batch, num_classes, *, ignore_label=IGNORE_LABEL,
-                 is_training=False, config=None, devices=None, scales=(1.0,),
-                 last_only=False, collectives=None, compute_dtype=tf.float32):
+def build_towers(image_batch, label_batch, network, *, ignore_label=IGNORE_LABEL,
+                 devices=None, collectives=None):
     """``tower_loss`` on each device's share of the batch, and the summed gradients.
 
     The objective of one forward pass over all towers: with one scale, the
@@ -78,12 +81,14 @@ def build_towers(image_batch, label_batch, num_classes, *, ignore_label=IGNORE_L
 
     Args:
       image_batch, label_batch: the whole batch, as for ``tower_loss``.
-      num_classes, ignore_label, is_training, config, scales: see ``tower_loss``.
+      network: ``training.config.NetworkConfig``: ``num_classes``, ``model``
+        (the ``ModelConfig``), ``is_training`` and ``train_scales`` go to
+        ``tower_loss``; ``train_last_only`` trains the classifier alone
+        (``trained_params``); ``bf16`` computes in bfloat16 (``compute_dtype``).
+      ignore_label: see ``tower_loss``.
       devices: e.g. ``['/gpu:0', '/gpu:1']``, one tower each, sharing the
         variables (on ``VARIABLE_DEVICE``); None for one tower with
         TensorFlow's default placement.
-      last_only: train the classifier alone (``trained_params``).
-      compute_dtype: tf.bfloat16 for mixed-precision training.
       collectives: ``distributed.Local`` or ``Cluster``: with several
         scales, each output's labelled pixels are counted over all workers
         (one small all-reduce per pass), as one process taking them all.
@@ -96,19 +101,19 @@ def build_towers(image_batch, label_batch, num_classes, *, ignore_label=IGNORE_L
     batch = tf.dimension_value(image_batch.get_shape()[0])
     check_batch_split(batch, num_towers, "A batch of %s images" % batch,
                       "%d devices (--batch-size)" % num_towers)
-    towers, stat_updates = [], None
+    towers, stat_updates, dtype = [], None, compute_dtype(network.bf16)
     for i, (images, labels) in enumerate(_shares(image_batch, label_batch, devices)):
         updates_before = set(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
         with tower_scope(devices, i):
-            towers.append(tower_loss(images, labels, num_classes,
-                                     ignore_label=ignore_label, is_training=is_training,
-                                     config=config, scales=scales,
-                                     compute_dtype=compute_dtype,
+            towers.append(tower_loss(images, labels, network.num_classes,
+                                     ignore_label=ignore_label,
+                                     is_training=network.is_training, config=network.model,
+                                     scales=network.train_scales, compute_dtype=dtype,
                                      on_gpu=_on_gpu(devices, i)))
         if i == 0:
             stat_updates = [op for op in tf.get_collection(tf.GraphKeys.UPDATE_OPS)
                             if op not in updates_before]
-    params = trained_params(towers[0].net, last_only=last_only)
+    params = trained_params(towers[0].net, last_only=network.train_last_only)
     objectives, denominator = _objectives(towers, devices, collectives)
     tower_grads = []
     for i, objective in enumerate(objectives):
@@ -122,6 +127,18 @@ def build_towers(image_batch, label_batch, num_classes, *, ignore_label=IGNORE_L
         if denominator is None:
             denominator = total([t.num_valid for t in towers])
     return TowerSums(towers, params, grad_sums, denominator, stat_updates, per_pass)
+
+
+def compute_dtype(bf16):
+    """bfloat16 for --bf16, with a warning where the CPU would emulate it."""
+    if not bf16:
+        return tf.float32
+    if not tf.config.list_physical_devices("GPU") and not gradients.onednn_handles(
+            "bfloat16"):
+        log.warning("--bf16 on a CPU without native bfloat16 (AVX512_BF16 or AMX): "
+                    "training stays correct (backprops run in float32) but will be "
+                    "slower than float32.")
+    return tf.bfloat16
 
 
 def _shares(image_batch, label_batch, devices):

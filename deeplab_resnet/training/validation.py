@@ -8,8 +8,9 @@ import numpy as np
 
 from deeplab_resnet import files, metrics
 from deeplab_resnet.constants import MODEL_CONFIG_FILE
+from deeplab_resnet.data.config import EvalDataConfig
 from deeplab_resnet.data.reader import EvaluationReader
-from deeplab_resnet.evaluation.evaluate import evaluate
+from deeplab_resnet.evaluation.evaluate import EvalRuntime, evaluate
 from deeplab_resnet.runtime import tf
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,16 @@ class Validation(object):
     BEST_FILE = "best.json"
 
     def __init__(self, config, *, snapshot_dir, data, num_classes, runtime):
-        self.config, self.data, self.num_classes = config, data, num_classes
-        self.runtime, self.snapshot_dir = runtime, snapshot_dir
+        self.config, self.snapshot_dir = config, snapshot_dir
         self.data_dir = config.val_data_dir or data.data_dir
+        # What evaluate.py would be given: the training run's labels, the
+        # validation list.
+        self.eval_data = EvalDataConfig(self.data_dir, config.val_list,
+                                        num_classes=num_classes,
+                                        ignore_label=data.ignore_label,
+                                        label_map=data.label_map,
+                                        num_images=config.val_images)
+        self.runtime = EvalRuntime(runtime.intra_op_threads, runtime.inter_op_threads)
         self.best_dir = os.path.join(snapshot_dir, self.BEST_DIR)
         self.best_miou = self._recorded_best()
 
@@ -51,10 +59,7 @@ class Validation(object):
         """
         try:
             with tf.Graph().as_default():
-                EvaluationReader(self.data_dir, self.config.val_list,
-                                 num_classes=self.num_classes,
-                                 ignore_label=self.data.ignore_label,
-                                 label_map=self.data.label_map).check(sample_size)
+                EvaluationReader(self.eval_data).check(sample_size)
         except (IOError, ValueError) as err:
             message = ("--val-list: %s" % err).replace("--data-list", "--val-list")
             message = message.replace("--data-dir", "--val-data-dir")
@@ -71,12 +76,7 @@ class Validation(object):
         """Score ``snapshot`` (of ``step``); log, summarise, keep it if best."""
         config = self.config
         with tf.Graph().as_default():
-            confusion = evaluate(
-                self.data_dir, config.val_list, snapshot, num_classes=self.num_classes,
-                ignore_label=self.data.ignore_label, label_map=self.data.label_map,
-                num_images=config.val_images,
-                intra_op_threads=self.runtime.intra_op_threads,
-                inter_op_threads=self.runtime.inter_op_threads, log_every=None)
+            confusion = evaluate(self.eval_data, snapshot, runtime=self.runtime, quiet=True)
         scores = metrics.segmentation_scores(confusion)
         values = {"val/miou": scores["miou"],
                   "val/pixel_accuracy": scores["pixel_accuracy"]}

@@ -12,6 +12,7 @@ import logging
 import os
 
 from deeplab_resnet import cli, crf
+from deeplab_resnet.evaluation.evaluate import CrfStage
 from misc.benchmarks.common import DTYPES, EVAL_SIZE, size_name
 from misc.benchmarks.evaluate import timed_evaluate
 from misc.benchmarks.inputs import write_eval_data
@@ -50,12 +51,12 @@ def evaluate_with_crf(run):
         for backend, workers, threshold in crf_eval_variants(name):
             log.info("evaluate.py (%s, CRF %s on %d workers, threshold %s) on %d images",
                      name, backend, workers, threshold, images)
-            options = {}
+            stage = None
             if backend:
-                options = dict(crf=crf.CrfConfig(prune_threshold=threshold),
-                               crf_backend=backend, crf_workers=workers)
+                stage = CrfStage(crf.CrfConfig(prune_threshold=threshold), backend=backend,
+                                 workers=workers)
             clock = timed_evaluate(run.weights()["npz"], data_dir, list_path, run,
-                                   name == "bf16", **options)
+                                   name == "bf16", crf=stage)
             runs.append({"dtype": name, "backend": backend, "workers": workers,
                          "prune_threshold": threshold,
                          "seconds": clock.seconds_per_image()})

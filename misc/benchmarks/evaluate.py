@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from deeplab_resnet.evaluation.evaluate import evaluate
+from deeplab_resnet.data.config import EvalDataConfig
+from deeplab_resnet.evaluation.evaluate import EvalRuntime, evaluate
 from deeplab_resnet.evaluation.predict import PredictConfig
 from deeplab_resnet.runtime import tf
 from misc.benchmarks.common import DTYPES, EVAL_SIZE, size_name
@@ -70,14 +71,16 @@ class ImageClock(object):
         return (self.times[-1] - self.times[0]) / (len(self.times) - 1)
 
 
-def timed_evaluate(weights, data_dir, list_path, run, bf16, **options):
+def timed_evaluate(weights, data_dir, list_path, run, bf16, crf=None):
     """Run ``evaluation.evaluate`` in a graph of its own; its ``ImageClock``.
-    ``options``: more keyword arguments of ``evaluate`` (the CRF's)."""
+    ``crf``: an ``evaluate.CrfStage``, or None."""
     clock = ImageClock()
+    settings = run.settings
     with tf.Graph().as_default():
-        evaluate(data_dir, list_path, weights, num_classes=run.settings.num_classes,
-                 predict=PredictConfig(bf16=bf16), intra_op_threads=run.settings.intra_op_threads,
-                 inter_op_threads=run.settings.inter_op_threads, on_image=clock, **options)
+        evaluate(EvalDataConfig(data_dir, list_path, num_classes=settings.num_classes),
+                 weights, predict=PredictConfig(bf16=bf16), crf=crf,
+                 runtime=EvalRuntime(settings.intra_op_threads, settings.inter_op_threads),
+                 on_image=clock)
     return clock
 
 

@@ -8,13 +8,12 @@ import collections
 import dataclasses
 import typing
 
-# Training variants: name -> Trainer keywords (a dtype by its name, so that
-# this table needs no TensorFlow).
+# Training variants: name -> the fields of the Trainer's NetworkConfig it sets.
 TRAIN_VARIANTS = collections.OrderedDict([
     ("fp32", {}),
-    ("bf16", {"compute_dtype": "bfloat16"}),
-    ("msc", {"scales": (1.0, 0.75, 0.5)}),
-    ("last-only", {"last_only": True}),
+    ("bf16", {"bf16": True}),
+    ("msc", {"train_scales": (1.0, 0.75, 0.5)}),
+    ("last-only", {"train_last_only": True}),
 ])
 
 

@@ -15,6 +15,7 @@ import logging
 from deeplab_resnet import cli
 from deeplab_resnet.runtime import session_config, tf
 from deeplab_resnet.training import Trainer
+from deeplab_resnet.training.config import NetworkConfig, SolverConfig
 from misc.benchmarks.common import (GIB, cpu_info, cpu_name, in_fresh_process,
                                     median_seconds, peak_bytes, traced_run)
 from misc.benchmarks.flops import graph_flops
@@ -30,12 +31,9 @@ FLOP_COUNT = ("TensorFlow's per-op FLOP registry (tf.profiler's float_operation)
               "(training/gradients.py), the zeros it pads with count too")
 
 
-def variant_keywords(variant):
-    """Trainer keywords of a variant (its dtype name made a dtype)."""
-    keywords = dict(TRAIN_VARIANTS[variant])
-    if "compute_dtype" in keywords:
-        keywords["compute_dtype"] = tf.as_dtype(keywords["compute_dtype"])
-    return keywords
+def variant_network(variant, num_classes):
+    """The ``NetworkConfig`` a variant trains: ResNet-101 with its fields."""
+    return NetworkConfig(num_classes=num_classes, **TRAIN_VARIANTS[variant])
 
 
 def step_flops(trainer, graph):
@@ -69,9 +67,8 @@ def train_worker(variant, batch, grad_update_every, size, num_classes, steps, th
             images = tf.random_uniform((batch,) + size + (3,), -120.0, 130.0)
             labels = tf.cast(tf.random_uniform((batch,) + size + (1,), 0, num_classes,
                                                dtype=tf.int32), tf.uint8)
-            trainer = Trainer(images, labels, num_classes,
-                              grad_update_every=grad_update_every,
-                              **variant_keywords(variant))
+            trainer = Trainer(images, labels, variant_network(variant, num_classes),
+                              solver=SolverConfig(grad_update_every=grad_update_every))
             init = tf.group(tf.global_variables_initializer(),
                             tf.local_variables_initializer())
             with tf.Session(config=session_config(*threads)) as sess:

@@ -12,6 +12,7 @@ import tensorflow.compat.v1 as tf
 
 from conftest import REPO_ROOT, TINY_CONFIG, load_script, write_voc_dataset
 from deeplab_resnet import cli, constants
+from deeplab_resnet.training.config import NetworkConfig
 
 TINY_FLAGS = ["--blocks", ",".join(map(str, TINY_CONFIG.blocks)),
               "--base-depth", str(TINY_CONFIG.base_depth),
@@ -19,6 +20,11 @@ TINY_FLAGS = ["--blocks", ",".join(map(str, TINY_CONFIG.blocks)),
 
 
 train_script = load_script("train")
+
+
+def tiny_network(num_classes, **fields):
+    """The ``NetworkConfig`` of the tiny network with ``num_classes`` classes."""
+    return NetworkConfig(num_classes=num_classes, model=TINY_CONFIG, **fields)
 
 
 def train_argv(data_dir, list_path, snapshot_dir, *extra):
