@@ -249,8 +249,8 @@ def add_crf_flags(parser, runtime=True):
     from deeplab_resnet import crf
     defaults = crf.DEFAULTS
     if runtime:
-        about = ("Fully connected CRF post-processing (the 'pydensecrf' "
-                 "backend needs `%s`)." % crf.INSTALL_HINT)
+        about = ("Fully connected CRF post-processing, as TensorFlow ops or "
+                 "through pydensecrf (`%s`)." % crf.INSTALL_HINT)
         what = "Refine the prediction with the dense CRF (default: off)."
     else:
         about = ("The fully connected CRF as TensorFlow ops inside the "
@@ -286,12 +286,13 @@ def add_crf_flags(parser, runtime=True):
                             "exactly (default: %(default)s).")
     if not runtime:
         return
-    group.add_argument("--crf-backend", choices=crf.BACKENDS, default="pydensecrf",
-                       help="Where the CRF runs: 'pydensecrf' (Kraehenbuehl & "
-                            "Koltun's C++ on --crf-workers processes) or "
-                            "'tensorflow' (the same model as TensorFlow ops, in "
-                            "this process beside the network; GPUs run it too; "
-                            "labels agree with pydensecrf) (default: %(default)s).")
+    group.add_argument("--crf-backend", choices=crf.BACKENDS, default=crf.DEFAULT_BACKEND,
+                       help="Where the CRF runs: 'tensorflow' (as TensorFlow ops, "
+                            "in this process beside the network, on every core "
+                            "for one image; GPUs run it too) or 'pydensecrf' "
+                            "(Kraehenbuehl & Koltun's C++ on --crf-workers "
+                            "processes). The same model: labels agree "
+                            "(default: %(default)s).")
     group.add_argument("--crf-workers", type=int, default=None,
                        help="Processes (pydensecrf) or threads of this process "
                             "(tensorflow) running the CRF while the network goes "
@@ -316,7 +317,7 @@ def crf_config(args):
     params = crf.CrfConfig(args.crf_iters, args.crf_pos_w, args.crf_pos_xy_std,
                            args.crf_bi_w, args.crf_bi_xy_std, args.crf_bi_rgb_std,
                            args.crf_prune_threshold)
-    if getattr(args, "crf_backend", "tensorflow") == "pydensecrf":
+    if getattr(args, "crf_backend", None) == "pydensecrf":
         try:
             crf.require_pydensecrf()
         except ImportError as err:
@@ -365,9 +366,10 @@ def crf_workers(args):
     Raises:
       ValueError: a negative count.
     """
+    from deeplab_resnet import crf
     workers = args.crf_workers
     if workers is None:
-        tensorflow = getattr(args, "crf_backend", "pydensecrf") == "tensorflow"
+        tensorflow = getattr(args, "crf_backend", crf.DEFAULT_BACKEND) == "tensorflow"
         workers = 1 if tensorflow else available_cores()
     if workers < 0:
         raise ValueError("--crf-workers must be 0 (CRF in the main process) or "

@@ -300,8 +300,10 @@ def crf_table(records):
 
 def _crf_evaluate(f):
     runs = f["crf"]["evaluate"]
+    rounds = runs.get("rounds", 1)
     lines = ["evaluate.py on %d generated %s pairs, s/image from the first result to the "
-             "last:" % (runs["images"], runs["size"]), "",
+             "last%s:" % (runs["images"], runs["size"],
+                          ", the best of %d rounds" % rounds if rounds > 1 else ""), "",
              "| dtype | CRF | workers | threshold | s/image |", "| --- | --- | --- | --- | --- |"]
     for run in runs["runs"]:
         lines.append("| %s | %s | %s | %s | %.3f s |" % (
@@ -332,12 +334,28 @@ def crf_pruning(records):
 
 
 # ---------------------------------------------------------------- targets
+_NOT_PARTS = {"machine", "sizes", "targets"}
+
+
+def superseded(records):
+    """Names of the benchmark records whose every figure a newer record on
+    the same CPU measured again: their targets are the newer one's to judge
+    (a target since renamed or dropped goes with them)."""
+    runs = [(name, record["machine"]["cpu"], set(record["figures"]) - _NOT_PARTS)
+            for name, record in records.items()  # oldest first
+            if record["kind"] == "benchmark" and default_kernels(record)]
+    return {name for i, (name, cpu, parts) in enumerate(runs)
+            if any(cpu == later_cpu and parts <= later_parts
+                   for _, later_cpu, later_parts in runs[i + 1:])}
+
+
 def targets(records):
     """Each target's outcome per CPU, from that CPU's newest record that
-    checked it."""
+    checked it, leaving out ``superseded`` records."""
     outcome, names = collections.OrderedDict(), []
+    dropped = superseded(records)
     for name, record in records.items():
-        if record["kind"] != "benchmark" or not default_kernels(record):
+        if record["kind"] != "benchmark" or not default_kernels(record) or name in dropped:
             continue
         for description, measured, met in record["figures"].get("targets", []):
             cpu = record["machine"]["cpu"]

@@ -14,11 +14,12 @@ from helpers.crf_scenes import synthetic_scene
 pytest.importorskip("pydensecrf.densecrf")
 
 
-def test_crf_recovers_region_boundaries_better_than_argmax():
+@pytest.mark.parametrize("backend", crf.BACKENDS)
+def test_crf_recovers_region_boundaries_better_than_argmax(backend):
     image, label, probs = synthetic_scene()
     assert not image.flags.writeable
     argmax_error = np.mean(probs.argmax(axis=-1) != label)
-    marginals = crf.dense_crf(image, probs)
+    marginals = crf.dense_crf(image, probs, backend=backend)
     crf_error = np.mean(marginals.argmax(axis=-1) != label)
     assert argmax_error > 0.3
     assert crf_error < argmax_error / 5
@@ -44,12 +45,13 @@ def test_unary_is_negative_log_probability_in_pydensecrf_layout():
     assert np.isfinite(crf.unary_from_probs(np.array([[[1.0, 0.0]]]))).all()
 
 
-def test_crf_rejects_mismatched_sizes():
+@pytest.mark.parametrize("backend", crf.BACKENDS)
+def test_crf_rejects_mismatched_sizes(backend):
     image, _, probs = synthetic_scene()
     with pytest.raises(ValueError, match="size"):
-        crf.dense_crf(image[:-1], probs)
+        crf.dense_crf(image[:-1], probs, backend=backend)
     with pytest.raises(ValueError, match="RGB"):
-        crf.dense_crf(image[..., 0], probs)
+        crf.dense_crf(image[..., 0], probs, backend=backend)
 
 
 def test_flags_default_to_deeplab_values_and_build_params(capsys):
@@ -77,12 +79,16 @@ def test_missing_pydensecrf_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     image, _, probs = synthetic_scene()
     with pytest.raises(ImportError, match="pip install pydensecrf2"):
-        crf.dense_crf(image, probs)
+        crf.dense_crf(image, probs, backend="pydensecrf")
     parser = argparse.ArgumentParser()
     cli.add_crf_flags(parser)
     assert cli.crf_config(parser.parse_args([])) is None
     with pytest.raises(ValueError, match="pip install pydensecrf2.*--crf-backend tensorflow"):
-        cli.crf_config(parser.parse_args(["--crf"]))
+        cli.crf_config(parser.parse_args(["--crf", "--crf-backend", "pydensecrf"]))
+    # The default backend needs nothing more.
+    assert crf.DEFAULT_BACKEND == "tensorflow"
+    assert cli.crf_config(parser.parse_args(["--crf"])) == crf.DEFAULTS
+    assert crf.dense_crf(image, probs).shape == probs.shape
     # The TensorFlow backend needs nothing more.
     params = cli.crf_config(parser.parse_args(["--crf", "--crf-backend", "tensorflow"]))
     assert params == crf.DEFAULTS

@@ -41,10 +41,11 @@ def five_class_model(tmp_path_factory):
 
 def test_pool_matches_the_serial_crf_in_submission_order():
     jobs = scenes()
-    expected = [crf.dense_crf(image, probs, FEW_ITERATIONS).argmax(axis=2)
+    expected = [crf.dense_crf(image, probs, FEW_ITERATIONS, "pydensecrf").argmax(axis=2)
                 for image, probs in jobs]
     results, pending = [], []
-    with crf_pool.CrfPool(FEW_ITERATIONS, workers=2, max_pending=3) as pool:
+    with crf_pool.CrfPool(FEW_ITERATIONS, workers=2, max_pending=3,
+                          backend="pydensecrf") as pool:
         assert pool.start_method in ("forkserver", "spawn")
         for i, (image, probs) in enumerate(jobs):
             results += pool.submit(image, probs, "scene%d" % i, tag=i)
@@ -57,7 +58,7 @@ def test_pool_matches_the_serial_crf_in_submission_order():
         assert label.dtype == np.int32
         np.testing.assert_array_equal(label, want)
 
-    with crf_pool.CrfPool(FEW_ITERATIONS, workers=0) as serial:
+    with crf_pool.CrfPool(FEW_ITERATIONS, workers=0, backend="pydensecrf") as serial:
         image, probs = jobs[1]
         [(tag, label)] = serial.submit(image, probs, "scene1", tag="here")
         assert serial.pending == 0 and serial.start_method is None
@@ -71,7 +72,7 @@ def test_worker_exception_names_the_image(workers):
     jobs = [(image, probs, "good.jpg"), (image, small_probs, "photos/bad.jpg"),
             (small, small_probs, "after.jpg")]
     done = []
-    with crf_pool.CrfPool(FEW_ITERATIONS, workers=workers) as pool:
+    with crf_pool.CrfPool(FEW_ITERATIONS, workers=workers, backend="pydensecrf") as pool:
         # The bad job fails at once, so the error may come from any later
         # call; the good job before it is handed back first either way.
         with pytest.raises(crf_pool.CrfError) as caught:
@@ -89,7 +90,7 @@ def test_worker_exception_names_the_image(workers):
 def test_a_killed_worker_is_reported_with_the_image():
     image, _, probs = synthetic_scene(seed=3, height=400, width=400)
     before = set(multiprocessing.active_children())
-    with crf_pool.CrfPool(crf.DEFAULTS, workers=1) as pool:
+    with crf_pool.CrfPool(crf.DEFAULTS, workers=1, backend="pydensecrf") as pool:
         pool.submit(image, probs, "huge.png")
         deadline = time.time() + 30
         workers = set(multiprocessing.active_children()) - before
@@ -108,9 +109,9 @@ def test_crf_workers_flag():
     params = cli.crf_config(parser.parse_args(["--crf"]))
     assert cli.crf_config(parser.parse_args(["--crf-workers", "3"])) is None
     assert cli.crf_workers(parser.parse_args(["--crf-workers", "3"])) == 3
-    workers = cli.crf_workers(parser.parse_args(["--crf"]))
+    workers = cli.crf_workers(parser.parse_args(["--crf", "--crf-backend", "pydensecrf"]))
     assert workers == machine.available_cores()
-    pool = crf_pool.CrfPool(params, workers)
+    pool = crf_pool.CrfPool(params, workers, backend="pydensecrf")
     assert pool.workers == workers
     pool.close()
     pool = crf_pool.CrfPool(params, cli.crf_workers(
@@ -118,7 +119,9 @@ def test_crf_workers_flag():
     assert pool.workers == 0
     with pytest.raises(ValueError, match="--crf-workers must be 0"):
         cli.crf_workers(parser.parse_args(["--crf", "--crf-workers", "-1"]))
-    # The TensorFlow CRF: one thread by default, any count on request.
+    # The TensorFlow CRF, the default backend: one thread by default, any
+    # count on request.
+    assert cli.crf_workers(parser.parse_args(["--crf"])) == 1
     assert cli.crf_workers(parser.parse_args(["--crf", "--crf-backend", "tensorflow"])) == 1
     assert cli.crf_workers(parser.parse_args(
         ["--crf", "--crf-backend", "tensorflow", "--crf-workers", "0"])) == 0
@@ -135,6 +138,14 @@ def test_tensorflow_crf_on_threads_matches_the_serial_crf_in_order():
         for i, (image, probs) in enumerate(jobs):
             results += pool.submit(image, probs, "scene%d" % i, tag=i)
         results += list(pool.drain())
+        # Beside the network each thread runs a CRF of its own on one
+        # thread: one session each, one op at a time, no channel groups.
+        sessions = pool._thread_crfs
+        assert 1 <= len(sessions) <= 2 and len({id(s) for s in sessions}) == len(sessions)
+        for tf_crf in sessions:
+            assert (tf_crf._config.intra_op_parallelism_threads,
+                    tf_crf._config.inter_op_parallelism_threads, tf_crf._groups) == (1, 1, 1)
+    assert not pool._thread_crfs  # closed with the pool
     assert [tag for tag, _ in results] == list(range(len(jobs)))
     for (_, label), want in zip(results, expected):
         np.testing.assert_array_equal(label, want)

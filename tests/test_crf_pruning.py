@@ -89,7 +89,7 @@ def scene(seed=0, height=40, width=56, classes=21, temperature=0.25):
 def test_threshold_zero_is_the_unpruned_crf_exactly():
     image, _, probs = scene()
     expected = reference_crf(image, probs, UNPRUNED)
-    np.testing.assert_array_equal(crf.dense_crf(image, probs, UNPRUNED), expected)
+    np.testing.assert_array_equal(crf.dense_crf(image, probs, UNPRUNED, "pydensecrf"), expected)
 
 
 def test_folding_is_the_crf_with_the_pruned_classes_pairwise_terms_off():
@@ -99,7 +99,7 @@ def test_folding_is_the_crf_with_the_pruned_classes_pairwise_terms_off():
     assert kept.tolist() == [0, 5, 9]
     switched_off = np.isin(np.arange(21), kept)
     expected = reference_crf(image, probs, params, compat=switched_off)
-    got = crf.dense_crf(image, probs, params)
+    got = crf.dense_crf(image, probs, params, "pydensecrf")
     assert got.shape == probs.shape
     assert not got[..., ~switched_off].any()
     # Same model, the 18 pruned channels summed into one: float32 rounding.
@@ -109,8 +109,8 @@ def test_folding_is_the_crf_with_the_pruned_classes_pairwise_terms_off():
 @pytest.mark.parametrize("temperature", [0.25, 0.1])
 def test_pruned_labels_agree_with_the_unpruned_crf(temperature):
     image, label, probs = scene(seed=2, temperature=temperature)
-    full = crf.dense_crf(image, probs, UNPRUNED).argmax(-1)
-    pruned = crf.dense_crf(image, probs, crf.DEFAULTS).argmax(-1)
+    full = crf.dense_crf(image, probs, UNPRUNED, "pydensecrf").argmax(-1)
+    pruned = crf.dense_crf(image, probs, crf.DEFAULTS, "pydensecrf").argmax(-1)
     assert crf.DEFAULTS.prune_threshold > 0
     assert len(pruning.kept_classes(probs, crf.DEFAULTS.prune_threshold)) == 3
     assert np.mean(pruned == full) >= 0.999
@@ -128,12 +128,14 @@ def voc_photo(temperature):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", crf.BACKENDS)
 @pytest.mark.parametrize("temperature", [0.25, 0.1])
-def test_voc_photo_pruned_labels_agree_with_the_unpruned_crf(temperature):
+def test_voc_photo_pruned_labels_agree_with_the_unpruned_crf(temperature, backend):
+    # Against DeepLab's CRF: pydensecrf, unpruned.
     image, label, probs = voc_photo(temperature)
     assert pruning.kept_classes(probs, crf.DEFAULTS.prune_threshold).tolist() == [0, 2, 15]
-    full = crf.dense_crf(image, probs, UNPRUNED).argmax(-1)
-    pruned = crf.dense_crf(image, probs, crf.DEFAULTS).argmax(-1)
+    full = crf.dense_crf(image, probs, UNPRUNED, "pydensecrf").argmax(-1)
+    pruned = crf.dense_crf(image, probs, crf.DEFAULTS, backend).argmax(-1)
     # Measured: 99.998% at temperature 0.25, 100% at 0.1.
     assert np.mean(pruned == full) >= 0.9995
 
@@ -179,7 +181,7 @@ def test_tensorflow_pruned_equals_pydensecrf_pruned(tf_crfs):
     for seed, temperature in ((4, 0.25), (5, 0.1)):
         image, _, probs = scene(seed=seed, temperature=temperature)
         got = pruned.marginals(image, probs)
-        expected = crf.dense_crf(image, probs, crf.DEFAULTS)
+        expected = crf.dense_crf(image, probs, crf.DEFAULTS, "pydensecrf")
         assert got.shape == probs.shape
         assert not got[..., [c for c in range(21) if c not in (0, 5, 9)]].any()
         np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -195,4 +197,5 @@ def test_tensorflow_pruning_keeps_at_least_two_classes(tf_crfs):
     probs[3, 4, 12] += 0.002  # class 12 has the second largest peak
     got = pruned.marginals(image, probs)
     assert set(np.flatnonzero(got.reshape(-1, 21).max(0))) == {7, 12}
-    np.testing.assert_allclose(got, crf.dense_crf(image, probs, crf.DEFAULTS), atol=1e-5)
+    np.testing.assert_allclose(got, crf.dense_crf(image, probs, crf.DEFAULTS, "pydensecrf"),
+                               atol=1e-5)

@@ -99,6 +99,25 @@ def test_a_table_has_a_column_per_cpu_from_its_newest_record():
     assert "stale" not in text
 
 
+def test_targets_of_a_record_measured_again_are_dropped():
+    """A target a newer record no longer checks (renamed or dropped) leaves
+    the table once that record measured every figure of the older one;
+    another CPU's, and a record with figures of its own, stay."""
+    def with_targets(cpu, date, parts, targets):
+        figures = dict({part: {} for part in parts}, targets=targets)
+        return fake_record(cpu, date, figures)
+    fake = {"old": with_targets("CPU A", "2026-01-01", ["crf"], [["old target", "2x", False]]),
+            "wide": with_targets("CPU A", "2026-01-02", ["crf", "train"],
+                                 [["train target", "0.9x", True]]),
+            "new": with_targets("CPU A", "2026-01-03", ["crf"], [["new target", "4x", True]]),
+            "b": with_targets("CPU B", "2026-01-01", ["crf"], [["old target", "2x", False]])}
+    assert figure_renderers.superseded(fake) == {"old"}
+    body, used = figure_renderers.targets(fake)
+    assert used == ["b", "new", "wide"]
+    assert "| old target | - | **MISSED**: 2x |" in body
+    assert "| new target | met: 4x | - |" in body and "| train target | met: 0.9x | - |" in body
+
+
 def test_training_against_the_peer_gives_the_ratio():
     figures = inference_figures(2.0, 2.5)
     figures["peer"]["train"] = {"fp32": {"seconds": 20.0, "peak_gib": 4.5}}

@@ -51,7 +51,7 @@ from deeplab_resnet.crf import backend_pydensecrf
 from deeplab_resnet.crf.backend_pydensecrf import (  # noqa: F401 (the public names)
     INSTALL_HINT, require_pydensecrf, unary_from_probs)
 from deeplab_resnet.crf.params import (  # noqa: F401
-    BACKENDS, DEFAULTS, PROB_EPSILON, CrfConfig, check_inputs)
+    BACKENDS, DEFAULT_BACKEND, DEFAULTS, PROB_EPSILON, CrfConfig, check_inputs)
 
 # The TensorFlow CRF of each parameter set, built once per process (the
 # lock: CrfPool's threads may ask for it at once).
@@ -59,7 +59,7 @@ _TENSORFLOW_CRFS = {}
 _TENSORFLOW_CRFS_LOCK = threading.Lock()
 
 
-def dense_crf(image, probs, params=DEFAULTS, backend="pydensecrf"):
+def dense_crf(image, probs, params=DEFAULTS, backend=DEFAULT_BACKEND):
     """Mean-field inference of the dense CRF on one image.
 
     Args:
@@ -89,11 +89,16 @@ def dense_crf(image, probs, params=DEFAULTS, backend="pydensecrf"):
     return backend_pydensecrf.marginals(image, probs, params)
 
 
-def crf_labels(image, probs, params=DEFAULTS, backend="pydensecrf"):
+def crf_labels(image, probs, params=DEFAULTS, backend=DEFAULT_BACKEND):
     """Class ids after the CRF: the argmax of ``dense_crf``'s marginals.
 
     Returns:
       int32 array [H, W]. This is what ``CrfPool`` workers compute and send
       back (a quarter of the int64 argmax, a C-th of the marginals).
     """
-    return dense_crf(image, probs, params, backend).argmax(axis=2).astype(np.int32)
+    return labels_of(dense_crf(image, probs, params, backend))
+
+
+def labels_of(marginals):
+    """int32 [H, W] class ids: the argmax of [H, W, C] marginals."""
+    return marginals.argmax(axis=2).astype(np.int32)

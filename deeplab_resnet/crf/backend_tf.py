@@ -6,10 +6,19 @@ the reference): ``Q = softmax(-unary)``, then ``iterations`` times ``Q =
 softmax(-unary + sum_k w_k * K_sym_k(Q))``, everything in float32, with a
 Gaussian kernel over position and a bilateral one over position and colour.
 
-The class channels of the bilateral kernel are split into groups that the
-session runs side by side (the sparse product is single-threaded), and the
-two kernels run side by side too. This costs ~15% more CPU (each group pays
-the per-entry overhead) for up to twice the throughput on idle cores.
+The two kernels, their lattice builds and their filters, run side by side
+on the session's inter-op threads; each op runs on one thread (the sparse
+products are single-threaded anyway, and a second intra-op thread only
+added CPU). The unpruned CRF also splits the bilateral kernel's 21 class
+channels into groups that run side by side: ~15-25% more CPU (each group
+pays the per-entry overhead) for a quarter less time on idle cores. The
+pruned CRF, the default, filters a few channels, too few to pay for that.
+Measured on the VOC sample photo (375x500, 3 classes kept; Zen 5 EPYC, 2
+cores): one intra-op thread, no groups, 0.37 s and 0.53 CPU-seconds; two
+intra-op threads and two groups, 0.35 s and 0.62 CPU-seconds. Beside the
+network in evaluate.py every CPU-second counts: there the former made the
+TensorFlow CRF faster end to end than pydensecrf on two worker processes,
+and the latter slower.
 
 It runs in a graph and session of its own, and takes TensorFlow from
 ``runtime`` like every graph builder.
@@ -144,7 +153,15 @@ def _messages(image, height, width, params, channel_groups):
     return messages
 
 
-def dense_crf_graph(image, probs, params, channel_groups=2):
+def default_channel_groups(params):
+    """Groups of the bilateral kernel's class channels (see the module doc):
+    up to two, one per core, for the unpruned CRF; one for the pruned."""
+    if params.prune_threshold > 0:
+        return 1
+    return max(1, min(2, available_cores()))
+
+
+def dense_crf_graph(image, probs, params, channel_groups=None):
     """Mean-field inference of the dense CRF, as graph ops on one image.
 
     With ``params.prune_threshold`` > 0 the classes are pruned in the graph
@@ -160,10 +177,12 @@ def dense_crf_graph(image, probs, params, channel_groups=2):
         while building the graph.
       channel_groups: the bilateral kernel filters the classes in this many
         groups that run in parallel (its sparse products are single-threaded);
-        1 for a single chain. It does not change the result.
+        1 for a single chain; default ``default_channel_groups``. It does not
+        change the result.
     Returns:
       float32 [H, W, C] marginals (argmax them for labels).
     """
+    channel_groups = channel_groups or default_channel_groups(params)
     with tf.name_scope("dense_crf"):
         probs = tf.convert_to_tensor(probs, tf.float32)
         shape = tf.shape(probs)
@@ -205,13 +224,13 @@ def dense_crf_graph(image, probs, params, channel_groups=2):
 def crf_session_config(threads=None):
     """``runtime.session_config`` as the CRF graph wants it.
 
-    One intra-op and one inter-op thread per core: the sparse products are
-    single-threaded, so the parallelism comes from running them side by
-    side. Grappler is switched off: it finds nothing to speed up in this
+    One inter-op thread per core (or ``threads``) and one intra-op thread:
+    the parallelism comes from running ops side by side (see the module
+    doc). Grappler is switched off: it finds nothing to speed up in this
     graph (measured: same time per image) but its first pass took ~1.5 s.
     """
     threads = threads or available_cores()
-    config = runtime.session_config(threads, threads)
+    config = runtime.session_config(1, threads)
     config.graph_options.rewrite_options.disable_meta_optimizer = True
     return config
 
@@ -229,15 +248,15 @@ class TensorFlowCrf(object):
       params: object with iterations, pos_w, pos_xy_std, bi_w, bi_xy_std,
         bi_rgb_std, prune_threshold (the project's CrfConfig).
       num_classes: optional class count to build the graph for now.
-      session_config: tf.ConfigProto; default one thread per core.
-      channel_groups: see ``dense_crf_graph``; default the core count.
+      session_config: tf.ConfigProto; default ``crf_session_config()``.
+      channel_groups: see ``dense_crf_graph``.
     """
 
     def __init__(self, params, num_classes=None, session_config=None,
                  channel_groups=None):
         self.params = params
         self._config = session_config or crf_session_config()
-        self._groups = channel_groups or max(1, min(2, available_cores()))
+        self._groups = channel_groups or default_channel_groups(params)
         self._graphs = {}
         if num_classes:
             self._graph_for(num_classes)

@@ -22,7 +22,7 @@ import numpy as np
 
 from deeplab_resnet import checkpoints, distributed, files, metrics
 from deeplab_resnet.progress import Progress
-from deeplab_resnet.crf.params import CrfConfig
+from deeplab_resnet.crf.params import DEFAULT_BACKEND, CrfConfig
 from deeplab_resnet.crf.pool import CrfPool
 from deeplab_resnet.data.lists import read_labeled_image_list
 from deeplab_resnet.data.reader import EvaluationReader
@@ -46,7 +46,7 @@ class CrfStage:
       the network; 0: in this process, between images.
     """
     params: CrfConfig
-    backend: str = "pydensecrf"
+    backend: str = DEFAULT_BACKEND
     workers: int = 0
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from deeplab_resnet import files
 from deeplab_resnet.progress import Progress
+from deeplab_resnet.crf.params import DEFAULT_BACKEND
 from deeplab_resnet.crf.pool import CrfPool
 from deeplab_resnet.data.reader import load_image
 from deeplab_resnet.evaluation.predict import Segmenter
@@ -166,7 +167,7 @@ def write_outputs(image, label, outputs, overlay_alpha=0.5):
 
 def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
                    overlay_format=None, overlay_alpha=0.5, predict=None, crf=None,
-                   crf_workers=0, crf_backend="pydensecrf", intra_op_threads=0,
+                   crf_workers=0, crf_backend=DEFAULT_BACKEND, intra_op_threads=0,
                    inter_op_threads=0, max_size=None):
     """Segment every photo the inputs name and write its outputs to ``save_dir``.
 
