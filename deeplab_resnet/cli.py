@@ -294,13 +294,13 @@ def add_crf_flags(parser, runtime=True):
                             "processes). The same model: labels agree "
                             "(default: %(default)s).")
     group.add_argument("--crf-workers", type=int, default=None,
-                       help="Processes (pydensecrf) or threads of this process "
-                            "(tensorflow) running the CRF while the network goes "
-                            "on with the next images; results keep the input "
-                            "order and are the same for any count. 0 runs it "
-                            "in the main process between images (default: one "
-                            "per available core for pydensecrf, 1 for "
-                            "tensorflow).")
+                       help="Threads of this process (tensorflow) or processes "
+                            "(pydensecrf) running the CRF while the network goes "
+                            "on with the next images, one image each on one core; "
+                            "results keep the input order and are the same for "
+                            "any count. 0 runs it in the main process between "
+                            "images, on every core (default: one per available "
+                            "core).")
 
 
 def crf_config(args):
@@ -360,17 +360,15 @@ def check_writable_file(path, flag):
 
 
 def crf_workers(args):
-    """--crf-workers: by default one process per core for pydensecrf, one
-    thread for the TensorFlow CRF (its session's threads use the cores).
+    """--crf-workers: by default one per core, processes for pydensecrf,
+    threads for the TensorFlow CRF (each running one image on one core).
 
     Raises:
       ValueError: a negative count.
     """
-    from deeplab_resnet import crf
     workers = args.crf_workers
     if workers is None:
-        tensorflow = getattr(args, "crf_backend", crf.DEFAULT_BACKEND) == "tensorflow"
-        workers = 1 if tensorflow else available_cores()
+        workers = available_cores()
     if workers < 0:
         raise ValueError("--crf-workers must be 0 (CRF in the main process) or "
                          "more, got %d." % workers)

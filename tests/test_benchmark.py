@@ -262,16 +262,16 @@ def crf_report(pydensecrf_s=2.5, tensorflow_s=2.0, pruned_s=0.8):
 def test_crf_table_and_targets():
     result = {"machine": "test", "crf": crf_report()}
     default = crf_eval.default_crf_workers("pydensecrf")
-    assert crf_eval.default_crf_workers("tensorflow") == 1
+    assert crf_eval.default_crf_workers("tensorflow") == default
     result["crf"]["evaluate"] = {"images": 10, "size": "375x500", "runs": [
         {"dtype": "fp32", "backend": None, "workers": 0, "prune_threshold": None,
          "seconds": 0.8},
         {"dtype": "fp32", "backend": "pydensecrf", "workers": default,
          "prune_threshold": 0.05, "seconds": 1.0},
-        {"dtype": "fp32", "backend": "tensorflow", "workers": 1, "prune_threshold": 0.05,
-         "seconds": 0.9},
-        {"dtype": "bf16", "backend": "tensorflow", "workers": 1, "prune_threshold": 0.05,
-         "seconds": 4.0},
+        {"dtype": "fp32", "backend": "tensorflow", "workers": default,
+         "prune_threshold": 0.05, "seconds": 0.9},
+        {"dtype": "bf16", "backend": "tensorflow", "workers": default,
+         "prune_threshold": 0.05, "seconds": 4.0},
         {"dtype": "bf16", "backend": "pydensecrf", "workers": 1, "prune_threshold": 0.05,
          "seconds": 8.4}]}
     result["targets"] = report.check_targets(result)

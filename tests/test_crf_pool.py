@@ -119,10 +119,11 @@ def test_crf_workers_flag():
     assert pool.workers == 0
     with pytest.raises(ValueError, match="--crf-workers must be 0"):
         cli.crf_workers(parser.parse_args(["--crf", "--crf-workers", "-1"]))
-    # The TensorFlow CRF, the default backend: one thread by default, any
-    # count on request.
-    assert cli.crf_workers(parser.parse_args(["--crf"])) == 1
-    assert cli.crf_workers(parser.parse_args(["--crf", "--crf-backend", "tensorflow"])) == 1
+    # The TensorFlow CRF, the default backend: one thread per core by
+    # default, any count on request.
+    assert cli.crf_workers(parser.parse_args(["--crf"])) == machine.available_cores()
+    assert cli.crf_workers(parser.parse_args(
+        ["--crf", "--crf-backend", "tensorflow", "--crf-workers", "1"])) == 1
     assert cli.crf_workers(parser.parse_args(
         ["--crf", "--crf-backend", "tensorflow", "--crf-workers", "0"])) == 0
 

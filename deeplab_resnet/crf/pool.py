@@ -7,8 +7,11 @@ session of its own with one thread (``backend_tf.crf_session_config(1)``):
 beside the network every CPU-second counts, and running the CRF's two
 kernels side by side, as a CRF alone on the machine does, cost more of them.
 Measured in evaluate.py on 20 generated 500x375 images (Zen 5 EPYC, 2
-cores, fp32): 0.97-0.98 s/image with one thread, 1.04-1.05 with the
-standalone session, pydensecrf on two processes 1.05-1.08.
+cores, fp32, one CRF thread): 0.97-0.98 s/image with a one-thread session,
+1.04-1.05 with the standalone one, pydensecrf on two processes 1.05-1.08.
+With --bf16 the CRF is the slower stage, and one CRF thread left a core to
+the network's short steps: 1.07-1.08 s/image, against 0.82-0.90 with a
+thread per core and pydensecrf's 0.77-0.82; hence a thread per core.
 
 The CRF itself needs numpy only (this module and ``crf``). Worker processes also
 re-import the main script, as Python does for every forkserver or spawn
