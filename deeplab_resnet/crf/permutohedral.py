@@ -327,8 +327,8 @@ def _lookup(table, query, start):
 
 
 def _columns(vectors):
-    """Vectors as the columns of a matrix (cheaper than tf.stack(axis=1) here)."""
-    return tf.transpose(tf.stack(vectors))
+    """Vectors as the columns of a matrix."""
+    return tf.stack(vectors, axis=1)
 
 
 class _SparseMatrix(object):
@@ -366,7 +366,7 @@ class LatticeOperators(object):
         # Slice entries pixel-major: each output row is finished at once.
         self.slice_indices = _columns(
             [tf.reshape(tf.tile(pixels[:, None], [1, d + 1]), [-1]),
-             tf.reshape(tf.transpose(lattice.offsets), [-1])])
+             tf.reshape(tf.stack(tf.unstack(lattice.offsets, d + 1), axis=1), [-1])])
         # Directions 0, 1, .., d in turn, as the reference.
         self.blurs = [self._blur_matrix(j) for j in range(d + 1)]
 
