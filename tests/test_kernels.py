@@ -187,6 +187,21 @@ def test_start_up_prints_none_of_tensorflows_chatter():
     assert "oneDNN custom operations" not in done.stderr
 
 
+def test_the_default_crf_prints_nothing_of_tensorflows():
+    """oneDNN's rewrite of an int32 Transpose said "oneDNN supports DT_INT32
+    only on platforms with AVX-512" on the first TensorFlow CRF of every
+    process (the lattice's index columns; now stacked)."""
+    env = dict(clean_environment(), TF_ENABLE_ONEDNN_OPTS="1")
+    done = run_python("import numpy as np\nfrom deeplab_resnet import crf\n"
+                      "rng = np.random.RandomState(0)\n"
+                      "probs = rng.dirichlet(np.ones(4), size=(12, 16)).astype(np.float32)\n"
+                      "image = rng.randint(0, 256, (12, 16, 3)).astype(np.uint8)\n"
+                      "print(crf.dense_crf(image, probs).shape)\n", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-3:] == ["(12,", "16,", "4)"]
+    assert done.stderr == ""
+
+
 def _parallel_sleeps(config, count=4, seconds=0.5):
     """Wall time of ``count`` independent ``seconds``-long sleeps in one
     session run: they overlap only as far as its inter-op pool allows."""
