@@ -186,6 +186,11 @@ def test_tensorflow_pruned_equals_pydensecrf_pruned(tf_crfs):
         assert not got[..., [c for c in range(21) if c not in (0, 5, 9)]].any()
         np.testing.assert_allclose(got, expected, atol=1e-5)
         assert np.mean(got.argmax(-1) == full.marginals(image, probs).argmax(-1)) >= 0.999
+        # Labels taken in the graph, over the kept classes: the marginals' argmax.
+        for tf_crf in tf_crfs:
+            labels = tf_crf.labels(image, probs)
+            assert labels.dtype == np.int32
+            np.testing.assert_array_equal(labels, tf_crf.marginals(image, probs).argmax(-1))
 
 
 def test_tensorflow_pruning_keeps_at_least_two_classes(tf_crfs):

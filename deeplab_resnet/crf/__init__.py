@@ -78,27 +78,38 @@ def dense_crf(image, probs, params=DEFAULTS, backend=DEFAULT_BACKEND):
     """
     image, probs = check_inputs(image, probs)
     if backend == "tensorflow":
-        from deeplab_resnet.crf import backend_tf
-        with _TENSORFLOW_CRFS_LOCK:
-            if params not in _TENSORFLOW_CRFS:
-                _TENSORFLOW_CRFS[params] = backend_tf.TensorFlowCrf(params)
-        return _TENSORFLOW_CRFS[params].marginals(image, probs)
-    if backend != "pydensecrf":
-        raise ValueError("Unknown CRF backend %r; choose from %s."
-                         % (backend, ", ".join(BACKENDS)))
-    return backend_pydensecrf.marginals(image, probs, params)
+        return _tensorflow_crf(params).marginals(image, probs)
+    return backend_pydensecrf.marginals(image, probs, _checked(backend, params))
 
 
 def crf_labels(image, probs, params=DEFAULTS, backend=DEFAULT_BACKEND):
-    """Class ids after the CRF: the argmax of ``dense_crf``'s marginals.
+    """Class ids after the CRF: the argmax of ``dense_crf``'s marginals (the
+    TensorFlow CRF takes it in its graph, without making them).
 
     Returns:
       int32 array [H, W]. This is what ``CrfPool`` workers compute and send
       back (a quarter of the int64 argmax, a C-th of the marginals).
     """
-    return labels_of(dense_crf(image, probs, params, backend))
-
-
-def labels_of(marginals):
-    """int32 [H, W] class ids: the argmax of [H, W, C] marginals."""
+    image, probs = check_inputs(image, probs)
+    if backend == "tensorflow":
+        return _tensorflow_crf(params).labels(image, probs)
+    marginals = backend_pydensecrf.marginals(image, probs, _checked(backend, params))
     return marginals.argmax(axis=2).astype(np.int32)
+
+
+def _tensorflow_crf(params):
+    """The process's ``backend_tf.TensorFlowCrf`` for these parameters."""
+    from deeplab_resnet.crf import backend_tf
+    with _TENSORFLOW_CRFS_LOCK:
+        if params not in _TENSORFLOW_CRFS:
+            _TENSORFLOW_CRFS[params] = backend_tf.TensorFlowCrf(params)
+        return _TENSORFLOW_CRFS[params]
+
+
+def _checked(backend, params):
+    """``params`` for pydensecrf, or the error for a backend that is neither."""
+    if backend != "pydensecrf":
+        raise ValueError("Unknown CRF backend %r; choose from %s."
+                         % (backend, ", ".join(BACKENDS)))
+    return params
+

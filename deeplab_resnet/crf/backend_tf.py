@@ -182,6 +182,15 @@ def dense_crf_graph(image, probs, params, channel_groups=None):
     Returns:
       float32 [H, W, C] marginals (argmax them for labels).
     """
+    return crf_outputs(image, probs, params, channel_groups)[0]
+
+
+def crf_outputs(image, probs, params, channel_groups=None):
+    """(marginals, labels) of one mean field: ``dense_crf_graph``'s marginals,
+    and int32 [H, W] labels, their argmax, taken over the kept classes
+    before the pruned ones are put back (the lower class on a tie, as the
+    argmax of the marginals), so that a caller who wants labels only never
+    makes the [H, W, C] marginals."""
     channel_groups = channel_groups or default_channel_groups(params)
     with tf.name_scope("dense_crf"):
         probs = tf.convert_to_tensor(probs, tf.float32)
@@ -216,9 +225,11 @@ def dense_crf_graph(image, probs, params, channel_groups=None):
             _, q = tf.while_loop(lambda i, q: i < params.iterations, step,
                                  [tf.constant(0), q], parallel_iterations=1,
                                  name="mean_field")
+        labels = tf.argmax(q, 1, output_type=tf.int32)
         if kept is not None:
+            labels = tf.gather(kept, labels)
             q = _restore_classes(q, kept, classes)
-        return tf.reshape(q, shape)
+        return tf.reshape(q, shape), tf.reshape(labels, shape[:2])
 
 
 def crf_session_config(threads=None):
@@ -267,10 +278,10 @@ class TensorFlowCrf(object):
             with graph.as_default():
                 image = tf.placeholder(tf.uint8, [None, None, 3], name="image")
                 probs = tf.placeholder(tf.float32, [None, None, classes], name="probs")
-                marginals = dense_crf_graph(image, probs, self.params, self._groups)
+                outputs = crf_outputs(image, probs, self.params, self._groups)
             graph.finalize()
             session = tf.Session(graph=graph, config=self._config)
-            self._graphs[classes] = (session, image, probs, marginals)
+            self._graphs[classes] = (session, image, probs, outputs)
         return self._graphs[classes]
 
     def marginals(self, image, probs):
@@ -285,11 +296,19 @@ class TensorFlowCrf(object):
           ValueError: image and probabilities of different sizes, or an
             image that is not RGB.
         """
+        return self._run(image, probs, 0)
+
+    def labels(self, image, probs):
+        """int32 [H, W] labels of one image, the argmax of ``marginals``
+        without making them. Arguments and errors as ``marginals``."""
+        return self._run(image, probs, 1)
+
+    def _run(self, image, probs, output):
         image, probs = check_inputs(image, probs)
         probs = probs.astype(np.float32, copy=False)
-        session, image_ph, probs_ph, marginals = self._graph_for(probs.shape[2])
-        return session.run(marginals, {image_ph: image.astype(np.uint8, copy=False),
-                                       probs_ph: probs})
+        session, image_ph, probs_ph, outputs = self._graph_for(probs.shape[2])
+        return session.run(outputs[output], {image_ph: image.astype(np.uint8, copy=False),
+                                             probs_ph: probs})
 
     def close(self):
         for session, _, _, _ in self._graphs.values():

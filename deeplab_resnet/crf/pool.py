@@ -26,7 +26,7 @@ import signal
 import threading
 from concurrent.futures.process import BrokenProcessPool
 
-from deeplab_resnet.crf import DEFAULT_BACKEND, crf_labels, labels_of
+from deeplab_resnet.crf import DEFAULT_BACKEND, crf_labels
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class CrfPool(object):
                 self.params, session_config=backend_tf.crf_session_config(1),
                 channel_groups=1)
             self._thread_crfs.append(crf)
-        return labels_of(crf.marginals(image, probs))
+        return crf.labels(image, probs)
 
     def drain(self):
         """Yield (tag, label) for every job still queued, in order."""
