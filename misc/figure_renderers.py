@@ -295,7 +295,18 @@ def _crf_variants(f):
 
 
 def crf_table(records):
-    return _per_cpu(records, lambda f: "variants" in (f.get("crf") or {}), _crf_variants)
+    """Per CPU, the newest record of each CRF input (the VOC sample photo,
+    the benchmark's generated one), VOC sample first."""
+    newest = {}
+    for name, record in records.items():  # oldest first
+        crf = record["figures"].get("crf") or {}
+        if record["kind"] == "benchmark" and default_kernels(record) and "variants" in crf:
+            generated = crf["input"].startswith("a generated")
+            newest[(record["machine"]["cpu"], generated)] = (name, record)
+    chosen = [newest[key] for key in sorted(newest)]
+    parts = ["%s:\n\n%s" % (record["machine"]["cpu"], _crf_variants(record["figures"]))
+             for _, record in chosen]
+    return "\n\n".join(parts), [name for name, _ in chosen]
 
 
 def _crf_evaluate(f):
@@ -330,7 +341,20 @@ def _crf_pruning(f):
 
 
 def crf_pruning(records):
-    return _per_cpu(records, lambda f: "pruning" in (f.get("crf") or {}), _crf_pruning)
+    """Per CPU, the newest record with the most data sets (a run without
+    --voc-sample has the demo's images only)."""
+    best = {}
+    for name, record in records.items():  # oldest first
+        pruning = (record["figures"].get("crf") or {}).get("pruning")
+        if record["kind"] != "benchmark" or not default_kernels(record) or not pruning:
+            continue
+        cpu = record["machine"]["cpu"]
+        if cpu not in best or len(pruning["datasets"]) >= len(
+                best[cpu][1]["figures"]["crf"]["pruning"]["datasets"]):
+            best[cpu] = (name, record)
+    chosen = [best[cpu] for cpu in sorted(best)]
+    return "\n\n".join("%s:\n\n%s" % (record["machine"]["cpu"], _crf_pruning(record["figures"]))
+                       for _, record in chosen), [name for name, _ in chosen]
 
 
 # ---------------------------------------------------------------- targets

@@ -118,6 +118,34 @@ def test_targets_of_a_record_measured_again_are_dropped():
     assert "| new target | met: 4x | - |" in body and "| train target | met: 0.9x | - |" in body
 
 
+def crf_figures(source, seconds, datasets):
+    variant = {"seconds": seconds, "classes_kept": 3, "label_agreement": 1.0}
+    pruned = {"0.05": {"classes_kept_mean": 3.0, "label_agreement": 1.0,
+                       "worst_image_agreement": 1.0, "miou_change_pp": 0.0}}
+    return {"crf": {"size": "375x500", "classes": 21, "iterations": 10, "input": source,
+                    "prune_threshold": 0.05, "variants": {"tensorflow_pruned": variant},
+                    "fresh_process": {}, "network_s": {},
+                    "pruning": {"datasets": {name: {"images": 1, "pruned": pruned}
+                                             for name in datasets}}}}
+
+
+def test_crf_tables_keep_each_input_and_the_widest_pruning_study():
+    """A run on the benchmark's generated photo after one on the VOC sample
+    adds a table beside the VOC one, and leaves the pruning table to the run
+    that also measured the VOC sample."""
+    voc = crf_figures("VOC sample x.jpg", 0.35, ["demo val", "VOC sample"])
+    fake = {"old-voc": fake_record("CPU A", "2026-01-01", crf_figures("VOC sample x.jpg", 0.9,
+                                                                       ["demo val", "VOC sample"])),
+            "voc": fake_record("CPU A", "2026-01-02", voc),
+            "generated": fake_record("CPU A", "2026-01-03", crf_figures(
+                "a generated photo-like scene", 0.38, ["demo val"]))}
+    body, used = figure_renderers.crf_table(fake)
+    assert used == ["voc", "generated"]
+    assert body.index("0.350 s") < body.index("0.380 s") and "0.900 s" not in body
+    body, used = figure_renderers.crf_pruning(fake)
+    assert used == ["voc"] and "| VOC sample (1) | 0.05 |" in body
+
+
 def test_training_against_the_peer_gives_the_ratio():
     figures = inference_figures(2.0, 2.5)
     figures["peer"]["train"] = {"fp32": {"seconds": 20.0, "peak_gib": 4.5}}

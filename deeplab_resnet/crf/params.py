@@ -10,9 +10,9 @@ import numpy as np
 
 BACKENDS = ("pydensecrf", "tensorflow")
 # Chosen from measurements (docs/speed.md, "The dense CRF"): the pruned CRF
-# in TensorFlow uses both cores on one image, 1.5x pydensecrf's speed, and
-# beside the network in evaluate.py it costs fewer CPU-seconds per image than
-# pydensecrf's worker processes; its labels equal pydensecrf's.
+# in TensorFlow uses every core on one image, the only default that was 3x
+# DeepLab's CRF in every run, and in evaluate.py it was as fast as
+# pydensecrf's worker processes or faster; its labels equal pydensecrf's.
 DEFAULT_BACKEND = "tensorflow"
 # Probabilities are clipped before the log so that a confident 0 from the
 # softmax is a large but finite energy.
