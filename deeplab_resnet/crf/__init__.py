@@ -112,4 +112,3 @@ def _checked(backend, params):
         raise ValueError("Unknown CRF backend %r; choose from %s."
                          % (backend, ", ".join(BACKENDS)))
     return params
-
