@@ -60,16 +60,16 @@ def main(argv=None):
     metrics.check_confusion_path(args.save_confusion)
     if args.save_confusion:
         cli.check_writable_file(args.save_confusion, "--save-confusion")
-    crf = cli.crf_config(args)
+    crf = cli.crf_stage(args)
     from deeplab_resnet import distributed
-    from deeplab_resnet.evaluation.evaluate import CrfStage, EvalRuntime, evaluate
+    from deeplab_resnet.evaluation.evaluate import EvalRuntime, evaluate
     task = distributed.task_from_env()
     data = EvalDataConfig(args.data_dir, args.data_list, num_classes=args.num_classes,
                           ignore_label=args.ignore_label, label_map=args.label_map,
                           num_images=args.num_steps)
     confusion = evaluate(
         data, args.restore_from, predict=cli.predict_config(args),
-        crf=CrfStage(crf, args.crf_backend, cli.crf_workers(args)) if crf else None,
+        crf=crf,
         runtime=EvalRuntime(*cli.threads(args)), save_dir=args.save_dir, task=task)
     if task is not None and not task.is_chief:
         return 0

@@ -157,14 +157,13 @@ def get_arguments(argv=None):
 def main(argv=None):
     args = get_arguments(argv)
     cli.setup_logging()
-    crf = cli.crf_config(args)
+    crf = cli.crf_stage(args)
     from deeplab_resnet.evaluation.inference import segment_photos
     segmented, failures = segment_photos(
         args.inputs, args.restore_from, num_classes=args.num_classes,
         save_dir=args.save_dir, save_raw=args.save_raw,
         overlay_format=(args.overlay_format or "png") if args.overlay else None,
         overlay_alpha=args.overlay_alpha, predict=cli.predict_config(args), crf=crf,
-        crf_workers=cli.crf_workers(args) if crf else 0, crf_backend=args.crf_backend,
         intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads,
         max_size=args.max_size)
     log.info("segmented %d of %d images into %s", segmented,

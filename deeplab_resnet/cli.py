@@ -325,6 +325,17 @@ def crf_config(args):
     return params
 
 
+def crf_stage(args):
+    """``crf.CrfStage`` from ``add_crf_flags`` flags (the CRF, its backend and
+    workers), or None without --crf. Raises as ``crf_config`` and
+    ``crf_workers``."""
+    params = crf_config(args)
+    if params is None:
+        return None
+    from deeplab_resnet import crf
+    return crf.CrfStage(params, args.crf_backend, crf_workers(args))
+
+
 def predict_config(args):
     """``predict.PredictConfig`` from ``add_prediction_flags`` flags.
 

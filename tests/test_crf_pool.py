@@ -124,6 +124,13 @@ def test_crf_workers_flag():
     assert cli.crf_workers(parser.parse_args(["--crf"])) == machine.available_cores()
     assert cli.crf_workers(parser.parse_args(
         ["--crf", "--crf-backend", "tensorflow", "--crf-workers", "1"])) == 1
+    # What evaluate.py and inference.py pass on: the CRF, its backend, its workers.
+    assert cli.crf_stage(parser.parse_args(["--crf-workers", "3"])) is None
+    stage = cli.crf_stage(parser.parse_args(["--crf", "--crf-workers", "3", "--crf-iters", "4"]))
+    assert stage == crf.CrfStage(crf.CrfConfig(iterations=4), "tensorflow", 3)
+    with crf_pool.CrfPool.for_stage(stage) as pool:
+        assert (pool.params, pool.backend, pool.workers) == (stage.params, "tensorflow", 3)
+    assert crf_pool.CrfPool.for_stage(None) is None
     assert cli.crf_workers(parser.parse_args(
         ["--crf", "--crf-backend", "tensorflow", "--crf-workers", "0"])) == 0
 

@@ -51,7 +51,7 @@ from deeplab_resnet.crf import backend_pydensecrf
 from deeplab_resnet.crf.backend_pydensecrf import (  # noqa: F401 (the public names)
     INSTALL_HINT, require_pydensecrf, unary_from_probs)
 from deeplab_resnet.crf.params import (  # noqa: F401
-    BACKENDS, DEFAULT_BACKEND, DEFAULTS, PROB_EPSILON, CrfConfig, check_inputs)
+    BACKENDS, DEFAULT_BACKEND, DEFAULTS, PROB_EPSILON, CrfConfig, CrfStage, check_inputs)
 
 # The TensorFlow CRF of each parameter set, built once per process (the
 # lock: CrfPool's threads may ask for it at once).

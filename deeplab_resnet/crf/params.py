@@ -82,6 +82,21 @@ class CrfConfig(object):
 DEFAULTS = CrfConfig()
 
 
+@dataclasses.dataclass(frozen=True)
+class CrfStage(object):
+    """The dense CRF on each prediction of evaluate.py or inference.py, and
+    where it runs (``pool.CrfPool``).
+
+    params: ``CrfConfig``.
+    backend: 'tensorflow' or 'pydensecrf' (``crf.dense_crf``).
+    workers: threads ('tensorflow') or processes running the CRF beside
+      the network; 0: in the calling process, between images.
+    """
+    params: CrfConfig
+    backend: str = DEFAULT_BACKEND
+    workers: int = 0
+
+
 def check_inputs(image, probs):
     """(image, probs) as arrays, checked to be an RGB image and its probabilities.
 

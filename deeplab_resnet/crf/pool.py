@@ -103,6 +103,13 @@ class CrfPool(object):
                 workers, mp_context=context, initializer=_ignore_sigint)
             log.info("CRF on %d worker processes (%s)", workers, self.start_method)
 
+    @classmethod
+    def for_stage(cls, stage):
+        """The pool of a ``params.CrfStage``, or None for None (no CRF)."""
+        if stage is None:
+            return None
+        return cls(stage.params, stage.workers, backend=stage.backend)
+
     @property
     def pending(self):
         """Jobs submitted and not yet handed back."""

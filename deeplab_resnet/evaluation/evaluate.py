@@ -12,7 +12,7 @@ that of one process scoring the whole list.
 
 ``evaluate`` takes its settings in parts: the data
 (``data.config.EvalDataConfig``), the prediction (``predict.PredictConfig``),
-the CRF (``CrfStage``) and the runtime (``EvalRuntime``).
+the CRF (``crf.CrfStage``) and the runtime (``EvalRuntime``).
 """
 import dataclasses
 import logging
@@ -22,7 +22,6 @@ import numpy as np
 
 from deeplab_resnet import checkpoints, distributed, files, metrics
 from deeplab_resnet.progress import Progress
-from deeplab_resnet.crf.params import DEFAULT_BACKEND, CrfConfig
 from deeplab_resnet.crf.pool import CrfPool
 from deeplab_resnet.data.lists import read_labeled_image_list
 from deeplab_resnet.data.reader import EvaluationReader
@@ -34,20 +33,6 @@ log = logging.getLogger(__name__)
 
 # Progress is logged every this many images, and after the last.
 LOG_EVERY = 100
-
-
-@dataclasses.dataclass(frozen=True)
-class CrfStage:
-    """The dense CRF on each prediction, and where it runs.
-
-    params: ``crf.CrfConfig``.
-    backend: 'pydensecrf' or 'tensorflow' (``crf.dense_crf``).
-    workers: processes (threads for 'tensorflow') running the CRF beside
-      the network; 0: in this process, between images.
-    """
-    params: CrfConfig
-    backend: str = DEFAULT_BACKEND
-    workers: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +98,7 @@ def evaluate(data, weights, *, predict=None, crf=None, runtime=None, save_dir=No
       weights: .npz, checkpoint prefix or directory (``checkpoints``).
       predict: ``predict.PredictConfig`` (scales, flip, bf16); None for one
         scale, no flip, float32.
-      crf: ``CrfStage`` to refine each prediction, or None.
+      crf: ``crf.CrfStage`` to refine each prediction, or None.
       runtime: ``EvalRuntime`` (None: its defaults).
       save_dir: write each prediction as ``<save_dir>/<image name>.png``.
       on_image: called as ``on_image(step, path, pred)`` after each image
@@ -143,8 +128,7 @@ def evaluate(data, weights, *, predict=None, crf=None, runtime=None, save_dir=No
         check_save_dir(reader, save_dir)
     scorer = _Scorer(data, save_dir, on_image, None if quiet else LOG_EVERY)
     # Before the graph: CRF workers start while it is built.
-    crf_pool = (CrfPool(crf.params, crf.workers, backend=crf.backend) if crf is not None
-                else None)
+    crf_pool = CrfPool.for_stage(crf)
     try:
         net, prediction = predict.build(reader.image, data.num_classes, config)
         fetches = _fetches(reader, prediction, with_crf=crf is not None)

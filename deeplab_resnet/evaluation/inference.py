@@ -18,7 +18,6 @@ from PIL import Image
 
 from deeplab_resnet import files
 from deeplab_resnet.progress import Progress
-from deeplab_resnet.crf.params import DEFAULT_BACKEND
 from deeplab_resnet.crf.pool import CrfPool
 from deeplab_resnet.data.reader import load_image
 from deeplab_resnet.evaluation.predict import Segmenter
@@ -167,8 +166,7 @@ def write_outputs(image, label, outputs, overlay_alpha=0.5):
 
 def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
                    overlay_format=None, overlay_alpha=0.5, predict=None, crf=None,
-                   crf_workers=0, crf_backend=DEFAULT_BACKEND, intra_op_threads=0,
-                   inter_op_threads=0, max_size=None):
+                   intra_op_threads=0, inter_op_threads=0, max_size=None):
     """Segment every photo the inputs name and write its outputs to ``save_dir``.
 
     Args:
@@ -178,8 +176,7 @@ def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
       overlay_format: 'png' or 'jpg' to also write ``<name>_overlay.<fmt>``.
       overlay_alpha: weight of the mask in the overlay, 0..1.
       predict: ``predict.PredictConfig`` (scales, flip, bf16), or None.
-      crf: ``crf.CrfConfig`` or None; crf_workers: processes running it;
-        crf_backend: 'pydensecrf' or 'tensorflow' (``crf.dense_crf``).
+      crf: ``crf.CrfStage`` (the CRF, its backend and workers), or None.
       max_size: segment a photo whose longer side exceeds this many pixels
         scaled down to it (``fit_within``); its outputs are scaled back to
         the photo's size (``labels_at``). None: every photo at full size,
@@ -200,8 +197,7 @@ def segment_photos(inputs, weights, *, num_classes, save_dir, save_raw=False,
     photos = _Photos(paths, failures, save_dir, save_raw, overlay_format, overlay_alpha,
                      max_size)
     # Before the graph: CRF workers start while it is built.
-    crf_pool = (CrfPool(crf, crf_workers, backend=crf_backend) if crf is not None
-                else None)
+    crf_pool = CrfPool.for_stage(crf)
     segmenter = None
     try:
         segmenter = Segmenter(weights, num_classes, predict=predict,

@@ -13,7 +13,6 @@ import logging
 import os
 
 from deeplab_resnet import cli, crf
-from deeplab_resnet.evaluation.evaluate import CrfStage
 from misc.benchmarks.common import DTYPES, EVAL_SIZE, size_name
 from misc.benchmarks.evaluate import timed_evaluate
 from misc.benchmarks.inputs import write_eval_data
@@ -63,7 +62,7 @@ def evaluate_with_crf(run):
                      figures["prune_threshold"], images, round_ + 1, ROUNDS)
             stage = None
             if figures["backend"]:
-                stage = CrfStage(crf.CrfConfig(prune_threshold=figures["prune_threshold"]),
+                stage = crf.CrfStage(crf.CrfConfig(prune_threshold=figures["prune_threshold"]),
                                  backend=figures["backend"], workers=figures["workers"])
             clock = timed_evaluate(run.weights()["npz"], data_dir, list_path, run,
                                    figures["dtype"] == "bf16", crf=stage)

@@ -73,7 +73,7 @@ class ImageClock(object):
 
 def timed_evaluate(weights, data_dir, list_path, run, bf16, crf=None):
     """Run ``evaluation.evaluate`` in a graph of its own; its ``ImageClock``.
-    ``crf``: an ``evaluate.CrfStage``, or None."""
+    ``crf``: a ``crf.CrfStage``, or None."""
     clock = ImageClock()
     settings = run.settings
     with tf.Graph().as_default():
