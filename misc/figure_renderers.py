@@ -15,13 +15,16 @@ def default_kernels(record):
             and kernels.get("user_frozen_weights") is None)
 
 
-def newest_per_cpu(records, kind, has):
+def newest_per_cpu(records, kind, has, also=None):
     """{cpu: (name, record)}: each CPU's newest ``kind`` record, with the
-    project's own kernel choice, whose figures satisfy ``has``."""
+    project's own kernel choice, whose figures satisfy ``has``; in CPU order.
+    With ``also``, one per (cpu, also(figures)) instead, in that order."""
     chosen = {}
     for name, record in records.items():  # oldest first
-        if record["kind"] == kind and default_kernels(record) and has(record["figures"]):
-            chosen[record["machine"]["cpu"]] = (name, record)
+        figures = record["figures"]
+        if record["kind"] == kind and default_kernels(record) and has(figures):
+            cpu = record["machine"]["cpu"]
+            chosen[cpu if also is None else (cpu, also(figures))] = (name, record)
     return collections.OrderedDict(sorted(chosen.items()))
 
 
@@ -265,12 +268,12 @@ def headline(records):
 
 
 # ---------------------------------------------------------------- the CRF
-def _per_cpu(records, has, table):
+def _per_cpu(records, has, table, also=None):
     """``table(figures)`` under a line naming the CPU, for each CPU's newest
-    benchmark record whose figures satisfy ``has``."""
-    columns = newest_per_cpu(records, "benchmark", has)
-    parts = ["%s:\n\n%s" % (cpu, table(record["figures"]))
-             for cpu, (_, record) in columns.items()]
+    benchmark record whose figures satisfy ``has`` (``newest_per_cpu``)."""
+    columns = newest_per_cpu(records, "benchmark", has, also)
+    parts = ["%s:\n\n%s" % (record["machine"]["cpu"], table(record["figures"]))
+             for _, record in columns.values()]
     return "\n\n".join(parts), used(columns)
 
 
@@ -297,16 +300,8 @@ def _crf_variants(f):
 def crf_table(records):
     """Per CPU, the newest record of each CRF input (the VOC sample photo,
     the benchmark's generated one), VOC sample first."""
-    newest = {}
-    for name, record in records.items():  # oldest first
-        crf = record["figures"].get("crf") or {}
-        if record["kind"] == "benchmark" and default_kernels(record) and "variants" in crf:
-            generated = crf["input"].startswith("a generated")
-            newest[(record["machine"]["cpu"], generated)] = (name, record)
-    chosen = [newest[key] for key in sorted(newest)]
-    parts = ["%s:\n\n%s" % (record["machine"]["cpu"], _crf_variants(record["figures"]))
-             for _, record in chosen]
-    return "\n\n".join(parts), [name for name, _ in chosen]
+    return _per_cpu(records, lambda f: "variants" in (f.get("crf") or {}), _crf_variants,
+                    also=lambda f: f["crf"]["input"].startswith("a generated"))
 
 
 def _crf_evaluate(f):
@@ -343,18 +338,15 @@ def _crf_pruning(f):
 def crf_pruning(records):
     """Per CPU, the newest record with the most data sets (a run without
     --voc-sample has the demo's images only)."""
-    best = {}
-    for name, record in records.items():  # oldest first
-        pruning = (record["figures"].get("crf") or {}).get("pruning")
-        if record["kind"] != "benchmark" or not default_kernels(record) or not pruning:
-            continue
-        cpu = record["machine"]["cpu"]
-        if cpu not in best or len(pruning["datasets"]) >= len(
-                best[cpu][1]["figures"]["crf"]["pruning"]["datasets"]):
-            best[cpu] = (name, record)
-    chosen = [best[cpu] for cpu in sorted(best)]
-    return "\n\n".join("%s:\n\n%s" % (record["machine"]["cpu"], _crf_pruning(record["figures"]))
-                       for _, record in chosen), [name for name, _ in chosen]
+    def widest(f):  # the first of each CPU's in newest_per_cpu's order
+        return -len(f["crf"]["pruning"]["datasets"])
+    columns = newest_per_cpu(records, "benchmark", lambda f: "pruning" in (f.get("crf") or {}),
+                             also=widest)
+    first = collections.OrderedDict()
+    for (cpu, _), chosen in columns.items():
+        first.setdefault(cpu, chosen)
+    return "\n\n".join("%s:\n\n%s" % (cpu, _crf_pruning(record["figures"]))
+                       for cpu, (_, record) in first.items()), used(first)
 
 
 # ---------------------------------------------------------------- targets
