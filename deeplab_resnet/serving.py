@@ -98,10 +98,9 @@ def build_serving_graph(num_classes, config=None, *, predict=None, crf=None):
                                        bf16=predict.bf16)
     pred, probs = prediction.pred, prediction.probs
     if crf is not None:
-        marginals = backend_tf.dense_crf_graph(image[0], tf.cast(probs[0], tf.float32),
-                                               crf)
-        probs = marginals[None]
-        pred = tf.argmax(probs, axis=3, output_type=tf.int32)
+        marginals, labels = backend_tf.crf_outputs(image[0], tf.cast(probs[0], tf.float32),
+                                                   crf)
+        probs, pred = marginals[None], labels[None]
     label = _named_as(pred, label_dtype(num_classes), LABEL_NAME)
     probs = _named_as(probs, tf.float32, PROBS_NAME)
     # The signature then shows the batch of one (MSC/flip lose it).
