@@ -31,7 +31,11 @@ from misc.benchmarks import options, parts  # noqa: E402
 
 # The network forward runs here with inference's kernels; the training steps
 # run in processes of their own with training's (misc/benchmarks/train.py).
-kernels.choose("inference")
+# Those are spawned, and a spawned process imports this script again as
+# __mp_main__: there the job its parent gave it stands (declaring inference
+# again made it assume frozen weights, and Trainer refused to build).
+if __name__ != "__mp_main__":
+    kernels.choose("inference")
 
 
 def get_arguments(argv=None):

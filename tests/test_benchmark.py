@@ -9,7 +9,10 @@ memory figure is the child's own, and that the table and targets read the
 report.
 """
 import argparse
+import json
 import os
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -351,3 +354,21 @@ def test_the_peer_figures_are_read_from_its_output(monkeypatch):
                "peer": {"infer_size": "513x513", "infer": {"fp32": {"seconds": 3.13}}}}
     assert peer_part.targets(report_) == [("513x513 fp32 inference at most PyTorch's time",
                                            "0.80x", True)]
+
+
+
+def test_the_train_part_runs_its_step_from_the_benchmark_script():
+    """The script declares an inference job, which may assume frozen weights;
+    its training step runs in a spawned process that imports the script
+    again and inherits its environment, and must train on live weights
+    (Trainer refuses to build where frozen weights are assumed: the train
+    part died on every CPU where inference assumes them)."""
+    done = subprocess.run(
+        [sys.executable, os.path.join("misc", "benchmark.py"), "--parts", "train",
+         "--train-batch", "1", "--train-size", "65", "--train-steps", "1",
+         "--train-variants", "fp32", "--grad-update-every", "1", "--json"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    [step] = json.loads(done.stdout)["train"]["runs"]
+    assert "error" not in step, step["error"]
+    assert step["batch"] == 1 and step["seconds"] > 0

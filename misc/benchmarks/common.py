@@ -78,7 +78,11 @@ def in_fresh_process(target, *args, job=kernels.DEFAULT_JOB):
     results = context.Queue()
     worker = context.Process(target=target, args=args + (results,))
     saved = dict(os.environ)
-    os.environ.update(kernels.environment(job))
+    # All of it, not an update: a variable the job must not have (the
+    # inference job's frozen weights, for a training child) is left out.
+    wanted = kernels.environment(job, saved)
+    os.environ.clear()
+    os.environ.update(wanted)
     try:
         worker.start()
     finally:
